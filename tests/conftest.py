@@ -1,0 +1,84 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random
+
+import pytest
+import torch
+
+WORDS = "the cat dog sat ran on a mat log red blue green big small happy sad sun moon tree bird".split()
+
+
+def make_pairs(n: int, seed: int = 0, preference: bool = False):
+    """Synthetic preference rows: prompt, chosen, rejected (and q)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=rng.randint(2, 5)))
+        row = {
+            "prompt": prompt,
+            "chosen": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
+            "rejected": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
+        }
+        if preference:
+            row["q"] = round(rng.random(), 3)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A locally built tiny Qwen2 + BPE tokenizer, saved as a model folder."""
+    from trl_ipo.lab.tiny import build_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    texts = [" ".join(r.values()) for r in make_pairs(300, seed=123)]
+    build_tiny_checkpoint(path, texts, hidden_size=32, num_layers=2, num_heads=4)
+    return str(path)
+
+
+@pytest.fixture
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture
+def load_model(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    def _load():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+
+    return _load
+
+
+def cpu_args(output_dir, **overrides):
+    """Config kwargs for deterministic, quick CPU runs."""
+    base = dict(
+        output_dir=str(output_dir),
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-3,
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        beta=0.1,
+    )
+    base.update(overrides)
+    return base

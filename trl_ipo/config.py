@@ -1,0 +1,112 @@
+"""IPOConfig: TRL's DPOConfig plus the IPO fields, validated when the config is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from .losses import LOGP_REDUCTIONS, LOSS_FORMS
+
+SUPPORTED_LOSS_TYPES = ("ipo", "sft")
+
+
+@dataclass
+class IPOConfig(DPOConfig):
+    r"""Configuration for [`IPOTrainer`]: every [`trl.DPOConfig`] field, plus the IPO fields below.
+
+    The per-pair loss is ``(Δ − t/β)²`` (``loss_form="paper"``) where Δ is the log-ratio margin between the chosen
+    and rejected completions and t = q − ½ (``symmetric=True``) or t = q (``symmetric=False``), q being the
+    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17; seed note eq. 10–12).
+
+    Parameters:
+        loss_form (`str`, defaults to `"paper"`):
+            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², the seed note's eq. 12 form (β² times the paper form).
+        symmetric (`bool`, defaults to `True`):
+            Count each pair also swapped with probability 1 − q, computed analytically (no extra forward pass).
+            Target t = q − ½ (0.5 for hard labels, 0 for a tie). With `False`, t = q (order as given).
+        logp_reduction (`str`, defaults to `"mean"`):
+            `"mean"`: per-token mean of the completion log-probs (TRL's IPO convention); `"sum"`: summed log-probs.
+        preference_column (`str` or `None`, defaults to `None`):
+            Dataset column holding q ∈ [0, 1] per pair (train and eval). `None` means hard labels (q = 1).
+        loss_type (`list[str]`, defaults to `["ipo"]`):
+            `["ipo"]`, or `["ipo", "sft"]` with `loss_weights` to add TRL's NLL term on the chosen completions.
+    """
+
+    loss_type: list[str] = field(
+        default_factory=lambda: ["ipo"],
+        metadata={
+            "help": "Loss terms: ['ipo'] (default) or ['ipo', 'sft'] (add TRL's NLL on chosen, weighted by "
+            "`loss_weights`). Other DPO loss types belong to trl's DPOTrainer."
+        },
+    )
+    loss_form: str = field(
+        default="paper",
+        metadata={
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
+            "β² times the paper form). Same minimiser.",
+            "choices": list(LOSS_FORMS),
+        },
+    )
+    symmetric: bool = field(
+        default=True,
+        metadata={
+            "help": "Symmetric augmentation: each pair also counts swapped with probability 1 − q, computed "
+            "analytically. Target t = q − 1/2 (0.5 for hard labels, 0 for ties). With False, t = q."
+        },
+    )
+    logp_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
+            "choices": list(LOGP_REDUCTIONS),
+        },
+    )
+    preference_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column holding q in [0, 1], the probability that `chosen` is preferred (soft labels, "
+            "ties = 0.5). Default: hard labels (q = 1)."
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        unknown = [t for t in self.loss_type if t not in SUPPORTED_LOSS_TYPES]
+        if unknown or "ipo" not in self.loss_type:
+            raise ValueError(
+                f"IPOConfig.loss_type={self.loss_type!r}: IPOTrainer supports ['ipo'] or ['ipo', 'sft']. "
+                "For other DPO loss types use trl's DPOTrainer."
+            )
+        if not self.beta > 0:
+            raise ValueError(f"IPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"IPOConfig.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
+        if self.logp_reduction not in LOGP_REDUCTIONS:
+            raise ValueError(
+                f"IPOConfig.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}."
+            )
+        if isinstance(self.symmetric, str):  # from YAML/CLI strings
+            self.symmetric = _parse_bool("symmetric", self.symmetric)
+        if self.preference_column is not None and not str(self.preference_column).strip():
+            raise ValueError("IPOConfig.preference_column must be a column name or None, got an empty string.")
+        # DPO-variant knobs that have no meaning for the exact IPO objective.
+        if self.ld_alpha is not None:
+            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
+        if self.f_divergence_type != "reverse_kl":
+            raise ValueError(
+                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
+            )
+        if self.use_weighting:
+            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
+        super().__post_init__()
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"IPOConfig.{name} must be true or false, got {value!r}.")

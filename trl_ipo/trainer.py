@@ -1,0 +1,219 @@
+"""IPOTrainer: TRL's DPOTrainer with the exact IPO objective (soft labels, ties, analytic symmetric augmentation).
+
+Only the loss seam is replaced. Everything else — model loading, PEFT, tokenisation, the reference model (and its
+ZeRO-3 preparation), ``precompute_ref_log_probs``, evaluation, checkpoints — is TRL's own code.
+
+The policy forward is TRL's fused LM head (per-token log-probs, never the full logits); the reference log-probs come
+from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The math is
+:func:`trl_ipo.losses.ipo_loss`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from datasets import Dataset
+from trl import DPOTrainer
+
+from .config import IPOConfig
+from .data import PreferenceCollator, validate_preference_column
+from .losses import ipo_regression, reduce_logps
+
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
+
+
+class IPOTrainer(DPOTrainer):
+    """Drop-in replacement for :class:`trl.DPOTrainer` that trains with IPO.
+
+    Takes exactly the arguments of ``DPOTrainer``; ``args`` should be an :class:`IPOConfig` (a plain ``DPOConfig``
+    is converted, keeping its values, with IPO defaults for the IPO fields).
+
+    Per pair, with Δ the log-ratio margin and q the preference (1 for hard labels), the loss is
+    ``(Δ − t/β)²`` with t = q − ½ (symmetric) or q — see :mod:`trl_ipo.losses`.
+
+    Logged in addition to TRL's keys (``eval_`` prefixed in evaluation), in the units of ``loss_form``:
+    ``ipo/delta`` (mean regressed margin), ``ipo/target`` (mean target), ``ipo/residual`` (mean margin − target),
+    ``ipo/sq_error`` (mean squared residual, equal to the IPO loss term).
+    """
+
+    _tag_names = ["trl", "dpo", "ipo", "trl_ipo"]
+    _name = "IPO"
+
+    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+        args = _as_ipo_config(args, model)
+        self.dropped_rows: dict[str, int] = {}
+        if args.preference_column is not None:
+            _validate_datasets(args.preference_column, train_dataset, eval_dataset)
+        super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        if args.preference_column is not None:
+            self.data_collator = PreferenceCollator(self.data_collator, args.preference_column)
+        # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
+        self.pair_records: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
+        self._last_logged_pairs: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
+
+    # ----------------------------------------------------------------------------------------------- data plumbing
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        before = len(dataset) if isinstance(dataset, Dataset) else None
+        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if before is not None and len(dataset) < before:
+            dropped = before - len(dataset)
+            self.dropped_rows[dataset_name] = dropped
+            warnings.warn(
+                f"{dropped} of {before} rows of the {dataset_name} dataset were dropped because their prompt alone "
+                f"is at least max_length={args.max_length} tokens (no completion token would be left). Raise "
+                "max_length or shorten those prompts to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        column = self.args.preference_column
+        if column is not None and column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, column]
+
+    def compute_ref_log_probs(self, model, inputs):
+        inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
+        return super().compute_ref_log_probs(model, inputs)
+
+    # ------------------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        args = self.args
+        completion_mask = inputs["completion_mask"]
+        shift_mask = completion_mask[..., 1:]
+        seq_len = shift_mask.size(1)
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
+        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_model = self.ref_model if self.ref_model is not None else self.model
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(ref_model, inputs)
+
+        # Summed log-ratios (TRL's rewards are β times these) and the ones IPO regresses (per logp_reduction).
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
+        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
+        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        preference = inputs.get(PreferenceCollator.key)
+        margin, target = ipo_regression(
+            chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
+        )
+        per_pair_loss = (margin - target) ** 2
+
+        loss = 0.0
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            if loss_type == "ipo":
+                loss = loss + weight * per_pair_loss.mean()
+            else:  # "sft": TRL's NLL on the chosen completion tokens
+                chosen_mask = shift_mask.chunk(2, dim=0)[0].bool()
+                loss = loss + weight * -per_token_logps.chunk(2, dim=0)[0][chosen_mask].mean()
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+
+        self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**model_kwargs)
+        return (loss, outputs) if return_outputs else loss
+
+    # --------------------------------------------------------------------------------------------------- metrics
+    def _log_ipo_metrics(self, mode, margin, target, preference):
+        gather = self.accelerator.gather
+        margin, target = gather(margin).float(), gather(target).float()
+        residual = margin - target
+        metrics = self._metrics[mode]
+        metrics["ipo/delta"].append(margin.mean().item())
+        metrics["ipo/target"].append(target.mean().item())
+        metrics["ipo/residual"].append(residual.mean().item())
+        metrics["ipo/sq_error"].append((residual**2).mean().item())
+        q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
+        self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
+
+    def _log_trl_metrics(
+        self, mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios
+    ):
+        """The metrics stock DPOTrainer logs, with the same keys and definitions."""
+        gather, gather_m = self.accelerator.gather, self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        seq_len = shift_mask.size(1)
+        mask = shift_mask.bool()
+        chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+
+        entropy_sum = gather_m((outputs.entropy[:, -seq_len:].detach() * mask).sum()).sum()
+        total_tokens = gather_m(mask.sum()).sum()
+        metrics["entropy"].append((entropy_sum / total_tokens).item() if total_tokens > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += gather_m(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+        mean_logits = outputs.mean_logits[:, -seq_len:].detach()
+        chosen_logits, rejected_logits = mean_logits.chunk(2, dim=0)
+        for name, logits, m in (("chosen", chosen_logits, chosen_mask), ("rejected", rejected_logits, rejected_mask)):
+            total = gather_m(logits[m].sum()).sum().item()
+            count = gather_m(m.sum()).sum().item()
+            metrics[f"logits/{name}"].append(total / count if count > 0 else 0.0)
+
+        correct = gather_m((outputs.is_top1[:, -seq_len:].chunk(2, dim=0)[0] & chosen_mask).sum()).sum()
+        count = gather_m(chosen_mask.sum()).sum()
+        metrics["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
+
+        chosen_rewards = self.beta * chosen_logratios.detach()
+        rejected_rewards = self.beta * rejected_logratios.detach()
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
+
+    def log(self, logs, start_time=None):
+        mode = "train" if self.model.training else "eval"
+        # Callbacks (on_log) read the pairs behind this log entry from `last_logged_pairs`.
+        self._last_logged_pairs[mode] = self.pair_records[mode]
+        self.pair_records[mode] = []
+        super().log(logs, start_time)
+
+    def last_logged_pairs(self, mode: str = "train") -> dict[str, torch.Tensor]:
+        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the most recent log in ``mode``."""
+        records = self._last_logged_pairs.get(mode) or []
+        if not records:
+            return {}
+        return {key: torch.cat([r[key] for r in records]) for key in records[0]}
+
+
+def _as_ipo_config(args, model) -> IPOConfig:
+    if isinstance(args, IPOConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+        return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
+    values = {k: v for k, v in args.to_dict().items() if k in IPOConfig.__dataclass_fields__}
+    values.pop("loss_type", None)  # a DPOConfig's loss_type is DPO's; IPOTrainer always trains IPO
+    values.pop("loss_weights", None)
+    return IPOConfig(**{k: v for k, v in values.items() if IPOConfig.__dataclass_fields__[k].init})
+
+
+def _validate_datasets(column, train_dataset, eval_dataset):
+    if train_dataset is not None:
+        validate_preference_column(train_dataset, column, "train")
+    if isinstance(eval_dataset, dict):
+        for name, dataset in eval_dataset.items():
+            validate_preference_column(dataset, column, name)
+    elif eval_dataset is not None:
+        validate_preference_column(eval_dataset, column, "eval")
