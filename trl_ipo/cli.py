@@ -1,0 +1,60 @@
+"""``trl-ipo`` (and ``python -m trl_ipo``): dispatch to the subcommand modules in ``trl_ipo.commands``.
+
+Subcommands are imported lazily so ``trl-ipo --help`` stays fast and a missing optional dependency only affects the
+subcommand that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("trl_ipo.commands.train", "train with IPO; same arguments as `trl dpo` plus the IPO fields"),
+    "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and RLHF) on your own model and data"),
+    "demo": ("trl_ipo.commands.demo", "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"),
+    "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
+    "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
+    "example": ("trl_ipo.commands.example", "a short IPO run on the bundled example dataset with a tiny local model"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: trl-ipo <command> [options]", "", "commands:"]
+    for name, (_, summary) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<9} {summary}")
+    lines += ["", "Run `trl-ipo <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        if argv and argv[0] in ("-h", "--help", "help"):
+            _print_ipo_flags()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"trl-ipo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        print(f"trl-ipo {name}: this command is unavailable ({err}).", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)
+
+
+def _print_ipo_flags() -> None:
+    """The IPO fields every training command accepts, with their meaning."""
+    from .config import IPOConfig
+
+    print("\nIPO flags (train, compare, and scripts/train_ipo.py):")
+    for name in ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type"):
+        help_text = IPOConfig.__dataclass_fields__[name].metadata.get("help", "")
+        print(f"  --{name:<19} {help_text}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
