@@ -1,0 +1,56 @@
+"""Helpers shared by the trainer tests: build trainers on the tiny model and read exact losses/gradients."""
+
+import torch
+from datasets import Dataset
+
+from conftest import cpu_args
+
+
+def build(trainer_cls, config_cls, load_model, tokenizer, rows, tmp_path, **overrides):
+    return trainer_cls(
+        model=load_model(),
+        args=config_cls(**cpu_args(tmp_path, **overrides)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+
+
+def full_batch(trainer):
+    """All training rows as one collated batch, in dataset order."""
+    dataset = trainer._remove_unused_columns(trainer.train_dataset, "training")
+    batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
+    return trainer._prepare_inputs(batch)
+
+
+def loss_and_grads(trainer, batch=None):
+    """Loss of the whole training set as one batch, and the gradient of every trainable parameter."""
+    model = trainer.model
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, full_batch(trainer) if batch is None else batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def assert_grads_close(a, b, rtol=1e-5, atol=1e-7):
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def hand_logps(model, tokenizer, prompt, completion):
+    """Σ log p(completion tokens | prompt), from a plain forward with log_softmax (independent of TRL)."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + completion)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    ids = torch.tensor([full_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].double()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    completion_logps = logprobs[len(prompt_ids) - 1 :]
+    return completion_logps.sum().item(), len(completion_logps)
