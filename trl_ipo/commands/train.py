@@ -1,0 +1,304 @@
+"""``trl-ipo train``: IPO training with the arguments of ``trl dpo``, plus the IPO fields.
+
+The arguments are TRL's own dataclasses — ``ScriptArguments`` (dataset flags), ``ModelConfig`` (model, dtype, LoRA,
+quantisation) and ``DatasetMixtureConfig`` (the ``datasets:`` YAML list) — with :class:`~trl_ipo.config.IPOConfig`
+in place of ``DPOConfig``, parsed by TRL's ``TrlParser``: ``--config run.yaml`` sets values, flags on the command line
+override them. So a ``trl dpo`` command line or YAML runs unchanged, except where it selects a DPO-only loss.
+
+Everything a user can get wrong — flags, YAML fields, field values, the model path, the dataset path, its splits,
+columns and preference values — is checked before training and reported as one line naming the problem, with exit
+status 2 and no traceback. :func:`run` (the training itself) is shared with ``scripts/train_ipo.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..datasets_io import (
+    DatasetInputError,
+    check_preference_columns,
+    is_local_reference,
+    load_preference_dataset,
+    select_split,
+)
+
+HELP = "train with IPO; same arguments as `trl dpo` plus the IPO fields"
+
+PROG = "trl-ipo train"
+
+# The fields IPOConfig adds to (or restricts in) DPOConfig; listed first in --help.
+IPO_FLAGS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
+
+
+class UsageError(Exception):
+    """Bad input found before training; reported as one line, exit status 2."""
+
+
+def _parser_class():
+    """TRL's ``TrlParser`` with errors raised as :class:`UsageError` and ``--deepspeed`` short names resolved."""
+    from trl import TrlParser
+
+    class _Parser(TrlParser):
+        def error(self, message):  # argparse's error() prints the whole usage (hundreds of flags) and exits
+            raise UsageError(message)
+
+        def set_defaults_with_config(self, **kwargs):
+            if isinstance(kwargs.get("deepspeed"), str):
+                kwargs["deepspeed"] = resolve_launch_config(kwargs["deepspeed"], "deepspeed")
+            return super().set_defaults_with_config(**kwargs)
+
+    return _Parser
+
+
+def make_parser(prog: str = PROG):
+    """The argument parser of ``trl-ipo train`` and ``scripts/train_ipo.py``."""
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
+
+    from ..config import IPOConfig
+
+    return _parser_class()(
+        (ScriptArguments, IPOConfig, ModelConfig, DatasetMixtureConfig),
+        prog=prog,
+        usage=f"{prog} [--config run.yaml] [--model_name_or_path M] [--dataset_name D] [options]",
+        description=_description(IPOConfig),
+        formatter_class=_HelpFormatter,
+    )
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout (the IPO flag table) and show defaults, as HfArgumentParser does."""
+
+
+def _description(config_class) -> str:
+    fields = config_class.__dataclass_fields__
+    lines = [
+        "Train a causal LM with IPO (Azar et al. 2023). Takes the arguments of `trl dpo` (script, training, model",
+        "and LoRA flags; `--config run.yaml` with command-line overrides) plus the IPO fields:",
+        "",
+    ]
+    for name in IPO_FLAGS:
+        help_text = " ".join(fields[name].metadata.get("help", "").split())
+        lines.append(f"  --{name:<19} {help_text}")
+    lines += ["", "--deepspeed also takes a packaged config's short name (e.g. zero3). All options:"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+def resolve_launch_config(value: str, kind: str) -> str:
+    """A packaged DeepSpeed/accelerate config's short name (e.g. ``zero3``) → its path; paths pass unchanged."""
+    if not value or os.path.isfile(value) or value.lstrip().startswith("{"):
+        return value
+    try:
+        from ..distributed import resolve_config
+    except ImportError:
+        return value
+    try:
+        return str(resolve_config(value, kind))
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise UsageError(f"--{kind} {value!r}: {err}") from None
+
+
+def _resolve_deepspeed_flag(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--deepspeed" and i + 1 < len(argv):
+            argv[i + 1] = resolve_launch_config(argv[i + 1], "deepspeed")
+        elif arg.startswith("--deepspeed="):
+            argv[i] = "--deepspeed=" + resolve_launch_config(arg.split("=", 1)[1], "deepspeed")
+    return argv
+
+
+def parse_args(argv: Sequence[str], parser=None):
+    """``(script_args, training_args, model_args, dataset_args)`` from ``argv``, or :class:`UsageError`."""
+    parser = parser or make_parser()
+    argv = _resolve_deepspeed_flag(list(argv))
+    config_path = _config_path(argv)
+    if config_path is not None and not os.path.isfile(config_path):
+        raise UsageError(f"config file not found: {config_path!r}")
+    try:
+        *parsed, from_config, from_cli = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments, ...)
+        raise UsageError(_one_line(err)) from None
+    known = _known_options(parser)
+    if from_cli:
+        raise UsageError(_unknown("unrecognized arguments", from_cli, known, dashes="--"))
+    if from_config:
+        raise UsageError(_unknown(f"unknown fields in {config_path}", from_config[::2], known, dashes=""))
+    return tuple(parsed)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UsageError("--config needs the path of a YAML file")
+        return argv[i + 1]
+    return None
+
+
+def _known_options(parser) -> list[str]:
+    return sorted({action.dest for action in parser._actions if action.dest != "help"})
+
+
+def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
+    described = []
+    for item in items:
+        name = item.split("=", 1)[0].lstrip("-")
+        if not item.startswith("-") and dashes:
+            described.append(repr(item))
+            continue
+        close = difflib.get_close_matches(name.replace("-", "_"), known, n=1)
+        hint = f" (did you mean {dashes}{close[0]}?)" if close else ""
+        described.append(f"{dashes}{name}{hint}")
+    return f"{what}: {', '.join(described)}"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+# ----------------------------------------------------------------------------------------------- checking
+def check_model(model_args, training_args) -> None:
+    """Fail early, with the path or hub id, when the model cannot be found."""
+    name = model_args.model_name_or_path
+    if not name:
+        raise UsageError("no model given: pass --model_name_or_path (a local model folder or a hub id)")
+    if is_local_reference(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise UsageError(f"model folder not found: {name!r}")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load model {name!r}: {_one_line(err)}") from None
+
+
+def load_datasets(script_args, training_args, dataset_args):
+    """The train and eval datasets named by the arguments, with their columns checked."""
+    wants_eval = training_args.eval_strategy != "no"
+    if dataset_args.datasets:  # TRL's `datasets:` mixture (YAML)
+        from trl import get_dataset
+
+        try:
+            dataset = get_dataset(dataset_args)
+        except (OSError, ValueError) as err:
+            raise DatasetInputError(f"cannot load the `datasets` mixture: {_one_line(err)}") from None
+        source = "the `datasets` mixture"
+    else:
+        dataset = load_preference_dataset(
+            script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+        source = script_args.dataset_name
+    train = select_split(dataset, script_args.dataset_train_split, source)
+    check_preference_columns(train, f"train (split {script_args.dataset_train_split!r})", training_args.preference_column)
+    evaluation = None
+    if wants_eval:
+        evaluation = select_split(dataset, script_args.dataset_test_split, source, purpose="evaluation")
+        check_preference_columns(
+            evaluation, f"eval (split {script_args.dataset_test_split!r})", training_args.preference_column
+        )
+    return train, evaluation
+
+
+def prepare(script_args, training_args, model_args, dataset_args):
+    """Check the model and load the data; every input problem is raised here, before training."""
+    check_model(model_args, training_args)
+    try:
+        train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
+    except DatasetInputError as err:
+        raise UsageError(str(err)) from None
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    if training_args.model_init_kwargs is not None:
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+    return train_dataset, eval_dataset
+
+
+# ----------------------------------------------------------------------------------------------- training
+def run(script_args, training_args, model_args, dataset_args, train_dataset=None, eval_dataset=None):
+    """Train, save the model and its IPO model card (and push when asked); returns the trainer.
+
+    The same steps as TRL's ``trl/scripts/dpo.py``, with :class:`~trl_ipo.trainer.IPOTrainer`.
+    """
+    import transformers
+    from packaging.version import Version
+    from trl import get_peft_config, get_quantization_config
+
+    from ..trainer import IPOTrainer
+
+    if train_dataset is None:
+        train_dataset, eval_dataset = prepare(script_args, training_args, model_args, dataset_args)
+
+    trainer = IPOTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    if script_args.ignore_bias_buffers:
+        import torch
+
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+        ]
+
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    hub_dataset = _hub_dataset_name(script_args)
+    trainer.create_model_card(model_name=_model_name(training_args), dataset_name=hub_dataset)
+    trainer.accelerator.print(f"Model and model card saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=hub_dataset)
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}.")
+    if Version(transformers.__version__) >= Version("5.18.0"):
+        trainer.end()
+    return trainer
+
+
+def _hub_dataset_name(script_args) -> str | None:
+    name = script_args.dataset_name
+    return name if name and not is_local_reference(name) else None
+
+
+def _model_name(training_args) -> str:
+    if training_args.hub_model_id:
+        return training_args.hub_model_id.split("/")[-1]
+    return os.path.basename(os.path.normpath(training_args.output_dir))
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Parse, check, train. Returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv, make_parser(prog))
+        datasets = prepare(*args)
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"Run `{prog} --help` for the options.", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    run(*args, *datasets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
