@@ -19,6 +19,7 @@ from trl import DPOTrainer
 from .config import IPOConfig
 from .data import PreferenceCollator, validate_preference_column
 from .losses import ipo_regression, reduce_logps
+from .model_card import IPO_PAPER, complete_model_card
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -39,6 +40,7 @@ class IPOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "ipo", "trl_ipo"]
     _name = "IPO"
+    _paper = IPO_PAPER
 
     def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
         args = _as_ipo_config(args, model)
@@ -195,6 +197,11 @@ class IPOTrainer(DPOTrainer):
         if not records:
             return {}
         return {key: torch.cat([r[key] for r in records]) for key in records[0]}
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card (naming IPO and citing Azar et al. 2023) plus the IPO settings section."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        complete_model_card(self)
 
 
 def _as_ipo_config(args, model) -> IPOConfig:
