@@ -1,0 +1,144 @@
+"""OnlineIPOConfig: TRL's OnlineDPOConfig with the IPO loss fields, the IPO-MD mixture and the labelling fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl.experimental.online_dpo import OnlineDPOConfig
+
+from ..losses import LOGP_REDUCTIONS, LOSS_FORMS
+from .judges import REWARD_TO_PREFERENCE
+
+
+@dataclass
+class OnlineIPOConfig(OnlineDPOConfig):
+    r"""Configuration for [`OnlineIPOTrainer`]: every [`trl.experimental.online_dpo.OnlineDPOConfig`] field, plus the
+    fields below.
+
+    Each step samples two completions y_a, y_b per prompt x from the behaviour policy μ — the current policy π_θ
+    (``mixture_coef=0``, online IPO) or the normalised token-level geometric mixture
+    π_θ^(1−λ)·π_ref^λ (``mixture_coef=λ>0``, IPO-MD) — labels them with q = P(y_a ≻ y_b | x) and minimises the
+    same per-pair loss as the offline [`trl_ipo.IPOTrainer`]: ``(Δ − t/β)²`` with Δ the log-ratio margin and
+    t = q − ½ (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; seed note eq. 10–12).
+
+    Parameters:
+        loss_form (`str`, defaults to `"paper"`):
+            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)² (β² times the paper form, same minimiser).
+        symmetric (`bool`, defaults to `True`):
+            Count each pair also swapped with probability 1 − q (target q − ½, zero for a tie). The two samples are
+            exchangeable, so the order-dependent target q (`False`) is only for comparisons.
+        logp_reduction (`str`, defaults to `"mean"`):
+            `"mean"`: per-token mean of the completion log-probs (the same β as the offline `IPOConfig` default);
+            `"sum"`: summed log-probs (TRL `OnlineDPOTrainer(loss_type="ipo")`'s convention).
+        mixture_coef (`float`, defaults to `0.0`):
+            λ ∈ [0, 1]. 0: sample from π_θ (online IPO). λ > 0: sample token by token from
+            softmax((1−λ)·logits_θ + λ·logits_ref) (IPO-MD). Not available with `use_vllm`.
+        reward_to_preference (`str`, defaults to `"hard"`):
+            How rewards r_a, r_b (from `reward_funcs`) become q. `"hard"`: 1 if r_a > r_b, 0 if r_a < r_b, ½ on an
+            exact tie. `"bradley_terry"`: q = σ((r_a − r_b)/T). Ignored with a `judge`, which returns q itself.
+        bradley_terry_temperature (`float`, defaults to `1.0`):
+            T in the Bradley–Terry link above (> 0).
+        temperature (`float`, defaults to `1.0`):
+            Sampling temperature. 1 samples on-policy (TRL's online DPO defaults to 0.9).
+        loss_type (`str`, defaults to `"ipo"`):
+            Only `"ipo"`; other losses belong to trl's `OnlineDPOTrainer`.
+    """
+
+    loss_type: str = field(
+        default="ipo",
+        metadata={"help": "Only 'ipo'. Other loss types belong to trl's OnlineDPOTrainer.", "choices": ["ipo"]},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature; 1 (default) samples on-policy."},
+    )
+    loss_form: str = field(
+        default="paper",
+        metadata={
+            "help": "IPO loss form: 'paper' = (Δ − t/β)², 'scaled' = (β·Δ − t)² (β² times the paper form).",
+            "choices": list(LOSS_FORMS),
+        },
+    )
+    symmetric: bool = field(
+        default=True,
+        metadata={"help": "Symmetric augmentation: target t = q − 1/2 (0 for ties). With False, t = q."},
+    )
+    logp_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "How completion log-probs enter Δ: 'mean' (per token, same β as offline IPOConfig) or 'sum'.",
+            "choices": list(LOGP_REDUCTIONS),
+        },
+    )
+    mixture_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "λ in [0, 1]: 0 samples from the policy (online IPO); λ > 0 samples from the normalised "
+            "token-level geometric mixture π_θ^(1−λ)·π_ref^λ (IPO-MD)."
+        },
+    )
+    reward_to_preference: str = field(
+        default="hard",
+        metadata={
+            "help": "Rewards → q: 'hard' (1/0, exact ties 1/2) or 'bradley_terry' (σ((r_a − r_b)/T)).",
+            "choices": list(REWARD_TO_PREFERENCE),
+        },
+    )
+    bradley_terry_temperature: float = field(
+        default=1.0,
+        metadata={"help": "T in q = σ((r_a − r_b)/T) when reward_to_preference='bradley_terry'."},
+    )
+
+    def __post_init__(self):
+        if self.loss_type != "ipo":
+            raise ValueError(
+                f"OnlineIPOConfig.loss_type={self.loss_type!r}: OnlineIPOTrainer trains IPO only. For other losses "
+                "use trl.experimental.online_dpo.OnlineDPOTrainer."
+            )
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"OnlineIPOConfig.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
+        if self.logp_reduction not in LOGP_REDUCTIONS:
+            raise ValueError(
+                f"OnlineIPOConfig.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}."
+            )
+        if isinstance(self.symmetric, str):  # from YAML/CLI strings
+            self.symmetric = _parse_bool("symmetric", self.symmetric)
+        if not 0.0 <= float(self.mixture_coef) <= 1.0:
+            raise ValueError(
+                f"OnlineIPOConfig.mixture_coef (λ) must be in [0, 1] (0 = online IPO, λ > 0 = IPO-MD), "
+                f"got {self.mixture_coef!r}."
+            )
+        if self.reward_to_preference not in REWARD_TO_PREFERENCE:
+            raise ValueError(
+                f"OnlineIPOConfig.reward_to_preference must be one of {list(REWARD_TO_PREFERENCE)}, "
+                f"got {self.reward_to_preference!r}."
+            )
+        if not self.bradley_terry_temperature > 0:
+            raise ValueError(
+                f"OnlineIPOConfig.bradley_terry_temperature must be > 0, got {self.bradley_terry_temperature!r}."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"OnlineIPOConfig.temperature must be > 0, got {self.temperature!r}.")
+        if self.use_vllm and self.mixture_coef > 0:
+            raise ValueError(
+                f"OnlineIPOConfig.use_vllm=True with mixture_coef={self.mixture_coef}: vLLM samples from the policy "
+                "only. IPO-MD (mixture_coef > 0) samples with transformers; set use_vllm=False."
+            )
+        betas = self.beta if isinstance(self.beta, (list, tuple)) else [self.beta]
+        if not betas or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
+            raise ValueError(f"OnlineIPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
+        super().__post_init__()
+        if self.eval_strategy != "no":
+            raise ValueError(
+                f"OnlineIPOConfig.eval_strategy={str(self.eval_strategy)!r}: OnlineIPOTrainer has no evaluation loop "
+                "(each step samples fresh pairs). Set eval_strategy='no' and evaluate the saved policy separately."
+            )
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"OnlineIPOConfig.{name} must be true or false, got {value!r}.")

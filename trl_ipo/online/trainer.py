@@ -1,0 +1,359 @@
+"""OnlineIPOTrainer: online IPO and IPO-MD on top of TRL's OnlineDPOTrainer.
+
+Reused from ``trl.experimental.online_dpo.OnlineDPOTrainer``: model / reference / PEFT / reward-model set-up and their
+DeepSpeed or FSDP preparation, ``transformers`` and vLLM generation from the policy, reward functions, metric logging.
+Replaced: the training step. Per batch of prompts x:
+
+1. sample y_a, y_b ~ μ(·|x): the policy π_θ (λ = 0) or the token-level mixture π_θ^(1−λ)·π_ref^λ (IPO-MD,
+   :mod:`trl_ipo.online.sampling`);
+2. label q = P(y_a ≻ y_b | x) with a judge or from rewards (:mod:`trl_ipo.online.judges`; exact ties give ½);
+3. minimise the offline IPO loss of :mod:`trl_ipo.losses` on (y_a, y_b, q) — same ``loss_form``, ``symmetric`` and
+   ``logp_reduction`` (default per-token mean), so β means the same online and offline.
+
+Unlike TRL's ``OnlineDPOTrainer(loss_type="ipo")``, which regresses summed log-ratios onto 1/(2β), labels
+r_a ≥ r_b as a win for a, and back-propagates the un-divided micro-batch loss under gradient accumulation
+(accumulated gradients are ``gradient_accumulation_steps`` times too large), the loss here goes through
+``transformers.Trainer.training_step``, which divides by the accumulation steps.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
+from transformers import AutoModelForCausalLM
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+
+from ..losses import ipo_regression, reduce_logps
+from .config import OnlineIPOConfig
+from .judges import preference_from_judge, preference_from_rewards
+from .sampling import build_logits_warpers, completion_logps, sample_completions
+
+_STAT_KEYS = (
+    "ipo/delta",
+    "ipo/target",
+    "ipo/residual",
+    "ipo/sq_error",
+    "online/preference_mean",
+    "online/tie_fraction",
+    "online/kl",
+    "online/completion_length",
+    "online/contains_eos",
+    "online/_agree_count",
+    "online/_decided_count",
+    "beta",
+)
+
+
+class OnlineIPOTrainer(OnlineDPOTrainer):
+    """Online IPO (``mixture_coef=0``) and IPO-MD (``mixture_coef>0``).
+
+    Args:
+        model: the policy (model id, local path or ``PreTrainedModel``).
+        ref_model: the reference π_ref. Default: a frozen copy of ``model`` (with PEFT: the model with its adapter
+            disabled). Under DeepSpeed ZeRO-3 the copy is loaded again from ``model`` when it is a path/id, so that it
+            is sharded; pass ``ref_model`` explicitly when ``model`` is an already built object.
+        reward_funcs: reward functions / reward models as in TRL's ``OnlineDPOTrainer`` (summed, weighted by
+            ``reward_weights``), turned into q per ``reward_to_preference``. Exclusive with ``judge``.
+        judge: ``judge(prompts, completions_a, completions_b) -> list[float]``, q = P(a ≻ b) per pair in [0, 1].
+        args: an :class:`OnlineIPOConfig` (an ``OnlineDPOConfig`` is converted, with IPO defaults for the new fields).
+        train_dataset: a dataset with a ``prompt`` column (text or conversational); other columns are passed to reward
+            functions as keyword arguments.
+
+    Logged (averaged over the logging window): ``loss``; ``ipo/delta``, ``ipo/target``, ``ipo/residual``,
+    ``ipo/sq_error`` (as offline, in the units of ``loss_form``); ``online/preference_mean`` (mean q),
+    ``online/tie_fraction`` (q = ½ exactly), ``online/judge_agreement`` (over pairs with q ≠ ½: fraction where the
+    policy's implicit preference sign(Δ) agrees with sign(q − ½); NaN if every pair was a tie),
+    ``online/kl`` (mean over sampled completions of Σ_t [log π_θ − log π_ref](y_t), completion tokens only — an
+    unbiased estimate of KL(π_θ‖π_ref) per sequence when λ = 0), ``online/completion_length``,
+    ``online/contains_eos``, ``beta``.
+    """
+
+    _tag_names = ["trl", "online-dpo", "ipo", "online-ipo", "trl_ipo"]
+    _name = "Online IPO"
+    loss_is_scaled_for_ga = False  # Trainer.training_step divides the loss by the gradient accumulation steps
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        reward_funcs=None,
+        judge=None,
+        args: OnlineIPOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        peft_config=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        args = _as_online_ipo_config(args, model)
+        if (judge is None) == (reward_funcs is None):
+            raise ValueError("OnlineIPOTrainer needs exactly one of `judge` or `reward_funcs` to label the sampled pairs.")
+        if judge is not None and not callable(judge):
+            raise TypeError(f"`judge` must be callable as judge(prompts, completions_a, completions_b), got {judge!r}")
+        if judge is not None and args.missing_eos_penalty is not None:
+            raise ValueError(
+                "OnlineIPOConfig.missing_eos_penalty applies to rewards; with a `judge`, penalise missing EOS inside it."
+            )
+        if eval_dataset is not None:
+            raise ValueError("OnlineIPOTrainer has no evaluation loop: pass eval_dataset=None.")
+        _validate_prompt_dataset(train_dataset)
+        if ref_model is None and peft_config is None and not is_peft_model(model) and is_deepspeed_zero3_enabled():
+            ref_model = _load_sharded_reference(model, args)
+
+        self.judge = judge
+        super().__init__(
+            model,
+            ref_model=ref_model,
+            reward_funcs=reward_funcs if judge is None else [_labelled_by_judge],
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            peft_config=peft_config,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        if judge is not None:
+            self.reward_funcs, self.reward_processing_classes, self.reward_func_names = None, None, []
+        self.stats = {key: [] for key in _STAT_KEYS}
+        self._sampling_warpers = build_logits_warpers(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty,
+        )
+
+    # ------------------------------------------------------------------------------------------------- one step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # transformers.Trainer's step: compute_loss, loss / gradient_accumulation_steps, backward.
+        return super(OnlineDPOTrainer, self).training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise NotImplementedError("OnlineIPOTrainer.compute_loss returns the loss only.")
+        if "image" in inputs:
+            raise NotImplementedError("OnlineIPOTrainer trains text-only policies; the batch has an `image` column.")
+        prompts = inputs["prompt"]
+        batch_size = len(prompts)
+
+        # 1. Sample two completions per prompt: rows [a_0 … a_{B−1}, b_0 … b_{B−1}].
+        if self.args.use_vllm:
+            prompt_ids, prompt_mask, completion_ids, completion_mask = self._generate_vllm(prompts)
+        else:
+            prompt_ids, prompt_mask, completion_ids, completion_mask, _ = self._generate(model, prompts)
+
+        # 2. Label: q = P(y_a ≻ y_b | x).
+        contains_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
+        contains_eos = (contains_eos & completion_mask.bool()).any(dim=-1)
+        preference = self._label_pairs(inputs, completion_ids, contains_eos)
+
+        # 3. The offline IPO loss on the sampled pairs.
+        logps = completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length)
+        with torch.no_grad():
+            ref_logps = self._reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        mask = completion_mask.bool()
+        num_tokens = mask.sum(dim=1)
+        logratio_sums = torch.where(mask, logps - ref_logps, 0.0).sum(dim=1)  # Σ_t log π_θ/π_ref, one per completion
+        logratios = reduce_logps(logratio_sums, num_tokens, self.args.logp_reduction)
+        logratios_a, logratios_b = logratios.split(batch_size)
+        margin, target = ipo_regression(
+            logratios_a,
+            logratios_b,
+            self.beta,
+            preference,
+            symmetric=self.args.symmetric,
+            loss_form=self.args.loss_form,
+        )
+        loss = ((margin - target) ** 2).mean()
+
+        self._log_step(margin.detach(), target.detach(), preference, logratio_sums.detach(), num_tokens, contains_eos)
+        return loss
+
+    # -------------------------------------------------------------------------------------------------- sampling
+    def _generate(self, model, prompts, images=None):
+        """Two completions per prompt: TRL's ``generate`` path for λ = 0, the mixture sampler for λ > 0."""
+        if self.args.mixture_coef == 0:
+            return super()._generate(model, prompts, images)
+        device = self.accelerator.device
+        prompts_text = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
+        encoded = self.processing_class(
+            text=prompts_text, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        prompt_ids = encoded["input_ids"].to(device).repeat(2, 1)
+        prompt_mask = encoded["attention_mask"].to(device).repeat(2, 1)
+        with (
+            unwrap_model_for_generation(
+                model, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ) as policy,
+            self._reference_for_sampling(policy) as reference,
+        ):
+            sampled = sample_completions(
+                policy,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=self.args.max_new_tokens,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self._tokenizer.pad_token_id,
+                ref_model=reference,
+                mixture_coef=self.args.mixture_coef,
+                logits_warpers=self._sampling_warpers,
+                any_rank_unfinished=self._any_rank_unfinished,
+            )
+        return prompt_ids, prompt_mask, sampled.completion_ids, sampled.completion_mask, None
+
+    @contextmanager
+    def _reference_for_sampling(self, policy):
+        if self.ref_model is None:  # PEFT: the reference is the policy with its adapter disabled
+            yield _AdapterDisabled(policy)
+        else:
+            # Under ZeRO-3 the reference stays sharded: each forward gathers its layers (every rank steps in sync).
+            yield self.ref_model
+
+    def _any_rank_unfinished(self, local_unfinished: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return local_unfinished
+        flag = torch.tensor([float(local_unfinished)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _reference_logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        if self.ref_model is not None:
+            return completion_logps(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length)
+        with self.accelerator.unwrap_model(self.model).disable_adapter():
+            return completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length)
+
+    # -------------------------------------------------------------------------------------------------- labelling
+    def _label_pairs(self, inputs, completion_ids, contains_eos) -> torch.Tensor:
+        prompts = inputs["prompt"]
+        batch_size = len(prompts)
+        device = completion_ids.device
+        completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        if is_conversational({"prompt": prompts[0]}):
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        if self.judge is not None:
+            return preference_from_judge(self.judge, prompts, completions[:batch_size], completions[batch_size:], device)
+        reward_kwargs = {
+            key: (value * 2 if isinstance(value, (list, tuple)) else value)
+            for key, value in inputs.items()
+            if key != "prompt"
+        }
+        rewards = self._calculate_rewards_from_functions(
+            prompts=2 * prompts,
+            completions=completions,
+            completion_ids_list=completion_ids.tolist(),
+            **reward_kwargs,
+        )
+        if self.args.missing_eos_penalty is not None:
+            rewards = rewards - self.args.missing_eos_penalty * (~contains_eos).float()
+        rewards_a, rewards_b = rewards.split(batch_size)
+        return preference_from_rewards(
+            rewards_a, rewards_b, self.args.reward_to_preference, self.args.bradley_terry_temperature
+        ).to(device)
+
+    # --------------------------------------------------------------------------------------------------- metrics
+    def _log_step(self, margin, target, preference, logratio_sums, num_tokens, contains_eos):
+        gather = self.accelerator.gather
+        margin, target, preference = gather(margin).float(), gather(target).float(), gather(preference).float()
+        residual = margin - target
+        decided = preference != 0.5
+        agree = (torch.sign(margin) == torch.sign(preference - 0.5)) & decided
+        values = {
+            "ipo/delta": margin.mean(),
+            "ipo/target": target.mean(),
+            "ipo/residual": residual.mean(),
+            "ipo/sq_error": (residual**2).mean(),
+            "online/preference_mean": preference.mean(),
+            "online/tie_fraction": (~decided).float().mean(),
+            "online/kl": gather(logratio_sums).float().mean(),
+            "online/completion_length": gather(num_tokens).float().mean(),
+            "online/contains_eos": gather(contains_eos).float().mean(),
+            "online/_agree_count": agree.float().sum(),
+            "online/_decided_count": decided.float().sum(),
+        }
+        for key, value in values.items():
+            self.stats[key].append(value.item())
+        self.stats["beta"].append(self.beta)
+
+    def log(self, logs, start_time=None):
+        # Ratio of sums over the window: the averaged counts have the same ratio.
+        agree, decided = logs.pop("online/_agree_count", None), logs.pop("online/_decided_count", None)
+        if agree is not None and decided is not None:
+            logs["online/judge_agreement"] = agree / decided if decided > 0 else float("nan")
+        super().log(logs, start_time)
+
+
+class _AdapterDisabled:
+    """Calls a PEFT policy with its adapter disabled: the reference of a PEFT run, for the mixture sampler."""
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    @property
+    def training(self):
+        return self.peft_model.training
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+
+def _labelled_by_judge(prompts, completions, **kwargs):
+    raise RuntimeError("OnlineIPOTrainer labels pairs with its judge; no reward function is called.")
+
+
+def _as_online_ipo_config(args, model) -> OnlineIPOConfig:
+    if isinstance(args, OnlineIPOConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+        return OnlineIPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-OnlineIPO")
+    if not isinstance(args, OnlineDPOConfig):
+        raise TypeError(f"args must be an OnlineIPOConfig (or OnlineDPOConfig), got {type(args).__name__}")
+    values = {k: v for k, v in args.to_dict().items() if k in OnlineIPOConfig.__dataclass_fields__}
+    values.pop("loss_type", None)  # an OnlineDPOConfig's loss_type is DPO's; this trainer always trains IPO
+    if args.temperature == OnlineDPOConfig.__dataclass_fields__["temperature"].default:
+        values.pop("temperature")  # TRL's default 0.9 → the on-policy default 1
+    return OnlineIPOConfig(**{k: v for k, v in values.items() if OnlineIPOConfig.__dataclass_fields__[k].init})
+
+
+def _validate_prompt_dataset(dataset):
+    if dataset is None:
+        raise ValueError("OnlineIPOTrainer needs a train_dataset of prompts (a `prompt` column).")
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(f"the train_dataset needs a `prompt` column; it has {list(columns)}.")
+    if isinstance(dataset, Dataset):
+        for i, prompt in enumerate(dataset["prompt"]):
+            if prompt is None or (isinstance(prompt, (str, list)) and len(prompt) == 0):
+                raise ValueError(f"train_dataset row {i}: empty prompt {prompt!r}; every row needs a prompt to sample from.")
+
+
+def _load_sharded_reference(model, args):
+    if not isinstance(model, str):
+        raise ValueError(
+            "Under DeepSpeed ZeRO-3 the reference cannot be copied from an already built policy. Pass `ref_model` "
+            "(e.g. AutoModelForCausalLM.from_pretrained(path), built after the OnlineIPOConfig so that it is "
+            "sharded), or pass `model` as a path/id so the reference is loaded sharded."
+        )
+    kwargs = dict(args.model_init_kwargs or {})
+    dtype = kwargs.get("dtype", "auto")
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(model, **kwargs)
