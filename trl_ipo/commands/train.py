@@ -113,26 +113,50 @@ def _resolve_deepspeed_flag(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str], parser=None):
-    """``(script_args, training_args, model_args, dataset_args)`` from ``argv``, or :class:`UsageError`."""
+    """``(script_args, training_args, model_args, dataset_args)`` from ``argv``, or :class:`UsageError`.
+
+    Unknown flags and unknown YAML fields are reported (with the nearest known name) before any dataclass is built,
+    so a typo is never hidden behind a later validation error.
+    """
     parser = parser or make_parser()
     argv = _resolve_deepspeed_flag(list(argv))
     config_path = _config_path(argv)
-    if config_path is not None and not os.path.isfile(config_path):
-        raise UsageError(f"config file not found: {config_path!r}")
+    known = _known_options(parser)
+    if config_path is not None:
+        unknown_fields = [key for key in _read_config(config_path) if key != "env" and key not in known]
+        if unknown_fields:
+            raise UsageError(_unknown(f"unknown fields in {config_path}", unknown_fields, known, dashes=""))
+    command_line = list(argv)
+    if config_path is not None:
+        at = command_line.index("--config")
+        del command_line[at : at + 2]
+    _, unknown_flags = argparse.ArgumentParser.parse_known_args(parser, command_line)
+    if unknown_flags:
+        raise UsageError(_unknown("unrecognized arguments", unknown_flags, known, dashes="--"))
     try:
-        *parsed, from_config, from_cli = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True
-        )
+        *parsed, leftover = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except UsageError:
         raise
-    except (ValueError, TypeError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments, ...)
+    except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
         raise UsageError(_one_line(err)) from None
-    known = _known_options(parser)
-    if from_cli:
-        raise UsageError(_unknown("unrecognized arguments", from_cli, known, dashes="--"))
-    if from_config:
-        raise UsageError(_unknown(f"unknown fields in {config_path}", from_config[::2], known, dashes=""))
+    if leftover:
+        raise UsageError(_unknown("unrecognized arguments", leftover, known, dashes="--"))
     return tuple(parsed)
+
+
+def _read_config(config_path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(config_path):
+        raise UsageError(f"config file not found: {config_path!r}")
+    try:
+        with open(config_path) as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {config_path!r} is not valid YAML: {_one_line(err)}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {config_path!r} must hold a YAML mapping of field: value")
+    return values
 
 
 def _config_path(argv: list[str]) -> str | None:
