@@ -10,12 +10,14 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
 from datasets import Dataset
 from trl import DPOTrainer
 
+from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig
 from .data import PreferenceCollator, validate_preference_column
 from .losses import ipo_regression, reduce_logps
@@ -44,6 +46,7 @@ class IPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
         args = _as_ipo_config(args, model)
+        require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
         if args.preference_column is not None:
             _validate_datasets(args.preference_column, train_dataset, eval_dataset)
@@ -53,6 +56,7 @@ class IPOTrainer(DPOTrainer):
         # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
         self.pair_records: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         self._last_logged_pairs: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
+        attach_margin_callback(self)  # margin histograms and worst-fit tables when report_to includes wandb
 
     # ----------------------------------------------------------------------------------------------- data plumbing
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -210,10 +214,10 @@ def _as_ipo_config(args, model) -> IPOConfig:
     if args is None:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
         return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
-    values = {k: v for k, v in args.to_dict().items() if k in IPOConfig.__dataclass_fields__}
-    values.pop("loss_type", None)  # a DPOConfig's loss_type is DPO's; IPOTrainer always trains IPO
-    values.pop("loss_weights", None)
-    return IPOConfig(**{k: v for k, v in values.items() if IPOConfig.__dataclass_fields__[k].init})
+    # A DPOConfig's loss_type is DPO's (and its deprecated fields would warn again): IPO keeps its own defaults.
+    skip = {"loss_type", "loss_weights"}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name not in skip}
+    return IPOConfig(**{k: v for k, v in values.items() if k in IPOConfig.__dataclass_fields__})
 
 
 def _validate_datasets(column, train_dataset, eval_dataset):
