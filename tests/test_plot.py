@@ -1,0 +1,145 @@
+"""`trl-ipo plot`: PNGs whose curves are the given runs' logged values (checked against the trainer_state.json)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trl_ipo.cli import main as cli_main
+from trl_ipo.commands.plot import plot
+from trl_ipo.plotting import PANELS, find_state_file
+
+
+def _ipo_history(beta, steps=4, eval_every=2, seed=0):
+    """A log_history shaped like IPOTrainer's: train entries, eval_ entries, and the final summary entry."""
+    rng = np.random.default_rng(seed)
+    history = []
+    for step in range(1, steps + 1):
+        delta = float(rng.normal(step * 0.3, 0.1))
+        chosen, rejected = float(rng.normal(0.2 * step, 0.05)), float(rng.normal(-0.1 * step, 0.05))
+        history.append(
+            {
+                "loss": (delta - 0.5 / beta) ** 2,
+                "grad_norm": 1.0,
+                "rewards/chosen": beta * chosen,
+                "rewards/rejected": beta * rejected,
+                "rewards/accuracies": float(rng.uniform()),
+                "rewards/margins": beta * (chosen - rejected),
+                "ipo/delta": delta,
+                "ipo/target": 0.5 / beta,
+                "ipo/residual": delta - 0.5 / beta,
+                "ipo/sq_error": (delta - 0.5 / beta) ** 2,
+                "epoch": step / steps,
+                "step": step,
+            }
+        )
+        if step % eval_every == 0:
+            delta = float(rng.normal(step * 0.2, 0.1))
+            history.append(
+                {
+                    "eval_loss": (delta - 0.5 / beta) ** 2,
+                    "eval_rewards/chosen": beta * 0.1 * step,
+                    "eval_rewards/rejected": -beta * 0.1 * step,
+                    "eval_rewards/accuracies": 0.5 + 0.1 * step,
+                    "eval_rewards/margins": beta * 0.2 * step,
+                    "eval_ipo/delta": delta,
+                    "eval_ipo/target": 0.5 / beta,
+                    "eval_ipo/residual": delta - 0.5 / beta,
+                    "epoch": step / steps,
+                    "step": step,
+                }
+            )
+    history.append({"train_runtime": 1.0, "train_loss": 1.0, "epoch": 1.0, "step": steps})
+    return history
+
+
+def _dpo_history(steps=3):
+    """A stock DPOTrainer log_history: TRL's keys only, no ipo/*."""
+    return [
+        {"loss": 0.69 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
+         "rewards/accuracies": 0.5, "rewards/margins": 0.02 * s, "epoch": s / steps, "step": s}
+        for s in range(1, steps + 1)
+    ]
+
+
+def _write_run(folder, history):
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": history[-1]["step"], "log_history": history}))
+    return folder
+
+
+def _expected(history, key):
+    return [float(e["step"]) for e in history if key in e], [float(e[key]) for e in history if key in e]
+
+
+def _is_nonblank_png(path):
+    import matplotlib.image as mpimg
+
+    assert path.stat().st_size > 1000
+    pixels = mpimg.imread(path)
+    return pixels.ndim == 3 and pixels.shape[0] > 100 and float(pixels.std()) > 0.01
+
+
+def test_plot_draws_each_runs_logged_values(tmp_path):
+    ipo_a = _write_run(tmp_path / "ipo_beta0.1", _ipo_history(0.1, seed=1))
+    ipo_b = _write_run(tmp_path / "ipo_beta0.5", _ipo_history(0.5, seed=2))
+    dpo = _write_run(tmp_path / "dpo", _dpo_history())
+    result = plot([ipo_a, ipo_b, dpo], tmp_path / "png", betas=[0.1, 0.5, 0.1])
+
+    assert sorted(p.name for p in result.files) == sorted(p.filename for p in PANELS)
+    for path in result.files:
+        assert _is_nonblank_png(path), path
+
+    for run, beta in ((ipo_a, 0.1), (ipo_b, 0.5)):
+        history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        label = run.name
+        for split, prefix in (("train", ""), ("eval", "eval_")):
+            assert result.series[("margin.png", split, label, "Δ")] == _expected(history, f"{prefix}ipo/delta")
+            assert result.series[("margin.png", split, label, "target")] == _expected(history, f"{prefix}ipo/target")
+            assert result.series[("residual.png", split, label, "residual")] == _expected(
+                history, f"{prefix}ipo/residual"
+            )
+            assert result.series[("loss.png", split, label, "loss")] == _expected(history, f"{prefix}loss")
+            assert result.series[("reward_accuracy.png", split, label, "accuracy")] == _expected(
+                history, f"{prefix}rewards/accuracies"
+            )
+            # log-ratio panel: TRL's rewards are β·ρ, the plot shows ρ = reward / β
+            steps, rewards = _expected(history, f"{prefix}rewards/chosen")
+            drawn_steps, drawn = result.series[("logratios.png", split, label, "chosen")]
+            assert drawn_steps == steps
+            assert drawn == pytest.approx([r / beta for r in rewards], rel=1e-12)
+        # the train loss curve has one point per logging step, not the final summary entry
+        assert result.series[("loss.png", "train", label, "loss")][0] == [1.0, 2.0, 3.0, 4.0]
+
+    # the DPO run: drawn where it has the keys, listed as skipped where it has not
+    dpo_history = json.loads((dpo / "trainer_state.json").read_text())["log_history"]
+    assert result.series[("loss.png", "train", "dpo", "loss")] == _expected(dpo_history, "loss")
+    assert ("margin.png", "train", "dpo", "Δ") not in result.series
+    assert "dpo: margin.png (train) has no ipo/delta" in result.skipped
+
+
+def test_plot_cli_and_run_folder_forms(tmp_path, capsys):
+    history = _ipo_history(0.2, steps=3, eval_every=3)
+    run = tmp_path / "out"
+    _write_run(run / "checkpoint-2", history[:2])
+    _write_run(run / "checkpoint-10", history)  # the latest checkpoint (numeric order, not string order)
+    assert find_state_file(run) == run / "checkpoint-10" / "trainer_state.json"
+
+    assert cli_main(["plot", str(run), "--out", str(tmp_path / "png"), "--label", "ipo"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(tmp_path / "png" / p.filename) for p in PANELS)
+
+    # β unknown: the log-ratio panel shows the rewards themselves, and its axis says so
+    result = plot([run / "checkpoint-10" / "trainer_state.json"], tmp_path / "png2", panels=["logratios"])
+    assert [p.name for p in result.files] == ["logratios.png"]
+    steps, drawn = result.series[("logratios.png", "train", "checkpoint-10", "chosen")]
+    assert drawn == _expected(history, "rewards/chosen")[1]
+    assert all(math.isfinite(v) for v in drawn)
+
+    assert cli_main(["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "No trainer_state.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="2 labels for 1 runs"):
+        plot([run], tmp_path / "y", labels=["a", "b"])
+    with pytest.raises(ValueError, match="Unknown panel"):
+        plot([run], tmp_path / "y", panels=["margins"])

@@ -1,0 +1,73 @@
+"""``trl-ipo plot RUN_DIR [RUN_DIR ...] --out DIR``: PNG plots of margins, targets and losses from trainer_state.json.
+
+Several runs go on the same figures (DPO vs IPO, β sweeps). The Python entry point is :func:`plot`, i.e.
+:func:`trl_ipo.plotting.plot_runs`. Each PNG has a train and an eval panel:
+
+    margin.png           Δ (ipo/delta) and its target (ipo/target)
+    residual.png         ipo/residual = mean(Δ − target)
+    loss.png             loss / eval_loss
+    reward_accuracy.png  rewards/accuracies
+    logratios.png        chosen / rejected log-ratios (rewards / β)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..plotting import PANELS, PlotResult, plot_runs
+
+HELP = "PNG plots of margins, targets and losses from runs' trainer_state.json"
+
+
+def plot(run_dirs, out_dir, labels=None, betas=None, panels=None) -> PlotResult:
+    """Python form of ``trl-ipo plot``: render the PNGs of ``run_dirs`` into ``out_dir``."""
+    return plot_runs(list(run_dirs), out_dir, labels=labels, betas=betas, panels=panels)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    panels = ", ".join(p.filename for p in PANELS)
+    parser = argparse.ArgumentParser(
+        prog="trl-ipo plot",
+        description=f"{HELP}. Writes {panels} into --out, every run on the same figures.",
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR",
+        help="a run's output_dir (or a checkpoint folder, or a trainer_state.json file)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created if missing)")
+    parser.add_argument("--label", action="append", metavar="NAME", help="legend name of a run, once per run, in order")
+    parser.add_argument(
+        "--beta", action="append", type=float, metavar="B",
+        help="β of a run for the log-ratio panel, once per run or once for all (default: from training_args.bin)",
+    )
+    parser.add_argument(
+        "--panel", action="append", metavar="NAME",
+        help="draw only this panel (margin, residual, loss, reward_accuracy, logratios); repeatable; default: all",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    betas = ns.beta
+    if betas is not None and len(betas) == 1 and len(ns.run_dirs) > 1:
+        betas = betas * len(ns.run_dirs)
+    try:
+        result = plot(ns.run_dirs, ns.out, labels=ns.label, betas=betas, panels=ns.panel)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"trl-ipo plot: {err}", file=sys.stderr)
+        return 2
+    for note in result.skipped:
+        print(f"note: {note}", file=sys.stderr)
+    if not result.files:
+        print("trl-ipo plot: the runs have none of the plotted metrics; no PNG written.", file=sys.stderr)
+        return 1
+    for path in result.files:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,246 @@
+"""PNG plots of margins, targets, losses and rewards from runs' ``trainer_state.json``, without wandb.
+
+Every ``Trainer`` run keeps its logs in ``trainer_state.json`` (``log_history``: one dict per logging step, eval
+entries' keys prefixed ``eval_``). :func:`plot_runs` draws, for one or several runs on the same figures (DPO vs IPO,
+β sweeps), a train and an eval panel of:
+
+* ``margin.png``: the regressed margin Δ (``ipo/delta``, solid) and its target (``ipo/target``, dashed). With
+  ``loss_form="paper"`` the target is t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 17);
+* ``residual.png``: ``ipo/residual`` = mean(Δ − target);
+* ``loss.png``: the training / evaluation loss;
+* ``reward_accuracy.png``: ``rewards/accuracies``, the fraction of pairs with β·ρ_w > β·ρ_l;
+* ``logratios.png``: chosen (solid) and rejected (dashed) log-ratios ρ = log π_θ(y|x) − log π_ref(y|x), summed over
+  the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. When β is not known (not given and
+  no ``training_args.bin`` in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
+
+A stock ``trl.DPOTrainer`` run logs the ``ipo/*`` keys only when it was trained with
+:class:`trl_ipo.callbacks.IPOMarginCallback`; runs lacking a panel's keys are left out of that panel and listed in
+the result's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+SPLITS = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One metric of a panel: log key (without ``eval_``), legend name, line style."""
+
+    key: str
+    name: str
+    style: str = "-"
+
+
+@dataclass(frozen=True)
+class Panel:
+    filename: str
+    title: str
+    ylabel: str
+    curves: tuple[Curve, ...]
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel("margin.png", "Margin Δ (solid) vs its target (dashed)", "Δ", (Curve("ipo/delta", "Δ"), Curve("ipo/target", "target", "--"))),
+    Panel("residual.png", "Residual Δ − target", "mean(Δ − target)", (Curve("ipo/residual", "residual"),)),
+    Panel("loss.png", "Loss", "loss", (Curve("loss", "loss"),)),
+    Panel("reward_accuracy.png", "Reward accuracy", "fraction with ρ_w > ρ_l", (Curve("rewards/accuracies", "accuracy"),)),
+    Panel(
+        "logratios.png",
+        "Chosen (solid) and rejected (dashed) log-ratios",
+        "log π_θ/π_ref",
+        (Curve("rewards/chosen", "chosen"), Curve("rewards/rejected", "rejected", "--")),
+    ),
+)
+_LOGRATIO_PANEL = "logratios.png"
+
+
+@dataclass
+class Run:
+    """A run's log history, the label it gets in legends, and its β if known."""
+
+    label: str
+    path: Path
+    log_history: list[dict]
+    beta: float | None = None
+
+    def series(self, key: str, split: str) -> tuple[list[float], list[float]]:
+        """Steps and values of ``key`` in ``split`` (``eval`` reads ``eval_<key>``), in log order."""
+        name = key if split == "train" else f"eval_{key}"
+        steps, values = [], []
+        for entry in self.log_history:
+            if name in entry and "step" in entry:
+                steps.append(float(entry["step"]))
+                values.append(float(entry[name]))
+        return steps, values
+
+
+@dataclass
+class PlotResult:
+    """What :func:`plot_runs` wrote and drew.
+
+    ``series[(filename, split, run_label, curve_name)]`` holds the (steps, values) read back from the drawn lines;
+    ``skipped`` lists "run: panel (split) has no <key>" for the curves a run could not provide.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    series: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_state_file(run_dir: str | Path) -> Path:
+    """``trainer_state.json`` of a run: the file itself, ``RUN_DIR/trainer_state.json``, or the latest checkpoint's."""
+    path = Path(run_dir)
+    if path.is_file():
+        return path
+    if (path / STATE_FILE).is_file():
+        return path / STATE_FILE
+    checkpoints = sorted(
+        (p for p in path.glob("checkpoint-*") if (p / STATE_FILE).is_file() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    if checkpoints:
+        return checkpoints[-1] / STATE_FILE
+    raise FileNotFoundError(
+        f"No {STATE_FILE} in {path} (nor in a checkpoint-* folder inside it). Pass a run's output_dir, one of its "
+        f"checkpoints, or the {STATE_FILE} file; a run writes it at each save or with trainer.save_state()."
+    )
+
+
+def load_run(run_dir: str | Path, label: str | None = None, beta: float | None = None) -> Run:
+    """Read a run's ``log_history``; β from ``beta`` or else the run's ``training_args.bin`` (when present)."""
+    state_file = find_state_file(run_dir)
+    with open(state_file) as handle:
+        state = json.load(handle)
+    if "log_history" not in state:
+        raise ValueError(f"{state_file} has no log_history; is it a Trainer state file?")
+    folder = state_file.parent
+    if beta is None:
+        beta = _beta_from_training_args(folder) or _beta_from_training_args(Path(run_dir))
+    name = label or (Path(run_dir).name if Path(run_dir).is_dir() else folder.name)
+    return Run(label=name, path=folder, log_history=state["log_history"], beta=beta)
+
+
+def _beta_from_training_args(folder: Path) -> float | None:
+    path = folder / "training_args.bin"
+    if not path.is_file():
+        return None
+    try:
+        import torch
+
+        args = torch.load(path, weights_only=False)  # the run's own TrainingArguments, saved by Trainer
+    except Exception:  # noqa: BLE001 — an unreadable file only means β is unknown
+        return None
+    beta = getattr(args, "beta", None)
+    return float(beta) if isinstance(beta, (int, float)) else None
+
+
+def plot_runs(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    labels: list[str] | None = None,
+    betas: list[float | None] | None = None,
+    panels: list[str] | None = None,
+) -> PlotResult:
+    """Render the panels of :data:`PANELS` for ``run_dirs`` into ``out_dir`` (one PNG per panel, all runs on it).
+
+    ``labels`` names the runs in the legends (default: folder names); ``betas`` gives each run's β for the
+    log-ratio panel (default: read from ``training_args.bin``); ``panels`` picks panels by file name or stem
+    (default: all). Returns a :class:`PlotResult`.
+    """
+    if not run_dirs:
+        raise ValueError("plot_runs: give at least one run folder.")
+    for name, values in (("labels", labels), ("betas", betas)):
+        if values is not None and len(values) != len(run_dirs):
+            raise ValueError(f"plot_runs: {len(values)} {name} for {len(run_dirs)} runs; give one per run.")
+    chosen = _select_panels(panels)
+    runs = [
+        load_run(path, labels[i] if labels else None, betas[i] if betas else None) for i, path in enumerate(run_dirs)
+    ]
+    _deduplicate_labels(runs)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = PlotResult()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for panel in chosen:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        drawn = 0
+        for ax, split in zip(axes, SPLITS):
+            ylabels = set()
+            for i, run in enumerate(runs):
+                scale, ylabel = _scale(panel, run)
+                ylabels.add(ylabel)
+                for curve in panel.curves:
+                    steps, values = run.series(curve.key, split)
+                    if not steps:
+                        result.skipped.append(f"{run.label}: {panel.filename} ({split}) has no {curve.key}")
+                        continue
+                    values = [v * scale for v in values]
+                    (line,) = ax.plot(
+                        steps,
+                        values,
+                        curve.style,
+                        color=colors[i % len(colors)],
+                        marker="o" if split == "eval" or len(steps) == 1 else None,
+                        markersize=3,
+                        label=f"{run.label} {curve.name}",
+                    )
+                    result.series[(panel.filename, split, run.label, curve.name)] = (
+                        [float(x) for x in line.get_xdata()],
+                        [float(y) for y in line.get_ydata()],
+                    )
+                    drawn += 1
+            ax.set_title(f"{panel.title} — {split}", fontsize=10)
+            ax.set_xlabel("step")
+            ax.set_ylabel(" | ".join(sorted(ylabels)))
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, f"no {split} logs", ha="center", va="center", transform=ax.transAxes)
+        if drawn:
+            path = out / panel.filename
+            fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.22)
+            fig.savefig(path, dpi=100)
+            result.files.append(path)
+        plt.close(fig)
+    return result
+
+
+def _select_panels(names: list[str] | None) -> list[Panel]:
+    if names is None:
+        return list(PANELS)
+    by_name = {p.filename: p for p in PANELS} | {p.filename.removesuffix(".png"): p for p in PANELS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"Unknown panel(s) {unknown}; choose from {[p.filename.removesuffix('.png') for p in PANELS]}.")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def _scale(panel: Panel, run: Run) -> tuple[float, str]:
+    """TRL's rewards are β·ρ: divide by β in the log-ratio panel when β is known."""
+    if panel.filename != _LOGRATIO_PANEL:
+        return 1.0, panel.ylabel
+    if run.beta:
+        return 1.0 / run.beta, panel.ylabel
+    return 1.0, "β·log π_θ/π_ref (β unknown)"
+
+
+def _deduplicate_labels(runs: list[Run]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.label] = seen.get(run.label, 0) + 1
+    for i, run in enumerate(runs):
+        if seen[run.label] > 1:
+            run.label = f"{run.label} [{i + 1}]"
