@@ -10,6 +10,7 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -50,6 +51,9 @@ class IPOTrainer(DPOTrainer):
         self.dropped_rows: dict[str, int] = {}
         if args.preference_column is not None:
             _validate_datasets(args.preference_column, train_dataset, eval_dataset)
+        if ref_model is None and _needs_in_memory_reference(model, args, kw.get("peft_config")):
+            # TRL reloads the reference from the model's path; a model built in memory has none, so copy it.
+            ref_model = copy.deepcopy(model).eval()
         super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
         if args.preference_column is not None:
             self.data_collator = PreferenceCollator(self.data_collator, args.preference_column)
@@ -218,6 +222,14 @@ def _as_ipo_config(args, model) -> IPOConfig:
     skip = {"loss_type", "loss_weights"}
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name not in skip}
     return IPOConfig(**{k: v for k, v in values.items() if k in IPOConfig.__dataclass_fields__})
+
+
+def _needs_in_memory_reference(model, args, peft_config) -> bool:
+    if isinstance(model, str) or peft_config is not None or args.precompute_ref_log_probs:
+        return False
+    if getattr(model, "peft_config", None):  # a PeftModel: the reference is the adapter-disabled model
+        return False
+    return not getattr(model.config, "_name_or_path", "")
 
 
 def _validate_datasets(column, train_dataset, eval_dataset):
