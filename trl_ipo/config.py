@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .distributed import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")
@@ -100,7 +101,11 @@ class IPOConfig(DPOConfig):
             )
         if self.use_weighting:
             raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
+        # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
+        # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
+        prepare_launch(self)
         super().__post_init__()
+        check_launch(self)
 
 
 def _parse_bool(name: str, value: str) -> bool:
