@@ -1,0 +1,154 @@
+"""scripts/bench.py: the tiny benchmark reports every figure, consistently; the rotation is fair. No timing asserted."""
+
+import importlib.util
+import json
+import math
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["A", "A_prime", "B", "F", "P"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("trl_ipo_bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def report(bench, tmp_path_factory):
+    """One tiny run on the code path of --device cuda (bf16 weights and autocast, MFU against a given peak)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert bench.main(["--tiny", "--dtype", "bfloat16", "--peak-tflops", "0.5", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_every_variant_has_its_figures(report):
+    cfg = report["config"]
+    assert list(report["variants"]) == VARIANTS
+    for name, v in report["variants"].items():
+        steps = v["step_time_s"]
+        assert len(steps["all"]) == cfg["steps"] == v["timed_steps"]
+        assert all(t > 0 and math.isfinite(t) for t in steps["all"])
+        assert steps["min"] <= steps["median"] <= steps["max"]
+        assert len(v["iteration_time_s"]["all"]) >= cfg["steps"] - 1
+        assert v["tokens_per_step"] == 2 * cfg["pairs"] * cfg["seq"]
+        assert v["tokens_per_s"] == pytest.approx(v["tokens_per_step"] / steps["median"])
+        assert v["achieved_tflops"] == pytest.approx(v["model_flops_per_step"] / steps["median"] / 1e12)
+        assert v["mfu"] == pytest.approx(v["achieved_tflops"] / 0.5)
+    precompute = report["variants"]["P"]
+    assert precompute["precompute_s"] > 0
+    assert precompute["precompute_pairs"] == cfg["pairs"] * (cfg["warmup"] + cfg["steps"])
+
+
+def test_model_flops_follow_the_hand_formula(report):
+    cfg, model = report["config"], report["model"]
+    d, layers, vocab, inter = cfg["hidden"], cfg["layers"], cfg["vocab"], cfg["intermediate"]
+    # Qwen2 layer: q,k,v,o projections (+ q,k,v biases), gate/up/down MLP, two RMSNorms; then final norm, LM head.
+    non_embedding = layers * (4 * d * d + 3 * d + 3 * d * inter + 2 * d) + d + vocab * d
+    assert model["non_embedding_parameters"] == non_embedding
+    assert model["parameters"] == non_embedding + vocab * d
+    tokens, seq = 2 * cfg["pairs"] * cfg["seq"], cfg["seq"]
+    forward = 2 * non_embedding + 4 * layers * d * seq
+    for name, v in report["variants"].items():
+        passes = 3 if name == "P" else 4  # policy forward+backward (3 forwards) + reference forward, none for P
+        assert v["model_flops_per_step"] == pytest.approx(passes * forward * tokens)
+
+
+def test_ratios_and_targets_are_the_medians_quotients(report):
+    med = {n: v["step_time_s"]["median"] for n, v in report["variants"].items()}
+    expected = {"A/B": med["A"] / med["B"], "A_prime/A": med["A_prime"] / med["A"], "A/F": med["A"] / med["F"],
+                "P/A": med["P"] / med["A"]}
+    assert report["ratios"] == pytest.approx(expected)
+    limits = {"A/B": 1.02, "A_prime/A": 1.02, "A/F": 1.10, "P/A": 0.80}
+    for key, limit in limits.items():
+        check = report["targets"][key]
+        assert check["max"] == limit and check["value"] == pytest.approx(expected[key])
+        assert check["met"] == (expected[key] <= limit)
+    mem = report["targets"]["memory A<=B"]
+    assert mem["met"] == (report["memory"]["A"]["peak_bytes"] <= report["memory"]["B"]["peak_bytes"])
+
+
+def test_memory_is_measured_per_variant(report):
+    assert list(report["memory"]) == VARIANTS
+    for m in report["memory"].values():
+        assert m["metric"] == "peak_rss" and m["peak_reset"] is True
+        assert m["added_bytes"] == m["peak_bytes"] - m["before_bytes"] and m["added_bytes"] > 0
+
+
+def test_sequence_scan_and_provenance(report):
+    cfg = report["config"]
+    assert [row["seq"] for row in report["scan"]] == cfg["scan_seqs"]
+    for row in report["scan"]:
+        a = row["variants"]["A"]
+        assert a["seq"] == row["seq"] and a["tokens_per_step"] == 2 * cfg["pairs"] * row["seq"]
+        assert a["step_time_s"]["median"] > 0
+    first = report["scan"][0]
+    assert first["reused_from_main"] == ["A"] and first["variants"]["A"] == report["variants"]["A"]
+    assert report["command"].startswith("python scripts/bench.py --tiny")
+    assert report["machine"]["torch_threads"] == cfg["threads"] == 2
+    assert len(report["load_average"]["before_timing"]) == 3
+
+
+def test_analytic_parameter_count_matches_a_built_model(bench):
+    from trl_ipo.lab.tiny import build_model, build_tokenizer
+
+    cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"])
+    tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
+    model = build_model(tokenizer, hidden_size=cfg.hidden, num_layers=cfg.layers, num_heads=cfg.heads,
+                        intermediate_size=cfg.intermediate, vocab_size=cfg.vocab)
+    assert bench.parameter_count(cfg)["parameters"] == sum(p.numel() for p in model.parameters())
+    # The byte tokenizer gives one token per character, so the synthetic rows have the length asked for.
+    row = bench.make_rows(cfg, 48, 1, preference=True)[0]
+    assert len(tokenizer(row["prompt"] + row["chosen"])["input_ids"]) == 47 and 0 <= row["q"] <= 1
+
+
+def test_cuda_preset_is_a_half_billion_bf16_model_at_1024(bench):
+    cfg = replace(bench.BenchConfig(), **bench.PRESETS["cuda"])
+    assert (cfg.device, cfg.dtype, cfg.seq) == ("cuda", "bfloat16", 1024)
+    assert 0.4e9 < bench.parameter_count(cfg)["parameters"] < 0.7e9
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda needs a CUDA device"):
+            bench.parse_args(["--device", "cuda"])
+
+
+def test_bad_options_are_named(bench):
+    with pytest.raises(SystemExit, match="--hidden 30 is not divisible by --heads 4"):
+        bench.parse_args(["--tiny", "--hidden", "30"])
+    with pytest.raises(SystemExit, match=r"--variants has unknown \['C'\]"):
+        bench.parse_args(["--variants", "A,C"])
+
+
+def test_rotation_runs_one_variant_at_a_time_in_alternating_order(bench):
+    events, lock = [], threading.Lock()
+
+    class Dummy:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, turn):
+            for _ in range(3):
+                turn.step_begin()
+                with lock:
+                    events.append(("begin", self.name))
+                time.sleep(0.002)
+                with lock:
+                    events.append(("end", self.name))
+                turn.step_end()
+
+    turns = bench.run_interleaved([Dummy("x"), Dummy("y"), Dummy("z")], None, rounds=3)
+    # Never two variants inside a step at once: every begin is followed by its own end.
+    assert all(b == ("begin", e[1]) and e[0] == "end" for b, e in zip(events[::2], events[1::2]))
+    assert [name for kind, name in events if kind == "begin"] == list("xyz" "zyx" "xyz")
+    assert all(len(t.step_times) == 3 and len(t.iteration_times) == 2 for t in turns.values())
