@@ -285,3 +285,13 @@ def test_packaged_configs_parse(name, tmp_path):
         values["dataset_name"], values["model_name_or_path"], values["beta"],
     )
     assert model.use_peft is bool(values.get("use_peft", False))
+
+
+def test_deepspeed_short_names_resolve_to_packaged_files(capsys):
+    from trl_ipo.distributed import resolve_config
+
+    for argv in (["--deepspeed", "zero3"], ["--deepspeed=zero3"]):
+        resolved = train_cmd._resolve_deepspeed_flag(["--max_steps", "1", *argv])
+        assert resolved[-1].endswith(resolve_config("zero3", "deepspeed")), resolved
+    rc, _, err = run_cli(["--deepspeed", "zero9"], capsys)
+    assert rc == 2 and "--deepspeed 'zero9'" in err and "zero3" in err and "Traceback" not in err

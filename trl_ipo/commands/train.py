@@ -138,7 +138,10 @@ def parse_args(argv: Sequence[str], parser=None):
     except UsageError:
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
-        raise UsageError(_one_line(err)) from None
+        message = _one_line(err)
+        if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
+            message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
+        raise UsageError(message) from None
     if leftover:
         raise UsageError(_unknown("unrecognized arguments", leftover, known, dashes="--"))
     return tuple(parsed)
@@ -212,6 +215,13 @@ def load_datasets(script_args, training_args, dataset_args):
     wants_eval = training_args.eval_strategy != "no"
     if dataset_args.datasets:  # TRL's `datasets:` mixture (YAML)
         from trl import get_dataset
+
+        if script_args.dataset_name:
+            print(
+                f"{PROG}: note: both `datasets` and `dataset_name` are set; training on the `datasets` mixture, "
+                f"not on {script_args.dataset_name!r} (as `trl dpo` does).",
+                file=sys.stderr,
+            )
 
         try:
             dataset = get_dataset(dataset_args)
