@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import ipo_loss, ipo_target
-from .finite import as_pairs, ipo_closed_form
+from .finite import as_pairs, check_distribution, ipo_closed_form
 
 __all__ = [
     "D1",
@@ -295,9 +295,7 @@ def run_bandit(
     actions = tuple(actions)
     if reference is None:
         reference = torch.full((len(actions),), 1.0 / len(actions), dtype=DTYPE)
-    reference = torch.as_tensor(reference, dtype=DTYPE)
-    if reference.shape != (len(actions),):
-        raise ValueError(f"reference has {reference.numel()} entries but there are {len(actions)} actions {actions}")
+    reference = check_distribution(reference, len(actions))
     pairs_t = as_pairs(pairs, len(actions))
     recorded, curves = train_softmax_bandit(
         pairs_t, reference, taus, seeds, methods, preference, symmetric, steps, batch_size, lr, record_every, engine
@@ -417,7 +415,9 @@ def plot_curves(result: BanditResult, path, dpi: int = 90) -> None:
     axes[0, 0].set_ylabel("action probability")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("IPO (solid) vs DPO (dashed) on D1; dotted: exact IPO policy", fontsize=10)
+    data = ", ".join(f"{result.actions[w]}≻{result.actions[l]}" for w, l in result.pairs)
+    lines = " vs ".join(f"{m.upper()} ({'solid' if styles[m] == '-' else 'dashed'})" for m in result.methods)
+    fig.suptitle(f"{lines} on {{{data}}}; dotted: exact IPO policy", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -54,6 +54,7 @@ __all__ = [
     "ipo_closed_form",
     "policy_from_logratios",
     "sampled_ipo_loss",
+    "check_distribution",
     "check_preference_matrix",
     "preference_against",
     "population_loss_eq9",
@@ -125,7 +126,7 @@ def _preference(preference, num_pairs: int) -> torch.Tensor | None:
     return preference
 
 
-def _reference(reference, num_actions: int | None = None, name: str = "reference", positive: bool = True):
+def check_distribution(reference, num_actions: int | None = None, name: str = "reference", positive: bool = True):
     """A probability vector over the actions; the reference needs full support, a behaviour policy may have zeros."""
     reference = torch.as_tensor(reference, dtype=DTYPE)
     if reference.ndim != 1 or (num_actions is not None and reference.shape[0] != num_actions):
@@ -201,7 +202,7 @@ def policy_from_logratios(logratio: torch.Tensor, reference) -> torch.Tensor:
 
 def ipo_closed_form(pairs, reference, beta: float, preference=None, symmetric: bool = True, weights=None):
     """The exact sampled-IPO policy: u* = L⁺ b and π* ∝ π_ref · exp(u*) (see the module docstring)."""
-    reference = _reference(reference)
+    reference = check_distribution(reference)
     num_actions = reference.shape[0]
     u = ipo_logratios(pairs, num_actions, beta, preference, symmetric, weights)
     return FiniteIPOSolution(
@@ -251,14 +252,14 @@ def check_preference_matrix(preference_matrix, atol: float = 1e-9) -> torch.Tens
 def preference_against(preference_matrix, behaviour) -> torch.Tensor:
     """s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j (seed eq. 7)."""
     p = check_preference_matrix(preference_matrix)
-    mu = _reference(behaviour, p.shape[0], "behaviour policy", positive=False)
+    mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False)
     return p @ mu
 
 
 def population_loss_eq9(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
     """Seed eq. 9: E_{y1,y2~μ}[(β(u(y1) − u(y2)) − E_{y~μ}[v(y1, y) − v(y2, y)])²] (the score-difference regression)."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
-    mu = _reference(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
+    mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     score = p @ mu
     h = beta * (logratio[..., :, None] - logratio[..., None, :])
     target = score[:, None] - score[None, :]
@@ -268,7 +269,7 @@ def population_loss_eq9(logratio: torch.Tensor, preference_matrix, behaviour, be
 def population_loss_eq10(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
     """Seed eq. 10: E_{y1,y2~μ}[(β(u(y1) − u(y2)) − v(y1, y2))²] (regress onto the pairwise preference itself)."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
-    mu = _reference(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
+    mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     h = beta * (logratio[..., :, None] - logratio[..., None, :])
     return ((h - p) ** 2 * (mu[:, None] * mu[None, :])).sum((-2, -1))
 
@@ -278,5 +279,5 @@ def population_optimum(preference_matrix, behaviour, reference, tau: float) -> t
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau!r}")
     score = preference_against(preference_matrix, behaviour)
-    reference = _reference(reference, score.shape[0])
+    reference = check_distribution(reference, score.shape[0])
     return policy_from_logratios(score / tau, reference)
