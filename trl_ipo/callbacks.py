@@ -84,15 +84,20 @@ def worst_fit(delta: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor
 def pair_texts(row: dict, tokenizer=None) -> tuple[str, str, str]:
     """Prompt, chosen and rejected of a dataset row as text.
 
-    Text columns are used as they are; conversational ones (lists of messages) are rendered ``role: content`` per
-    line; without text columns the tokenised ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` are decoded.
+    Text columns are used as they are, less the end-of-sequence token TRL appends to completions; conversational
+    ones (lists of messages) are rendered ``role: content`` per line; without text columns the tokenised
+    ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` are decoded.
     """
+    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
     texts = []
     for name in ("prompt", "chosen", "rejected"):
         value = row.get(name)
         if value is None and tokenizer is not None and row.get(f"{name}_ids") is not None:
             value = tokenizer.decode(row[f"{name}_ids"])
-        texts.append(_as_text(value))
+        text = _as_text(value)
+        if name != "prompt" and isinstance(eos, str) and eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        texts.append(text)
     return texts[0], texts[1], texts[2]
 
 
@@ -133,8 +138,13 @@ class DPOMarginRecorder:
         trainer._compute_loss = self._recording_compute_loss
 
     def take(self, mode: str) -> dict[str, torch.Tensor]:
-        """The pairs recorded in ``mode`` since the previous ``take`` (all ranks), as concatenated tensors."""
+        """The pairs recorded in ``mode`` since the previous ``take`` (all ranks), as concatenated tensors.
+
+        ``batch`` numbers the (gathered) batch each pair came from, for per-batch means as TRL logs them.
+        """
         records, self.pending[mode] = self.pending[mode], []
+        for number, record in enumerate(records):
+            record["batch"] = torch.full_like(record["delta"], number, dtype=torch.long)
         return _concat(records)
 
     def _recording_compute_loss(self, model, inputs, return_outputs=False):
@@ -280,13 +290,9 @@ class IPOMarginCallback(TrainerCallback):
         delta, target = pairs["delta"].float(), pairs["target"].float()
         residual = delta - target
         means = {}
-        if self.recorder is not None:  # a stock DPOTrainer logs no ipo/* scalars: add them
-            means = {
-                f"{prefix}ipo/delta": delta.mean().item(),
-                f"{prefix}ipo/target": target.mean().item(),
-                f"{prefix}ipo/residual": residual.mean().item(),
-                f"{prefix}ipo/sq_error": (residual**2).mean().item(),
-            }
+        if self.recorder is not None:  # a stock DPOTrainer logs no ipo/* scalars: add them, averaged as TRL does
+            per_pair = {"delta": delta, "target": target, "residual": residual, "sq_error": residual**2}
+            means = {f"{prefix}ipo/{name}": _mean_of_batch_means(v, pairs["batch"]) for name, v in per_pair.items()}
             if state.log_history and state.log_history[-1].get(f"{prefix}{_MARGINS_KEY}") == logs.get(
                 f"{prefix}{_MARGINS_KEY}"
             ):
@@ -363,6 +369,11 @@ class IPOMarginCallback(TrainerCallback):
         wandb = importlib.import_module("wandb")
         columns = ["index", "prompt", "chosen", "rejected", "delta", "target", "residual", "q"]
         return wandb.Table(columns=columns, data=rows)
+
+
+def _mean_of_batch_means(values: torch.Tensor, batch: torch.Tensor) -> float:
+    """Mean over batches of each batch's mean: how Trainer-logged metrics average the steps since the last log."""
+    return torch.stack([values[batch == b].mean() for b in batch.unique()]).mean().item()
 
 
 def _metric_prefix(logs: dict) -> str | None:
