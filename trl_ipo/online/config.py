@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl.experimental.online_dpo import OnlineDPOConfig
 
+from ..distributed import check_launch, prepare_launch
 from ..losses import LOGP_REDUCTIONS, LOSS_FORMS
 from .judges import REWARD_TO_PREFERENCE
 
@@ -127,7 +128,11 @@ class OnlineIPOConfig(OnlineDPOConfig):
         betas = self.beta if isinstance(self.beta, (list, tuple)) else [self.beta]
         if not betas or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
             raise ValueError(f"OnlineIPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
+        # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
+        # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
+        prepare_launch(self)
         super().__post_init__()
+        check_launch(self)
         if self.eval_strategy != "no":
             raise ValueError(
                 f"OnlineIPOConfig.eval_strategy={str(self.eval_strategy)!r}: OnlineIPOTrainer has no evaluation loop "

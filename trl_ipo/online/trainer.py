@@ -106,8 +106,9 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         if eval_dataset is not None:
             raise ValueError("OnlineIPOTrainer has no evaluation loop: pass eval_dataset=None.")
         _validate_prompt_dataset(train_dataset)
-        if ref_model is None and peft_config is None and not is_peft_model(model) and is_deepspeed_zero3_enabled():
-            ref_model = _load_sharded_reference(model, args)
+        if ref_model is None and peft_config is None and is_deepspeed_zero3_enabled():
+            if isinstance(model, str) or not is_peft_model(model):
+                ref_model = _load_sharded_reference(model, args)
 
         self.judge = judge
         super().__init__(
@@ -126,6 +127,12 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         if judge is not None:
             self.reward_funcs, self.reward_processing_classes, self.reward_func_names = None, None, []
         self.stats = {key: [] for key in _STAT_KEYS}
+        # Trainer seeds every rank alike, so ranks would draw the same random numbers for their completions. With
+        # several ranks, sampling draws from a per-rank stream instead (the global generator, which also seeds the
+        # data order, is left as it is).
+        self._rank_sampling_generator = None
+        if self.accelerator.num_processes > 1:
+            self._rank_sampling_generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         self._sampling_warpers = build_logits_warpers(
             temperature=args.temperature,
             top_k=args.top_k,
@@ -183,8 +190,24 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
     # -------------------------------------------------------------------------------------------------- sampling
     def _generate(self, model, prompts, images=None):
         """Two completions per prompt: TRL's ``generate`` path for λ = 0, the mixture sampler for λ > 0."""
-        if self.args.mixture_coef == 0:
-            return super()._generate(model, prompts, images)
+        with self._rank_sampling_rng():
+            if self.args.mixture_coef == 0:
+                return super()._generate(model, prompts, images)
+            return self._generate_from_mixture(model, prompts)
+
+    @contextmanager
+    def _rank_sampling_rng(self):
+        if self._rank_sampling_generator is None:
+            yield
+            return
+        seed = int(torch.randint(2**62, (1,), generator=self._rank_sampling_generator))
+        device = self.accelerator.device
+        devices = [device] if device.type not in ("cpu", "mps") else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            torch.manual_seed(seed)
+            yield
+
+    def _generate_from_mixture(self, model, prompts):
         device = self.accelerator.device
         prompts_text = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
         encoded = self.processing_class(
