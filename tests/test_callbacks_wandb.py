@@ -194,6 +194,19 @@ def test_offline_run_worst_fit_table(offline_run):
         assert t_residual == pytest.approx(t_delta - t_target, abs=1e-9)
 
 
+def test_plot_draws_a_real_runs_margins(offline_run, tmp_path):
+    from trl_ipo.plotting import plot_runs
+
+    trainer = offline_run["trainer"]
+    trainer.save_state()  # writes output_dir/trainer_state.json
+    result = plot_runs([trainer.args.output_dir], tmp_path, labels=["ipo"], panels=["margin"])
+    assert [p.name for p in result.files] == ["margin.png"]
+    history = trainer.state.log_history
+    for split, key in (("train", "ipo/delta"), ("eval", "eval_ipo/delta")):
+        expected = ([float(e["step"]) for e in history if key in e], [e[key] for e in history if key in e])
+        assert result.series[("margin.png", split, "ipo", "Δ")] == expected
+
+
 # ------------------------------------------------------------------------------------------------ 2. two ranks
 def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_path):
     wandb_dir = tmp_path / "wandb-root"
