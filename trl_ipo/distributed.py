@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -125,7 +124,8 @@ def prepare_launch(args) -> None:
     """Make the run described by ``args`` (a ``TrainingArguments``) distribute for real. Call before device setup.
 
     * ``args.deepspeed`` given as a short name is resolved to the packaged file.
-    * GPU hosts (and single unlaunched processes without DeepSpeed) are left to accelerate.
+    * GPU hosts, and single processes started without a launcher, are left to accelerate — except DeepSpeed on a
+      host without GPUs, which needs a launcher and says so.
     * CPU hosts: the process group is brought up here with gloo and ``args.ddp_timeout`` — as a DeepSpeed state when
       ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``.
     """
@@ -152,7 +152,11 @@ def _bring_up_deepspeed_on_cpu(args) -> None:
     from accelerate.utils import DistributedType
 
     if not is_launched():
-        _single_process_env()  # `python train.py --deepspeed zero3` on a CPU host: a world of one
+        raise RuntimeError(
+            f"deepspeed={args.deepspeed!r} on a host without GPUs needs a launcher that starts the process group, "
+            "e.g. `deepspeed --num_gpus 1 train.py ...` (or --num_gpus 2 for two CPU ranks), or "
+            "scripts/launch_multinode.sh. Without DeepSpeed, a single process trains as usual."
+        )
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     _skip_shm_kernel_build()
     state = PartialState._shared_state
@@ -211,16 +215,6 @@ def _use_configured_state(args) -> None:
             args.accelerator_config = {**json.load(handle), "use_configured_state": True}
 
 
-def _single_process_env() -> None:
-    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-
-
 def check_launch(args) -> None:
     """Stop with a clear error if the trainer would run fewer (or more) processes than the launcher started.
 
@@ -246,6 +240,25 @@ def check_launch(args) -> None:
                 f"deepspeed={args.deepspeed!r} was given but the distributed state is "
                 f"{args.distributed_state.distributed_type}: the model would not be sharded."
             )
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` that was fully written, or ``None``.
+
+    ``Trainer`` writes ``trainer_state.json`` last (after the weights, the ZeRO shards, optimizer and RNG states), so
+    a folder without it is a save that a dying rank interrupted; resume from the one this returns.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [
+        path
+        for path in folder.glob("checkpoint-*")
+        if path.is_dir() and path.name.split("-", 1)[1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda path: int(path.name.split("-", 1)[1])))
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
