@@ -98,6 +98,7 @@ def test_yaml_config_and_overrides_train_and_save_model_with_card(tiny_dir, data
     assert "| `beta` | `0.25` |" in card and "| `loss_form` | `'scaled'` |" in card
     assert "| `symmetric` | `False` |" in card and "L = (β·Δ − t)²,   t = q," in card
     assert "huggingface.co/None" not in card and tiny_dir in card
+    assert card.count("## IPO settings") == 1  # written at the checkpoint and again at the end, never twice
 
 
 # ------------------------------------------------------------------------------------------------ must hold 2
@@ -268,6 +269,15 @@ def test_local_formats_load_the_same_rows(data, tmp_path):
     for source in (data["jsonl"], "pairs.parquet", "pairs.csv", "saved_dataset", "saved_dict"):
         loaded = load_preference_dataset(str(tmp_path / source))["train"]
         assert loaded.to_list() == data["rows"], source
+
+
+def test_trl_datasets_mixture_in_yaml(tiny_dir, data, tmp_path):
+    mixture = {"datasets": [{"path": "json", "data_files": data["jsonl"], "split": "train"}], "test_split_size": 0.25}
+    config = write_yaml(tmp_path / "mix.yaml", {"model_name_or_path": tiny_dir, **mixture, **CPU})
+    script, training, _, dataset_args = train_cmd.parse_args(["--config", config, "--eval_strategy", "steps"])
+    train, evaluation = train_cmd.load_datasets(script, training, dataset_args)
+    assert (len(train), len(evaluation)) == (12, 4)
+    assert sorted([*train["chosen"], *evaluation["chosen"]]) == sorted(r["chosen"] for r in data["rows"])
 
 
 # ------------------------------------------------------------------------------------------------ packaged configs
