@@ -15,6 +15,15 @@ from trl_ipo.online.sampling import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the CPU cores are shared with other test processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class FixedLogits(torch.nn.Module):
     """A stand-in language model whose next-token logits are the same at every position."""
 

@@ -4,20 +4,32 @@ The launched run samples pairs from the token-level mixture with a sharded refer
 generation on every rank), then takes one SGD step. The test replays that step in a single process on the pairs the
 ranks sampled and checks that the loss and the updated parameters are the same.
 
-Run as a script, this file is the worker of one rank: ``python tests/test_online_zero3.py MODEL_DIR OUT_DIR``.
+The test forks the two ranks from its own process (no second import of the libraries). Run as a script, this file
+is the worker of one launched rank: ``torchrun --nproc_per_node 2 tests/test_online_zero3.py MODEL_DIR OUT_DIR``.
 """
 
 import json
 import math
 import os
-import subprocess
+import multiprocessing
+import socket
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 PROMPTS = ["the cat sat", "a dog ran on a mat", "big red sun", "the moon"]
 LEARNING_RATE = 0.05
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the CPU cores are shared with other test processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def soft_length_judge(prompts, completions_a, completions_b):
@@ -82,17 +94,40 @@ def worker(model_dir: str, out: str) -> None:
     Path(out, f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(record))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launched_rank(rank: int, world_size: int, port: int, model_dir: str, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    worker(model_dir, out)
+
+
 def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, tiny_dir, str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # The two ranks are forked from this process (the libraries already imported), with a launcher's environment.
+    import deepspeed  # noqa: F401  (imported once here rather than in each rank)
+    port = _free_port()
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=_launched_rank, args=(r, 2, port, tiny_dir, str(tmp_path))) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=400)
+    for process in ranks:
+        if process.is_alive():
+            process.kill()
+    assert [p.exitcode for p in ranks] == [0, 0], "a rank failed; its traceback is in the captured stderr"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     # Really two DeepSpeed ranks, with policy and reference partitioned.
