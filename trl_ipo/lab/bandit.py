@@ -46,6 +46,7 @@ __all__ = [
     "render_table",
     "plot_curves",
     "parse_pairs",
+    "write_outputs",
 ]
 
 ACTIONS_ABC = ("a", "b", "c")
@@ -165,9 +166,21 @@ def train_softmax_bandit(
     if q is not None and (q.shape != (pairs.shape[0],) or not ((q >= 0) & (q <= 1)).all()):
         raise ValueError(f"preference must hold one q in [0, 1] per pair ({pairs.shape[0]}); got {q.tolist()}")
 
+    settings = (pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every, engine)
+    if engine == "autograd":
+        return _train(*settings)
+    with torch.inference_mode():  # no autograd bookkeeping: about half the time per step
+        recorded_steps, curves = _train(*settings)
+    return recorded_steps.clone(), curves.clone()  # ordinary tensors again
+
+
+def _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every, engine):
+    """The training loop of :func:`train_softmax_bandit` on validated inputs."""
+    num_actions = reference.shape[0]
     n_m, n_s, n_t = len(methods), len(seeds), len(taus)
     log_ref = torch.log(reference)
-    x = torch.zeros(n_m, n_s, n_t, num_actions, dtype=DTYPE)
+    # Stored seed-major, (S, M, T, K), so that every product with the per-seed operators is one plain bmm.
+    x = torch.zeros(n_s, n_m, n_t, num_actions, dtype=DTYPE)
     tau_col = torch.tensor([float(t) for t in taus], dtype=DTYPE)[:, None]  # (T, 1), broadcasts over (S, T, B)
     batches = _sample_batches(pairs.shape[0], seeds, steps, batch_size)  # (steps, S, B)
     if engine == "autograd":
@@ -178,7 +191,13 @@ def train_softmax_bandit(
     chunk = 1000
     dpo_scale = tau_col / batch_size
 
-    recorded_steps, curves = [0], [torch.softmax(log_ref + x.detach(), -1)]
+    def policy() -> torch.Tensor:  # (M, S, T, K)
+        return torch.softmax(log_ref + x.detach(), -1).permute(1, 0, 2, 3).clone()
+
+    def margins(ops: torch.Tensor) -> torch.Tensor:  # Δ = x @ E per seed, (S, M, T, B)
+        return torch.bmm(x.reshape(n_s, n_m * n_t, num_actions), ops).view(n_s, n_m, n_t, batch_size)
+
+    recorded_steps, curves = [0], [policy()]
     for start in range(0, steps, chunk):
         index = batches[start : start + chunk]
         ops = _difference_operators(pairs, index, num_actions)  # (chunk, S, K, B)
@@ -189,36 +208,35 @@ def train_softmax_bandit(
         for offset in range(index.shape[0]):
             q_batch = None if q_chunk is None else q_chunk[offset]
             if engine == "autograd":
-                delta = torch.matmul(x, ops[offset])  # (M, S, T, B)
+                delta = margins(ops[offset])
                 total = 0.0
                 for m, method in enumerate(methods):
                     if method == "ipo":
-                        per_pair = ipo_bandit_loss(delta[m], tau_col, q_batch, symmetric)
+                        per_pair = ipo_bandit_loss(delta[:, m], tau_col, q_batch, symmetric)
                     else:
-                        per_pair = dpo_bandit_loss(delta[m], tau_col, q_batch)
+                        per_pair = dpo_bandit_loss(delta[:, m], tau_col, q_batch)
                     total = total + per_pair.mean(-1).sum()  # runs are independent: the sum keeps them apart
                 optimiser.zero_grad(set_to_none=True)
                 total.backward()
                 optimiser.step()
             else:
-                delta = torch.matmul(x, ops[offset])
+                delta = margins(ops[offset])
                 grads = []
                 for m, method in enumerate(methods):
                     if method == "ipo":
-                        grads.append((delta[m] - ipo_shift[offset]).mul_(2.0 / batch_size))
+                        grads.append((delta[:, m] - ipo_shift[offset]).mul_(2.0 / batch_size))
+                    elif q_batch is None:
+                        grads.append(torch.sigmoid(delta[:, m] * -tau_col).mul_(dpo_scale).neg_())
                     else:
-                        scaled = tau_col * delta[m]
-                        if q_batch is None:
-                            g = torch.sigmoid(-scaled).mul_(dpo_scale).neg_()
-                        else:
-                            g = ((1 - q_batch) * torch.sigmoid(scaled) - q_batch * torch.sigmoid(-scaled))
-                            g = g.mul_(dpo_scale)
-                        grads.append(g)
-                optimiser.step(torch.matmul(torch.stack(grads), ops[offset].mT))
+                        scaled = tau_col * delta[:, m]
+                        g = (1 - q_batch) * torch.sigmoid(scaled) - q_batch * torch.sigmoid(-scaled)
+                        grads.append(g.mul_(dpo_scale))
+                grad_delta = torch.stack(grads, dim=1).view(n_s, n_m * n_t, batch_size)
+                optimiser.step(torch.bmm(grad_delta, ops[offset].mT).view_as(x))
             step = start + offset + 1
             if step % record_every == 0 or step == steps:
                 recorded_steps.append(step)
-                curves.append(torch.softmax(log_ref + x.detach(), -1))
+                curves.append(policy())
     return torch.tensor(recorded_steps), torch.stack(curves)
 
 
@@ -339,18 +357,15 @@ def student_t_975(df: int) -> float:
 
 
 def summarise(result: BanditResult, curves: bool = False) -> dict:
-    """Per method: ``mean`` and ``ci95`` half-width over seeds of the final policy, shape (T, K) each
-    (with ``curves=True`` of every recorded policy, shape (R, T, K)). One seed gives a NaN half-width."""
-    data = result.curves if curves else result.final
-    seed_dim = 2 if curves else 1
+    """Per method: ``mean`` and ``ci95`` half-width (t_{0.975, n−1} · sd / √n) over seeds of the final policy,
+    shape (T, K) each, or with ``curves=True`` of every recorded policy, shape (R, T, K). One seed: NaN half-width."""
     n = len(result.seeds)
     out = {}
     for m, method in enumerate(result.methods):
-        values = data[:, m] if curves else data[m]
-        mean = values.mean(seed_dim - 1 if curves else 0)
+        values, seed_dim = (result.curves[:, m], 1) if curves else (result.final[m], 0)
+        mean = values.mean(seed_dim)
         if n > 1:
-            sd = values.std(seed_dim - 1 if curves else 0, unbiased=True)
-            half = student_t_975(n - 1) * sd / math.sqrt(n)
+            half = student_t_975(n - 1) * values.std(seed_dim, correction=1) / math.sqrt(n)
         else:
             half = torch.full_like(mean, float("nan"))
         out[method] = {"mean": mean, "ci95": half}
