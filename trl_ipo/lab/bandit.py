@@ -10,7 +10,7 @@ on the batch-mean loss, with Δ = u(y_w) − u(y_l) and τ the regularisation st
   (a single action has one "token", so the log-prob reduction plays no role);
 * DPO (Rafailov et al. 2023, seed eq. 6):  −q·log σ(τΔ) − (1 − q)·log σ(−τΔ)  (q = 1 for hard labels).
 
-All runs — every seed, every τ, both losses — are one (M, S, T, K) parameter tensor under a single Adam optimiser.
+All runs — every seed, every τ, both losses — are one (S, M, T, K) parameter tensor under a single Adam optimiser.
 Adam acts element-wise, so this is exactly M·S·T independent Adam runs, only batched. Seed s fixes the sequence of
 sampled batches (the same for every τ and both losses, i.e. common random numbers).
 
@@ -139,14 +139,14 @@ def train_softmax_bandit(
 
     * ``"autograd"``: the batch-mean losses :func:`ipo_bandit_loss` (i.e. :func:`trl_ipo.losses.ipo_loss`) and
       :func:`dpo_bandit_loss`, differentiated by autograd and stepped by ``torch.optim.Adam``;
-    * ``"analytic"`` (default, about 4× faster): the same gradients written out, ∂/∂Δ of the batch mean is
+    * ``"analytic"`` (default, several times faster): the same gradients written out, ∂/∂Δ of the batch mean is
       2(Δ − t/τ)/B for IPO and τ(σ(τΔ) − q)/B for DPO, then ∂/∂x = (∂/∂Δ) @ Eᵀ, stepped by the same Adam update.
       The two engines agree to rounding (tested).
 
     Returns ``(recorded_steps, curves)``: ``curves`` has shape (R, M, S, T, K) with the policy after each
     recorded step (step 0 = the reference; the last entry is the final policy).
     """
-    reference = torch.as_tensor(reference, dtype=DTYPE)
+    reference = check_distribution(reference)
     num_actions = reference.shape[0]
     pairs = as_pairs(pairs, num_actions)
     unknown = [m for m in methods if m not in METHODS]
