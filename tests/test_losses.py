@@ -5,15 +5,12 @@ import torch
 
 from trl_ipo.losses import ipo_loss, ipo_regression, ipo_target, reduce_logps
 
-torch.set_default_dtype(torch.float64)
-
-
 @pytest.fixture
 def pairs():
     g = torch.Generator().manual_seed(0)
-    chosen = torch.randn(7, generator=g)
-    rejected = torch.randn(7, generator=g)
-    q = torch.rand(7, generator=g)
+    chosen = torch.randn(7, generator=g, dtype=torch.float64)
+    rejected = torch.randn(7, generator=g, dtype=torch.float64)
+    q = torch.rand(7, generator=g, dtype=torch.float64)
     return chosen, rejected, q
 
 
@@ -89,7 +86,7 @@ def test_target_values():
 
 
 def test_reduce_logps():
-    sums = torch.tensor([-6.0, -3.0])
+    sums = torch.tensor([-6.0, -3.0], dtype=torch.float64)
     n = torch.tensor([3, 0])
     assert reduce_logps(sums, n, "sum").tolist() == [-6.0, -3.0]
     assert reduce_logps(sums, n, "mean").tolist() == [-2.0, -3.0]  # empty completion: divide by 1
