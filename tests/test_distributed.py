@@ -347,6 +347,9 @@ def test_prepare_launch_rejects_gpu_backends_and_unlaunched_deepspeed_on_cpu(mon
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="ddp_backend='nccl'"):
         distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend="nccl", ddp_timeout=60))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # accelerate launch with a DeepSpeed YAML, no --deepspeed
+    with pytest.raises(RuntimeError, match="would not be sharded"):
+        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
 
 
 def test_launch_script_builds_the_deepspeed_command(tmp_path):

@@ -142,6 +142,12 @@ def prepare_launch(args) -> None:
         )
     if args.deepspeed:
         _bring_up_deepspeed_on_cpu(args)
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise RuntimeError(
+            "accelerate launch asked for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true) on a host without GPUs, but the "
+            "training arguments carry no DeepSpeed config, so the run would not be sharded. Pass --deepspeed zero3 "
+            "(or a config path) to the training script, or launch with `deepspeed --num_gpus N`."
+        )
     else:
         _bring_up_ddp_on_cpu(args)
 
