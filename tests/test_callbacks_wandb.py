@@ -23,6 +23,7 @@ from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.callbacks import WANDB_INSTALL_HINT, DPOMarginRecorder, IPOMarginCallback, require_wandb
 
 BETA = 0.1
+STEPS = 2  # of the 2-rank worker (tests/workers/wandb_two_ranks.py), which evaluates at its last step
 WORKER = Path(__file__).parent / "workers" / "wandb_two_ranks.py"
 
 
@@ -142,12 +143,12 @@ def test_offline_run_histograms_hold_the_logged_pairs(offline_run):
     assert sorted(spy.pairs) == [("eval", 2), ("train", 1), ("train", 2)]
     for (mode, step), pairs in spy.pairs.items():
         prefix = "train/" if mode == "train" else "eval/"
-        entry = next(e for e in log_history if e["step"] == step and (f"{'' if mode == 'train' else 'eval_'}ipo/delta") in e)
+        key = "ipo/delta" if mode == "train" else "eval_ipo/delta"
+        entry = next(e for e in log_history if e["step"] == step and key in e)
         n_pairs = 4 if mode == "train" else 5  # one train batch per log; the whole eval set
         assert pairs["delta"].numel() == n_pairs
         # the records are the pairs behind the logged means (eval: the mean of the batch means, batches of 3 + 2)
         batches = [pairs["delta"]] if mode == "train" else [pairs["delta"][:3], pairs["delta"][3:]]
-        key = "ipo/delta" if mode == "train" else "eval_ipo/delta"
         assert np.mean([b.mean().item() for b in batches]) == pytest.approx(entry[key], rel=1e-6, abs=1e-9)
         # targets by hand: (q − ½)/β (symmetric, paper form)
         assert pairs["target"].tolist() == pytest.approx(((pairs["preference"] - 0.5) / BETA).tolist(), abs=1e-5)
@@ -233,7 +234,8 @@ def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_
     assert [d.name for d in run_dirs if d.is_dir()] == [Path(ranks[0]["wandb_run_dir"]).name]
     history, _ = read_offline_run(run_dirs[0])
 
-    for k, logged in enumerate(ranks[0]["logged"]):
+    train_logs = [entry for entry in ranks[0]["logged"] if entry["mode"] == "train"]
+    for k, logged in enumerate(train_logs):
         step = logged["step"]
         assert step == k + 1
         # the pairs behind this log: rank 0's k-th batch, then rank 1's, identified by their q
@@ -249,6 +251,23 @@ def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_
             assert row[f"train/ipo/{name}.bins"] == pytest.approx(edges.tolist(), rel=1e-5, abs=1e-6)
         entry = next(e for e in ranks[0]["log_history"] if e["step"] == step and "ipo/delta" in e)
         assert rows_with(history, "train/ipo/delta")[step]["train/ipo/delta"] == entry["ipo/delta"]
+
+    # evaluation over 2 ranks: 5 rows in batches of 2 (rank 0: rows 0-1 and 4, rank 1: rows 2-3 and a padded copy);
+    # the eval histogram holds the 5 rows once, and the table's rows carry their own q
+    eval_rows = ranks[0]["eval_rows"]
+    (eval_logged,) = [entry for entry in ranks[0]["logged"] if entry["mode"] == "eval"]
+    assert len(eval_logged["preference"]) > len(eval_rows)  # the gathered records include the padding
+    assert eval_logged["preference"][:5] == pytest.approx([r["q"] for r in eval_rows], abs=1e-6)
+    row = rows_with(history, "eval/ipo/delta_hist.values")[STEPS]
+    assert row["eval/ipo/delta_hist.values"] == hist_counts(eval_logged["delta"][:5])[0]
+    table_row = rows_with(history, "eval/ipo/worst_fit.path")[STEPS]
+    table = json.loads((run_dirs[0] / "files" / table_row["eval/ipo/worst_fit.path"]).read_text())
+    assert sorted(r[0] for r in table["data"]) == [0, 1, 2, 3, 4]
+    for index, prompt, chosen, _, delta, target, _, q in table["data"]:
+        assert (prompt, chosen) == (eval_rows[index]["prompt"], eval_rows[index]["chosen"])
+        assert q == pytest.approx(eval_rows[index]["q"], abs=1e-6)
+        assert delta == pytest.approx(eval_logged["delta"][index], abs=1e-7)
+        assert target == pytest.approx((eval_rows[index]["q"] - 0.5) / BETA, abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- stock DPOTrainer

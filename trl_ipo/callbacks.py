@@ -264,7 +264,7 @@ class IPOMarginCallback(TrainerCallback):
         """The open wandb run on the main process, else None (other ranks, or no run started)."""
         if not state.is_world_process_zero:
             return None
-        wandb = importlib.import_module("wandb") if wandb_requested(self.trainer.args) else _optional_wandb()
+        wandb = _optional_wandb()
         run = getattr(wandb, "run", None) if wandb is not None else None
         if run is not None and not self._config_logged:
             run.config.update({"ipo": self.ipo_settings()}, allow_val_change=True)
@@ -286,6 +286,8 @@ class IPOMarginCallback(TrainerCallback):
         prefix = _metric_prefix(logs)
         if not pairs or prefix is None:
             return
+        if mode == "eval":
+            pairs = _drop_padding(pairs, _eval_dataset(kwargs.get("eval_dataloader"), self.trainer))
         self.last_pairs[mode] = pairs
         delta, target = pairs["delta"].float(), pairs["target"].float()
         residual = delta - target
@@ -314,11 +316,7 @@ class IPOMarginCallback(TrainerCallback):
         run = self._wandb_run(state)
         if run is None or not pairs or prefix is None:
             return
-        dataloader = kwargs.get("eval_dataloader")
-        dataset = getattr(dataloader, "dataset", None)
-        if dataset is None:
-            dataset = self.trainer.eval_dataset
-        table = self.worst_fit_table(pairs, dataset)
+        table = self.worst_fit_table(pairs, _eval_dataset(kwargs.get("eval_dataloader"), self.trainer))
         if table is not None:
             run.log({**_rewrite({f"{prefix}ipo/worst_fit": table}), "train/global_step": state.global_step})
 
@@ -346,7 +344,7 @@ class IPOMarginCallback(TrainerCallback):
         delta, target, q = delta[:n], target[:n], q[:n]
         column = getattr(self.trainer.args, "preference_column", None)
         if column and column in getattr(dataset, "column_names", []):
-            expected = torch.tensor(dataset[column], dtype=torch.float32)
+            expected = torch.tensor([float(v) for v in dataset[column]], dtype=torch.float32)
             if not torch.allclose(expected, q, atol=1e-6):
                 warnings.warn(
                     "IPOMarginCallback: the recorded preferences do not follow the eval set's row order; "
@@ -369,6 +367,23 @@ class IPOMarginCallback(TrainerCallback):
         wandb = importlib.import_module("wandb")
         columns = ["index", "prompt", "chosen", "rejected", "delta", "target", "residual", "q"]
         return wandb.Table(columns=columns, data=rows)
+
+
+def _eval_dataset(dataloader, trainer):
+    """The dataset the current evaluation ran on (the dataloader's), else the trainer's eval_dataset."""
+    dataset = getattr(dataloader, "dataset", None)
+    return dataset if dataset is not None else trainer.eval_dataset
+
+
+def _drop_padding(pairs: dict[str, torch.Tensor], dataset) -> dict[str, torch.Tensor]:
+    """Evaluation pairs less the ones past the dataset's length: copies that even out the last batch over ranks."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        return pairs
+    if next(iter(pairs.values())).numel() <= n:
+        return pairs
+    return {key: value[:n] for key, value in pairs.items()}
 
 
 def _mean_of_batch_means(values: torch.Tensor, batch: torch.Tensor) -> float:

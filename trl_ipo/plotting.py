@@ -9,9 +9,9 @@ entries' keys prefixed ``eval_``). :func:`plot_runs` draws, for one or several r
 * ``residual.png``: ``ipo/residual`` = mean(Δ − target);
 * ``loss.png``: the training / evaluation loss;
 * ``reward_accuracy.png``: ``rewards/accuracies``, the fraction of pairs with β·ρ_w > β·ρ_l;
-* ``logratios.png``: chosen (solid) and rejected (dashed) log-ratios ρ = log π_θ(y|x) − log π_ref(y|x), summed over
-  the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. When β is not known (not given and
-  no ``training_args.bin`` in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
+* ``logratios.png``: chosen (solid) and rejected (dashed) log-ratios ρ = log π_θ(y|x) − log π_ref(y|x), summed
+  over the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. When β is not known (not given
+  and no ``training_args.bin`` in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
 
 A stock ``trl.DPOTrainer`` run logs the ``ipo/*`` keys only when it was trained with
 :class:`trl_ipo.callbacks.IPOMarginCallback`; runs lacking a panel's keys are left out of that panel and listed in
@@ -46,10 +46,20 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("margin.png", "Margin Δ (solid) vs its target (dashed)", "Δ", (Curve("ipo/delta", "Δ"), Curve("ipo/target", "target", "--"))),
+    Panel(
+        "margin.png",
+        "Margin Δ (solid) vs its target (dashed)",
+        "Δ",
+        (Curve("ipo/delta", "Δ"), Curve("ipo/target", "target", "--")),
+    ),
     Panel("residual.png", "Residual Δ − target", "mean(Δ − target)", (Curve("ipo/residual", "residual"),)),
     Panel("loss.png", "Loss", "loss", (Curve("loss", "loss"),)),
-    Panel("reward_accuracy.png", "Reward accuracy", "fraction with ρ_w > ρ_l", (Curve("rewards/accuracies", "accuracy"),)),
+    Panel(
+        "reward_accuracy.png",
+        "Reward accuracy",
+        "fraction with ρ_w > ρ_l",
+        (Curve("rewards/accuracies", "accuracy"),),
+    ),
     Panel(
         "logratios.png",
         "Chosen (solid) and rejected (dashed) log-ratios",
@@ -224,7 +234,8 @@ def _select_panels(names: list[str] | None) -> list[Panel]:
     by_name = {p.filename: p for p in PANELS} | {p.filename.removesuffix(".png"): p for p in PANELS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"Unknown panel(s) {unknown}; choose from {[p.filename.removesuffix('.png') for p in PANELS]}.")
+        choices = [p.filename.removesuffix(".png") for p in PANELS]
+        raise ValueError(f"Unknown panel(s) {unknown}; choose from {choices}.")
     return [by_name[n] for n in dict.fromkeys(names)]
 
 

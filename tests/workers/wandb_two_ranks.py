@@ -23,19 +23,19 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
-ROWS, BATCH, STEPS, BETA = 16, 2, 2, 0.1
+ROWS, EVAL_ROWS, BATCH, STEPS, BETA = 16, 5, 2, 2, 0.1
 
 
-def rows():
+def rows(n=ROWS, offset=0):
     words = "the cat dog sat ran on a mat log red blue green".split()
     return [
         {
-            "prompt": f"{words[i % 12]} {words[(3 * i) % 12]}",
-            "chosen": f" {words[(i + 1) % 12]} {words[(5 * i) % 12]}",
+            "prompt": f"{words[(i + offset) % 12]} {words[(3 * i) % 12]}",
+            "chosen": f" {words[(i + 1) % 12]} {words[(5 * i + offset) % 12]}",
             "rejected": f" {words[(i + 7) % 12]}",
-            "q": round((i + 0.5) / ROWS, 4),
+            "q": round((i + 0.5 + offset / 10) / n, 4),
         }
-        for i in range(ROWS)
+        for i in range(n)
     ]
 
 
@@ -57,6 +57,9 @@ def main(model_dir: str, out_dir: str) -> None:
         bf16=False,
         gradient_checkpointing=False,
         per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH,  # 5 eval rows on 2 ranks: the last batch is padded with copies
+        eval_strategy="steps",
+        eval_steps=STEPS,
         max_steps=STEPS,
         logging_steps=1,
         save_strategy="no",
@@ -72,14 +75,17 @@ def main(model_dir: str, out_dir: str) -> None:
         model=model_dir,
         args=args,
         train_dataset=Dataset.from_list(rows()),
+        eval_dataset=Dataset.from_list(rows(EVAL_ROWS, offset=3)),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
     )
 
-    local_q: list[float] = []  # the rows this rank's own dataloader batched, in order
+    local_q: list[float] = []  # the training rows this rank's own dataloader batched, in order
     collate = trainer.data_collator
 
+    train_q = {row["q"] for row in rows()}  # disjoint from the eval rows' q
+
     def recording_collate(features):
-        local_q.extend(float(f["q"]) for f in features)
+        local_q.extend(float(f["q"]) for f in features if float(f["q"]) in train_q)
         return collate(features)
 
     trainer.data_collator = recording_collate
@@ -87,9 +93,10 @@ def main(model_dir: str, out_dir: str) -> None:
 
     class Spy(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            pairs = trainer.last_logged_pairs("train")
+            mode = "train" if trainer.model.training else "eval"
+            pairs = trainer.last_logged_pairs(mode)
             if pairs:
-                logged.append({"step": state.global_step, **{k: v.tolist() for k, v in pairs.items()}})
+                logged.append({"mode": mode, "step": state.global_step, **{k: v.tolist() for k, v in pairs.items()}})
 
     trainer.add_callback(Spy())
     trainer.train()
@@ -104,6 +111,7 @@ def main(model_dir: str, out_dir: str) -> None:
         "log_history": trainer.state.log_history,
         "has_wandb_run": wandb.run is not None,
         "wandb_run_dir": str(Path(wandb.run.dir).parent) if wandb.run is not None else None,
+        "eval_rows": rows(EVAL_ROWS, offset=3),
     }
     if wandb.run is not None:
         wandb.finish()
