@@ -67,3 +67,15 @@ def test_config_defaults(tmp_path):
     args = OnlineIPOConfig(output_dir=str(tmp_path), bf16=False)
     assert (args.loss_type, args.logp_reduction, args.symmetric, args.loss_form) == ("ipo", "mean", True, "paper")
     assert (args.mixture_coef, args.temperature, args.reward_to_preference) == (0.0, 1.0, "hard")
+
+
+def test_online_dpo_config_is_converted(tmp_path):
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    from trl_ipo.online.trainer import _as_online_ipo_config
+
+    dpo = OnlineDPOConfig(output_dir=str(tmp_path), bf16=False, loss_type="sigmoid", beta=0.3, max_new_tokens=7)
+    args = _as_online_ipo_config(dpo, model=None)
+    assert (args.loss_type, args.beta, args.max_new_tokens, args.temperature) == ("ipo", 0.3, 7, 1.0)
+    tempered = OnlineDPOConfig(output_dir=str(tmp_path), bf16=False, temperature=0.7)
+    assert _as_online_ipo_config(tempered, model=None).temperature == 0.7

@@ -158,3 +158,4 @@ def test_lambda_zero_reproduces_generate_and_its_scoring(two_models):
     scored = completion_logps(policy, prompt_ids, prompt_mask, sampled.completion_ids, sampled.completion_mask)
     mask = sampled.completion_mask.bool()
     torch.testing.assert_close(scored[mask], sampled.logps[mask], atol=1e-5, rtol=0)
+

@@ -20,7 +20,6 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
-# Three one-token words per prompt: no left padding, so TRL's positions (0..L−1) equal ours (counted from the mask).
 PROMPTS = ["the cat sat", "a dog ran", "big red sun", "the moon sat"]
 # prompt -> (completion a, completion b, whether each ends with EOS). Text lengths differ within every pair.
 COMPLETIONS = {
@@ -136,11 +135,6 @@ def assert_grads_close(got, expected, rtol=1e-5, atol=1e-5):
         torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol, msg=name)
 
 
-def test_prompts_have_no_padding(tokenizer):
-    lengths = {len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS}
-    assert lengths == {3}
-
-
 def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model, tokenizer, tmp_path):
     ours, our_grads = build(
         FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path / "ours",
@@ -195,6 +189,19 @@ def test_gradient_accumulation_matches_one_large_batch(load_model, tokenizer, tm
     # Trainer reports each micro-batch loss already divided by the accumulation steps.
     assert sum(accumulated.step_losses) == pytest.approx(large.step_losses[0], rel=1e-5)
     assert_grads_close(accumulated_grads.grads[0], large_grads.grads[0])
+
+
+def test_trl_online_dpo_accumulated_gradient_is_steps_times_too_large(load_model, tokenizer, tmp_path):
+    """The flaw the trainer above avoids: TRL 1.16 back-propagates each micro-batch mean undivided."""
+    large, large_grads = build(FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "a", loss_type="ipo")
+    accumulated, accumulated_grads = build(
+        FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "b", loss_type="ipo",
+        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+    )
+    large.train()
+    accumulated.train()
+    doubled = {name: 2 * grad for name, grad in large_grads.grads[0].items()}
+    assert_grads_close(accumulated_grads.grads[0], doubled)
 
 
 def test_swapping_completions_and_q_leaves_the_loss_unchanged(load_model, tokenizer, tmp_path):
@@ -292,3 +299,40 @@ def test_trainer_rejects_bad_setups(load_model, tokenizer, tmp_path):
             model=model, args=args, train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": ""}]),
             processing_class=tokenizer, judge=soft_length_judge,
         )
+
+
+def test_peft_reference_is_the_policy_with_its_adapter_disabled(load_model, tokenizer, tmp_path):
+    from peft import LoraConfig
+
+    from trl_ipo.online.sampling import completion_logps
+
+    trainer = OnlineIPOTrainer(
+        model=load_model(),
+        args=OnlineIPOConfig(**config_kwargs(tmp_path, mixture_coef=0.5)),
+        train_dataset=prompt_dataset(),
+        processing_class=tokenizer,
+        judge=soft_length_judge,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    assert trainer.ref_model is None
+    with torch.no_grad():  # move the adapter off zero so that policy and reference differ
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    base = load_model().eval()  # the initial weights: the reference
+    prompt_ids, prompt_mask, completion_ids, completion_mask, _ = fixed_pairs(tokenizer, PROMPTS, "cpu")
+    scored = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+    mask = completion_mask.bool()
+    with torch.no_grad():
+        expected = completion_logps(base, *scored)[mask]
+        torch.testing.assert_close(trainer._reference_logps(trainer.model, *scored)[mask], expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(completion_logps(trainer.model, *scored)[mask], expected, atol=1e-3)
+        with trainer._reference_for_sampling(trainer.model) as reference:  # what the IPO-MD sampler calls
+            got = reference(input_ids=prompt_ids, attention_mask=prompt_mask).logits
+        torch.testing.assert_close(got, base(input_ids=prompt_ids, attention_mask=prompt_mask).logits, atol=1e-5, rtol=0)
+
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()  # one IPO-MD step, sampling from the mixture of adapter-enabled and adapter-disabled model
+    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)

@@ -41,7 +41,7 @@ def config_kwargs(output_dir, **overrides):
         output_dir=str(output_dir), bf16=False, gradient_checkpointing=False, report_to="none", disable_tqdm=True,
         save_strategy="no", seed=0, dataloader_num_workers=0, learning_rate=LEARNING_RATE, optim="sgd",
         lr_scheduler_type="constant", max_steps=1, logging_steps=1, max_grad_norm=0.0, beta=0.1,
-        max_new_tokens=4, mixture_coef=0.5,
+        max_new_tokens=4, mixture_coef=0.5, dataloader_pin_memory=False,
     )
     base.update(overrides)
     return base

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl.experimental.online_dpo import OnlineDPOConfig
+from trl.import_utils import suppress_experimental_warning
+
+with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16); users need not be warned
+    from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..distributed import check_launch, prepare_launch
 from ..losses import LOGP_REDUCTIONS, LOSS_FORMS

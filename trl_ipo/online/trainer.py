@@ -26,8 +26,11 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoModelForCausalLM
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.data_utils import is_conversational, maybe_apply_chat_template
-from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.import_utils import suppress_experimental_warning
 from trl.models.utils import unwrap_model_for_generation
+
+with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16)
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from ..losses import ipo_regression, reduce_logps
 from .config import OnlineIPOConfig
