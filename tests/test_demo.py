@@ -1,0 +1,271 @@
+"""The alignment lab: ground truth, preference labels, KL estimator, and `trl-ipo demo` / `trl-ipo compare` end to end."""
+
+import itertools
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from trl_ipo.lab import language
+from trl_ipo.lab.evaluate import exact_kl_first_tokens, kl_estimate, sample, score_completions, sequence_logps
+from trl_ipo.lab.preferences import label_pairs, label_statistics
+from trl_ipo.lab.reward import (
+    INVALID_REWARD,
+    PreferenceModel,
+    best_response,
+    max_reward,
+    preference_probability,
+    reward,
+    reward_tables,
+)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and the machine's cores are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------ language / reward
+def test_reward_matches_hand_computation():
+    a, b = reward_tables(0)
+    got = reward("the cat likes", " the red ball and the fish .")
+    phrase1 = 0.5 * (a["cat", "ball"] + b["likes", "red"])
+    phrase2 = 0.5 * (a["cat", "fish"] + b["likes", None])
+    assert got == pytest.approx((phrase1 + phrase2) / 2, abs=1e-12)
+    assert reward("the owl takes", " the old leaf .") == pytest.approx(0.5 * (a["owl", "leaf"] + b["takes", "old"]))
+
+
+@pytest.mark.parametrize(
+    "response",
+    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .", " the dog ."],
+)
+def test_ungrammatical_responses_get_the_invalid_reward(response):
+    assert language.parse_response(response) is None
+    assert reward("the fox sees", response) == INVALID_REWARD
+    assert INVALID_REWARD < -1.0  # below every grammatical response (phrase scores are in [-1, 1])
+
+
+def test_best_response_attains_the_maximum_over_enumerated_responses():
+    phrases = [(adj, noun) for adj in (None, *language.ADJECTIVES) for noun in language.NOUNS]
+    for prompt in ("the cat likes", "the frog hides", "the owl finds"):
+        enumerated = max(
+            reward(prompt, language.render_response(list(combo)))
+            for k in (1, 2)
+            for combo in itertools.product(phrases, repeat=k)
+        )
+        assert reward(prompt, best_response(prompt)) == pytest.approx(enumerated)
+        assert max_reward(prompt) == pytest.approx(enumerated)
+
+
+def test_prompt_split_is_disjoint_and_covers_words():
+    train, held_out = language.split_prompts(seed=3, num_eval=8)
+    assert len(held_out) == 8 and not set(train) & set(held_out)
+    assert sorted(train + held_out) == sorted(language.all_prompts())
+    with pytest.raises(ValueError, match="not a prompt"):
+        reward("a cat likes", " the ball .")
+
+
+# ------------------------------------------------------------------------------------------------ preference model
+def test_preference_probability_is_bradley_terry_and_its_deterministic_limit():
+    assert preference_probability(0.3, -0.2, 0.25) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert preference_probability(-0.2, 0.3, 0.25) == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert preference_probability(0.1, 0.1, 0.25) == 0.5
+    assert (preference_probability(0.3, 0.2, 0.0), preference_probability(0.2, 0.3, 0.0), preference_probability(0.2, 0.2, 0.0)) == (1.0, 0.0, 0.5)
+    assert preference_probability(0.3, 0.2, 1e-4) == pytest.approx(1.0)  # T → 0 approaches the deterministic v
+    assert preference_probability(50.0, -50.0, 1e-3) == 1.0  # no overflow
+    with pytest.raises(ValueError, match="temperature"):
+        preference_probability(0.0, 0.0, -1.0)
+
+
+def test_preference_model_satisfies_seed_conditions_8a_8c():
+    v = PreferenceModel(temperature=0.25)
+    rng = random.Random(0)
+    for _ in range(50):
+        x = rng.choice(language.all_prompts())
+        y1, y2 = language.random_response(rng), language.random_response(rng)
+        assert 0.0 <= v(x, y1, y2) <= 1.0
+        assert v(x, y1, y1) == 0.5
+        assert v(x, y1, y2) + v(x, y2, y1) == pytest.approx(1.0)
+
+
+def test_labels_are_sampled_from_v_and_q_is_v_of_chosen_over_rejected():
+    rng = random.Random(1)
+    x = "the dog wants"
+    y1, y2 = " the big cake .", " the hat ."
+    noisy = PreferenceModel(temperature=0.5)
+    v12 = noisy(x, y1, y2)
+    n = 4000
+    rows = label_pairs([x] * n, [y1] * n, [y2] * n, noisy, rng)
+    first_wins = sum(r["chosen"] == y1 for r in rows) / n
+    assert abs(first_wins - v12) < 4 * math.sqrt(v12 * (1 - v12) / n)
+    for r in rows[:20]:
+        assert r["q"] == pytest.approx(noisy(x, r["chosen"], r["rejected"]))
+        assert r["r_chosen"] == reward(x, r["chosen"])
+    # Deterministic labels: the chosen response always has the higher reward; q = 1.
+    det_rows = label_pairs([x] * 10, [y1] * 10, [y2] * 10, PreferenceModel(0.0), rng)
+    assert all(r["r_chosen"] > r["r_rejected"] and r["q"] == 1.0 for r in det_rows)
+    assert label_statistics(det_rows)["agree"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def test_oracle_gets_maximum_reward_and_beats_reference_win_rate():
+    rng = random.Random(2)
+    prompts = [p for p in language.all_prompts()[:8] for _ in range(6)]
+    reference = [language.random_response(rng) for _ in prompts]
+    v = PreferenceModel(0.0)
+    oracle = score_completions(prompts, [best_response(p) for p in prompts], reference, v)
+    ref_vs_itself = score_completions(prompts, reference, reference, v)
+    assert oracle["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
+    assert ref_vs_itself["win_rate"] == 0.5
+    assert oracle["win_rate"] >= ref_vs_itself["win_rate"]
+    expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference)) / len(prompts)
+    assert oracle["win_rate"] == pytest.approx(expected_wins) and oracle["grammatical"] == 1.0
+
+
+def test_kl_estimate_mean_and_standard_error_by_hand():
+    policy, ref = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-1.5, -2.0, -2.0])
+    kl, se = kl_estimate(policy, ref)
+    diffs = [0.5, 0.0, -1.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert kl == pytest.approx(mean) and se == pytest.approx(sd / math.sqrt(3))
+
+
+def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread):
+    model = load_model()
+    prompts = [tokenizer("the cat sat")["input_ids"], tokenizer("a big red dog ran on")["input_ids"]]
+    completions = [tokenizer(" on a mat")["input_ids"] + [tokenizer.eos_token_id], tokenizer(" the log")["input_ids"]]
+    batched = sequence_logps(model, prompts, completions, tokenizer.pad_token_id)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0].double()
+        logps = torch.log_softmax(logits, -1)
+        expected = sum(logps[len(p) - 1 + j, tok].item() for j, tok in enumerate(c))
+        assert batched[i].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, load_model, one_thread):
+    ref, policy = load_model(), load_model()
+    with torch.no_grad():  # a policy that differs from the reference
+        policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight, generator=torch.Generator().manual_seed(0)))
+    prompt = "the cat sat"
+    exact = exact_kl_first_tokens(policy, ref, tokenizer(prompt)["input_ids"], tokenizer.eos_token_id, steps=2)
+    samples = sample(policy, tokenizer, [prompt], num_samples=2000, max_new_tokens=2, batch_size=1000, seed=0)
+    kl, se = kl_estimate(
+        sequence_logps(policy, samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id, 1000),
+        sequence_logps(ref, samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id, 1000),
+    )
+    assert exact > 0.05
+    assert abs(kl - exact) < 4 * se
+    # π_ref against (a separately loaded copy of) itself: 0.
+    ref_samples = sample(ref, tokenizer, [prompt], num_samples=200, max_new_tokens=4, batch_size=200, seed=1)
+    self_kl, _ = kl_estimate(
+        sequence_logps(ref, ref_samples.prompt_ids, ref_samples.completion_ids, tokenizer.pad_token_id),
+        sequence_logps(load_model(), ref_samples.prompt_ids, ref_samples.completion_ids, tokenizer.pad_token_id),
+    )
+    assert abs(self_kl) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------- the pipeline end to end
+def test_demo_quick_preset_end_to_end(tmp_path, capsys):
+    from trl_ipo.commands import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--preset", "quick", "--output_dir", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "pairs_deterministic.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    methods = [(r["method"], r["labels"]) for r in results["runs"]]
+    assert methods == [("dpo", "deterministic"), ("ipo", "deterministic"), ("rlhf", "deterministic"), ("ipo_soft", "noisy")]
+    # Numbers come from the runs: the table's final values are the last in-training evaluation of each run.
+    for run in results["runs"]:
+        steps = results["config"]["rl_steps" if run["method"] == "rlhf" else "max_steps"]
+        assert (run["history"][0]["step"], run["history"][-1]["step"]) == (0, steps)
+        assert run["final"]["kl"] == run["history"][-1]["kl"]
+        assert abs(run["history"][0]["kl"]) < 1e-6  # the untrained policy is π_ref
+        assert f"{run['final']['kl']:.3f}" in (out / "report.md").read_text()
+    ipo = next(r for r in results["runs"] if r["method"] == "ipo")
+    assert [e["ipo/target"] for e in ipo["log_history"] if "ipo/target" in e][0] == pytest.approx(0.5 / ipo["beta"])
+    assert results["reference"]["kl"] == 0.0 and results["reference"]["win_rate"] == pytest.approx(0.5, abs=0.5)
+    prompts = results["prompts"]["eval"]
+    assert results["oracle"]["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
+    pairs = [json.loads(line) for line in (out / "pairs_noisy.jsonl").read_text().splitlines()]
+    assert len(pairs) == len(results["prompts"]["train"]) and all(p["prompt"] in results["prompts"]["train"] for p in pairs)
+    assert "best-response oracle" in printed and "wall time" in printed
+    assert results["wall_time_s"] > 0
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    from conftest import make_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_pairs(24, seed=4, preference=True)))
+    return path
+
+
+def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_file, capsys, one_thread):
+    from trl_ipo.commands import compare
+
+    out = tmp_path / "cmp"
+    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo", "ipo_soft", "--preference_column", "q",
+            "--max_steps", "2", "--batch_size", "4", "--learning_rate", "1e-3", "--eval_fraction", "0.25", "--kl_prompts", "3",
+            "--kl_samples", "2", "--max_new_tokens", "6", "--output_dir", str(out), "--quiet", "--use_cpu"]
+    assert compare.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["train_rows"], results["held_out_rows"]) == (18, 6)
+    by_method = {r["method"]: r for r in results["runs"]}
+    for method, run in by_method.items():
+        metrics = run["eval_metrics"]
+        assert run["final"]["accuracy"] == metrics["eval_rewards/accuracies"]
+        assert run["final"]["delta"] == pytest.approx(metrics["eval_rewards/margins"] / 0.1)
+        assert abs(run["history"][0]["kl"]) < 1e-6 and run["history"][-1]["step"] == 2
+    # IPO targets on held-out pairs: hard labels 0.5/β; soft labels mean(q) − ½ over β.
+    assert by_method["ipo"]["final"]["target"] == pytest.approx(0.5 / 0.1)
+    assert by_method["dpo"]["final"]["target"] is None
+    assert (out / "report.md").exists() and "held-out accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_file", "file not found"),
+        ("wrong_columns", "lacks the column"),
+        ("empty_split", "empty"),
+        ("missing_model", "no such model folder"),
+        ("soft_without_column", "needs --preference_column"),
+        ("bad_q", "outside [0, 1]"),
+    ],
+)
+def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_file, capsys, case, message):
+    from trl_ipo.commands import compare
+
+    dataset, model, extra = str(pairs_file), tiny_dir, []
+    if case == "missing_file":
+        dataset = str(tmp_path / "nope.jsonl")
+    elif case == "wrong_columns":
+        dataset = str(tmp_path / "bad.jsonl")
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "a", "good": "b", "bad": "c"}) + "\n")
+    elif case == "empty_split":
+        dataset = str(tmp_path / "two.jsonl")
+        (tmp_path / "two.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n" for _ in range(2)))
+        extra = ["--eval_fraction", "0.2"]
+    elif case == "missing_model":
+        model = str(tmp_path / "no-model")
+    elif case == "soft_without_column":
+        extra = ["--methods", "ipo_soft"]
+    elif case == "bad_q":
+        dataset = str(tmp_path / "q.jsonl")
+        (tmp_path / "q.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c", "q": 1.5 if i == 7 else 0.5}) + "\n" for i in range(10)))
+        extra = ["--methods", "ipo_soft", "--preference_column", "q"]
+    out = tmp_path / "out"
+    assert compare.main(["--model", model, "--dataset", dataset, "--output_dir", str(out), *extra]) == 2
+    assert message in capsys.readouterr().out
+    assert not out.exists()  # nothing trained, nothing written

@@ -1,0 +1,322 @@
+"""`trl-ipo compare`: DPO vs IPO (and soft-label IPO) on your own model and preference data.
+
+Each method starts from ``--model`` (a local folder or a hub id), trains on the same training split for the same
+number of steps, and is evaluated on a held-out split:
+
+* preference accuracy: fraction of held-out pairs with Δ > 0, Δ = log-ratio(chosen) − log-ratio(rejected) (summed
+  log-probs, TRL's ``eval_rewards/accuracies``);
+* mean Δ (summed; TRL's ``eval_rewards/margins`` / β) and, for IPO, the regressed margin and its target t/β
+  (``eval_ipo/delta``, ``eval_ipo/target``, in the units of ``--logp_reduction``);
+* KL(π‖π_ref) on held-out prompts: mean of log π(y|x) − log π_ref(y|x) over responses sampled from π, at the start,
+  every ``--eval_every`` steps and at the end.
+
+The dataset may be any TRL preference format — standard (prompt, chosen, rejected), implicit prompt (chosen,
+rejected) or conversational — from a local JSONL/JSON/Parquet/CSV file or the hub. Everything about the input is
+checked (file, columns, empty rows, preference column, split sizes, model) before any training starts.
+Writes ``report.md``, PNG plots and ``results.json`` to ``--output_dir`` and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+METHODS = ("dpo", "ipo", "ipo_soft")
+SUMMARY_COLUMNS = [
+    ("label", "method"),
+    ("accuracy", "held-out accuracy (Δ>0)"),
+    ("delta", "mean Δ (sum)"),
+    ("ipo_delta", "IPO regressed Δ"),
+    ("target", "IPO target t/β"),
+    ("kl", "KL(π‖π_ref)"),
+    ("kl_stderr", "± s.e."),
+    ("train_s", "train s"),
+]
+
+
+class InputError(ValueError):
+    """Bad input to ``trl-ipo compare``, reported before any training."""
+
+
+# ----------------------------------------------------------------------------------------------------- input checks
+def load_preference_dataset(spec: str, config: str | None = None, split: str = "train"):
+    """A local JSONL/JSON/Parquet/CSV file (any split name is ignored) or a hub dataset's ``split``."""
+    from datasets import load_dataset
+
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix in LOCAL_FORMATS or path.exists():
+        if not path.exists():
+            raise InputError(f"--dataset {spec}: file not found.")
+        if path.is_dir():
+            raise InputError(f"--dataset {spec} is a folder; give a .jsonl, .json, .parquet or .csv file.")
+        if suffix not in LOCAL_FORMATS:
+            raise InputError(f"--dataset {spec}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
+        try:
+            return load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
+        except Exception as err:  # parse errors of every kind
+            raise InputError(f"--dataset {spec}: could not read it as {LOCAL_FORMATS[suffix]} ({err}).") from err
+    try:
+        return load_dataset(spec, config, split=split)
+    except Exception as err:
+        raise InputError(
+            f"--dataset {spec!r} is neither an existing local file nor a loadable hub dataset split {split!r} ({err})."
+        ) from err
+
+
+def check_preference_rows(dataset, split: str, preference_column: str | None = None) -> None:
+    """Columns chosen/rejected present (prompt optional: implicit-prompt format), no empty rows, q valid; else InputError."""
+    from ..data import validate_preference_column
+
+    columns = list(dataset.column_names)
+    missing = [c for c in ("chosen", "rejected") if c not in columns]
+    if missing:
+        raise InputError(
+            f"the {split} split lacks the column(s) {missing}; a preference dataset needs 'chosen' and 'rejected' "
+            f"(and optionally 'prompt'). Its columns are {sorted(columns)}."
+        )
+    if len(dataset) == 0:
+        raise InputError(f"the {split} split is empty.")
+    for column in [c for c in ("prompt", "chosen", "rejected") if c in columns]:
+        for row, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                raise InputError(f"column {column!r} is empty at row {row} of the {split} split.")
+            if not isinstance(value, (str, list)):
+                raise InputError(
+                    f"column {column!r} at row {row} of the {split} split holds {type(value).__name__} {value!r}; "
+                    "expected text or a list of chat messages."
+                )
+    if preference_column is not None:
+        try:
+            validate_preference_column(dataset, preference_column, split)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+
+
+def check_model(model: str) -> None:
+    """The model folder exists (for a path) and its config loads; else InputError."""
+    from transformers import AutoConfig
+
+    looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise InputError(f"--model {model}: no such model folder.")
+    try:
+        AutoConfig.from_pretrained(os.path.expanduser(model))
+    except Exception as err:
+        raise InputError(f"--model {model!r}: could not load its config as a local folder or hub id ({err}).") from err
+
+
+def prepare_inputs(args):
+    """Load and check everything; returns (train split, held-out split, held-out prompts for KL) or raises InputError."""
+    if not args.methods:
+        raise InputError("--methods is empty; choose from " + ", ".join(METHODS))
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"--methods {unknown}: unknown; choose from {list(METHODS)}.")
+    if "ipo_soft" in args.methods and not args.preference_column:
+        raise InputError("--methods ipo_soft needs --preference_column (the column holding q in [0, 1]).")
+    if not args.beta > 0:
+        raise InputError(f"--beta must be > 0, got {args.beta}.")
+    if not 0 < args.eval_fraction < 1:
+        raise InputError(f"--eval_fraction must be in (0, 1), got {args.eval_fraction}.")
+    check_model(args.model)
+    data = load_preference_dataset(args.dataset, args.dataset_config, args.split)
+    if args.eval_split:
+        train = data
+        held_out = load_preference_dataset(args.dataset, args.dataset_config, args.eval_split)
+    else:
+        check_preference_rows(data, args.split, args.preference_column)
+        n_eval = int(len(data) * args.eval_fraction)
+        if n_eval < 1 or len(data) - n_eval < 1:
+            raise InputError(
+                f"splitting {len(data)} rows with --eval_fraction {args.eval_fraction} leaves an empty "
+                f"{'held-out' if n_eval < 1 else 'training'} split; raise --eval_fraction or add rows."
+            )
+        parts = data.train_test_split(test_size=n_eval, seed=args.seed)
+        train, held_out = parts["train"], parts["test"]
+    check_preference_rows(train, "training", args.preference_column)
+    check_preference_rows(held_out, "held-out", args.preference_column)
+    return train, held_out
+
+
+def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
+    """Distinct prompt texts of the held-out pairs (implicit prompts extracted, chat templates applied)."""
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+
+    prompts: list[str] = []
+    for row in dataset:
+        row = maybe_extract_prompt(dict(row))
+        text = maybe_apply_chat_template({"prompt": row["prompt"]}, tokenizer)["prompt"]
+        if text not in prompts:
+            prompts.append(text)
+        if len(prompts) >= limit:
+            break
+    return prompts
+
+
+# ----------------------------------------------------------------------------------------------------------- runs
+def _train(method: str, args, train, held_out, callback):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    common = dict(
+        output_dir=str(Path(args.output_dir) / "runs" / method),
+        run_name=f"compare-{method}",
+        beta=args.beta,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        logging_steps=args.logging_steps,
+        max_length=args.max_length,
+        save_strategy="no",
+        report_to=args.report_to,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=args.use_cpu,
+        seed=args.seed,
+        data_seed=args.seed,
+        disable_tqdm=args.quiet,
+    )
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        config, trainer_cls = DPOConfig(loss_type=["sigmoid"], **common), DPOTrainer
+    else:
+        from ..config import IPOConfig
+        from ..trainer import IPOTrainer
+
+        column = args.preference_column if method == "ipo_soft" else None
+        config = IPOConfig(logp_reduction=args.logp_reduction, preference_column=column, **common)
+        trainer_cls = IPOTrainer
+    trainer = trainer_cls(
+        model=model, args=config, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer, callbacks=[callback]
+    )
+    trainer.train()
+    return trainer, trainer.evaluate()
+
+
+def run_compare(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..lab.evaluate import EvaluationCallback, Evaluator
+    from ..lab.methods import METHOD_LABELS, finish_wandb
+    from ..lab.report import text_table, write_report
+
+    started = time.time()
+    train, held_out = prepare_inputs(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ref_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    prompts = held_out_prompts(held_out, tokenizer, args.kl_prompts)
+    evaluator = Evaluator(ref_model, tokenizer, prompts, None, args.kl_samples, args.max_new_tokens, args.seed)
+    every = args.eval_every or args.max_steps
+
+    runs = []
+    for method in args.methods:
+        print(f"training {METHOD_LABELS[method]} (β={args.beta:g}) for {args.max_steps} steps on {len(train)} pairs")
+        callback = EvaluationCallback(evaluator, every, method)
+        t0 = time.time()
+        trainer, metrics = _train(method, args, train, held_out, callback)
+        finish_wandb(args.report_to)
+        train_s = time.time() - t0
+        final = {
+            "label": METHOD_LABELS[method],
+            "accuracy": metrics.get("eval_rewards/accuracies"),
+            "delta": metrics["eval_rewards/margins"] / args.beta if "eval_rewards/margins" in metrics else None,
+            "ipo_delta": metrics.get("eval_ipo/delta"),
+            "target": metrics.get("eval_ipo/target"),
+            "kl": callback.history[-1]["kl"],
+            "kl_stderr": callback.history[-1]["kl_stderr"],
+            "train_s": train_s,
+        }
+        runs.append(
+            {
+                "name": method,
+                "label": METHOD_LABELS[method],
+                "method": method,
+                "beta": args.beta,
+                "labels": "held-out",
+                "target": metrics.get("eval_ipo/target") if method == "ipo" and args.logp_reduction == "sum" else None,
+                "history": callback.history,
+                "log_history": trainer.state.log_history,
+                "eval_metrics": metrics,
+                "final": final,
+            }
+        )
+        del trainer
+    intro = (
+        f"Model `{args.model}`, dataset `{args.dataset}`: {len(train)} training pairs, {len(held_out)} held-out pairs; "
+        f"{args.max_steps} steps of {args.batch_size} pairs per method, β = {args.beta:g}, lr {args.learning_rate:g}, "
+        f"IPO logp_reduction={args.logp_reduction}. KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
+        "Δ > 0 means the policy moved its log-ratio toward the chosen response."
+    )
+    written = write_report(out, "trl-ipo compare: DPO vs IPO", intro, runs, SUMMARY_COLUMNS)
+    results = {
+        "args": vars(args),
+        "wall_time_s": time.time() - started,
+        "train_rows": len(train),
+        "held_out_rows": len(held_out),
+        "kl_prompts": prompts,
+        "runs": runs,
+        "files": {k: str(v) for k, v in written.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print("\n" + text_table([r["final"] for r in runs], SUMMARY_COLUMNS) + f"\n\nreport: {written['report']}")
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trl-ipo compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local model folder or hub id (also the reference policy)")
+    p.add_argument("--dataset", required=True, help="local .jsonl/.json/.parquet/.csv file or hub dataset name")
+    p.add_argument("--dataset_config", default=None, help="hub dataset configuration name")
+    p.add_argument("--split", default="train", help="training split of a hub dataset (default %(default)s)")
+    p.add_argument("--eval_split", default=None, help="held-out split of a hub dataset; default: --eval_fraction of --split")
+    p.add_argument("--eval_fraction", type=float, default=0.1, help="held-out fraction when no --eval_split (default %(default)s)")
+    p.add_argument("--methods", nargs="+", default=["dpo", "ipo"], help=f"any of {', '.join(METHODS)} (default: dpo ipo)")
+    p.add_argument("--preference_column", default=None, help="column holding q in [0, 1] (needed by ipo_soft)")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--logp_reduction", choices=["sum", "mean"], default="sum", help="IPO's Δ: summed or per-token mean log-probs")
+    p.add_argument("--max_steps", type=int, default=100)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=5e-6)
+    p.add_argument("--logging_steps", type=int, default=10)
+    p.add_argument("--max_length", type=int, default=512)
+    p.add_argument("--kl_prompts", type=int, default=16, help="held-out prompts for the KL estimate")
+    p.add_argument("--kl_samples", type=int, default=4, help="sampled responses per prompt for the KL estimate")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--eval_every", type=int, default=0, help="KL every N steps (default: only at start and end)")
+    p.add_argument("--output_dir", default="outputs/compare")
+    p.add_argument("--report_to", default="none", help="'none' or 'wandb'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--use_cpu", action="store_true", help="train on CPU even if an accelerator is present")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = _parser().parse_args(argv)
+    try:
+        run_compare(args)
+    except InputError as err:
+        print(f"trl-ipo compare: error: {err}")
+        return 2
+    return 0

@@ -1,0 +1,219 @@
+"""Training the three alignment methods of the seed note on the same preference pairs, each with stock TRL machinery.
+
+* DPO (seed eq. 6): ``trl.DPOTrainer`` with the logistic (``"sigmoid"``) loss on the hard labels.
+* IPO (seed eq. 12, Azar et al. eq. 17): :class:`trl_ipo.IPOTrainer`, hard labels (target ½ per pair), and with soft
+  labels (``preference_column="q"``, target q − ½).
+* RLHF (seed §2.1, eq. 1 and 3): a reward model fitted on the same pairs by ``trl.RewardTrainer`` (Bradley–Terry,
+  eq. 3), then ``trl.RLOOTrainer`` maximising that reward minus β·KL(π‖π_ref) (the per-sequence KL penalty is
+  subtracted from the reward, eq. 1), with π_ref both the initial policy and the KL anchor.
+
+Every run starts from the same π_ref checkpoint, sees the same pairs (RLHF: the same prompts for its RL stage) for the
+same number of optimiser steps, and reports its training log history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("dpo", "ipo", "ipo_soft", "rlhf")
+METHOD_LABELS = {"dpo": "DPO", "ipo": "IPO", "ipo_soft": "IPO (soft q)", "rlhf": "RLHF (RM + RLOO)"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: method, its β (KL strength) and which label regime's pairs it trains on."""
+
+    method: str
+    beta: float
+    labels: str = "deterministic"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"RunSpec.method must be one of {METHODS}, got {self.method!r}")
+        if not self.beta > 0:
+            raise ValueError(f"RunSpec.beta must be > 0, got {self.beta!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-b{self.beta:g}-{self.labels}"
+
+    @property
+    def label(self) -> str:
+        return f"{METHOD_LABELS[self.method]} β={self.beta:g} ({self.labels})"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every method (so runs compare on the same budget)."""
+
+    max_steps: int = 150
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    logging_steps: int = 10
+    logp_reduction: str = "sum"
+    max_length: int = 48
+    seed: int = 0
+    # RLHF: the reward model's fit, and the RL stage
+    reward_steps: int = 100
+    reward_learning_rate: float = 1e-3
+    rl_steps: int = 100
+    rl_learning_rate: float = 1e-3
+    rl_num_generations: int = 4
+    max_new_tokens: int = 16
+    disable_tqdm: bool = False
+
+
+def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
+    return dict(
+        output_dir=str(output_dir),
+        run_name=run_name,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to=report_to,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=settings.disable_tqdm,
+    )
+
+
+def _pairs_dataset(rows, with_q: bool):
+    from datasets import Dataset
+
+    columns = ["prompt", "chosen", "rejected"] + (["q"] if with_q else [])
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+
+
+def train_preference_method(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none"):
+    """DPO, IPO or IPO-soft from π_ref on ``rows``; returns the trainer (its model is the trained policy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(ref_dir)
+    model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
+    common = _common_args(settings, Path(output_dir), spec.name, report_to)
+    common.update(beta=spec.beta, max_steps=settings.max_steps, max_length=settings.max_length)
+    if spec.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(loss_type=["sigmoid"], **common)
+        trainer_cls, dataset = DPOTrainer, _pairs_dataset(rows, with_q=False)
+    elif spec.method in ("ipo", "ipo_soft"):
+        from ..config import IPOConfig
+        from ..trainer import IPOTrainer
+
+        soft = spec.method == "ipo_soft"
+        args = IPOConfig(logp_reduction=settings.logp_reduction, preference_column="q" if soft else None, **common)
+        trainer_cls, dataset = IPOTrainer, _pairs_dataset(rows, with_q=soft)
+    else:
+        raise ValueError(f"train_preference_method does not train {spec.method!r}; use train_rlhf")
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.train()
+    return trainer
+
+
+class RewardModelScorer:
+    """Reward function for TRL's online trainers: the fitted reward model's score of prompt + completion + EOS.
+
+    ``RewardTrainer`` fits the model on texts ending in EOS; the online trainer decodes completions without special
+    tokens, so the EOS is appended here to score completions the way the reward model was trained.
+    """
+
+    __name__ = "reward_model"
+
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    def __call__(self, prompts, completions, **kwargs):
+        import torch
+
+        texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+        inputs = self.tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        with torch.no_grad():
+            return self.model(**inputs.to(self.model.device)).logits[:, 0].float().tolist()
+
+
+def train_reward_model(ref_dir, rows, settings: TrainSettings, output_dir, report_to="none"):
+    """Bradley–Terry reward model (seed eq. 3) initialised from π_ref, fitted on the pairs with ``trl.RewardTrainer``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(ref_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(ref_dir, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    common = _common_args(settings, Path(output_dir), "reward-model", report_to)
+    common.update(max_steps=settings.reward_steps, learning_rate=settings.reward_learning_rate, max_length=settings.max_length)
+    trainer = RewardTrainer(
+        model=model, args=RewardConfig(**common), train_dataset=_pairs_dataset(rows, with_q=False), processing_class=tokenizer
+    )
+    trainer.train()
+    return trainer
+
+
+def train_rlhf(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none", reward_model=None):
+    """RLHF: reward model on the pairs (unless given), then RLOO against it with KL penalty β to π_ref.
+
+    Returns ``(rl_trainer, reward_trainer_or_None)``. The RL stage takes ``settings.rl_steps`` optimiser steps, each
+    on ``batch_size`` sampled completions (``rl_num_generations`` per prompt) of the training prompts.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import RLOOConfig, RLOOTrainer
+
+    reward_trainer = None
+    if reward_model is None:
+        reward_trainer = train_reward_model(ref_dir, rows, settings, Path(output_dir) / "reward-model", report_to)
+        reward_model = reward_trainer.model
+        _finish_wandb(report_to)
+    tokenizer = AutoTokenizer.from_pretrained(ref_dir)
+    torch.manual_seed(settings.seed)
+    policy = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
+    prompts = sorted({r["prompt"] for r in rows})
+    repeats = settings.rl_steps * settings.batch_size // (len(prompts) * settings.rl_num_generations) + 1
+    dataset = Dataset.from_dict({"prompt": prompts * repeats})
+    common = _common_args(settings, Path(output_dir), spec.name, report_to)
+    common.update(
+        beta=spec.beta,
+        max_steps=settings.rl_steps,
+        learning_rate=settings.rl_learning_rate,
+        num_generations=settings.rl_num_generations,
+        max_completion_length=settings.max_new_tokens,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        log_completions=False,
+    )
+    trainer = RLOOTrainer(
+        model=policy,
+        reward_funcs=RewardModelScorer(reward_model, tokenizer),
+        args=RLOOConfig(**common),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    return trainer, reward_trainer
+
+
+def _finish_wandb(report_to) -> None:
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "wandb" in targets:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+finish_wandb = _finish_wandb

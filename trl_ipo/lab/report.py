@@ -1,0 +1,219 @@
+"""Markdown report with PNG plots for the lab's runs (``trl-ipo demo`` and ``trl-ipo compare``).
+
+Input is a list of run records, each a dict with
+
+* ``label`` (legend text), ``method``, ``beta``, ``labels`` (label regime or split name);
+* ``history``: measurements over optimisation steps (dicts with ``step`` and any of ``reward``, ``win_rate``, ``kl``,
+  ``kl_stderr``, ``grammatical``), from :class:`trl_ipo.lab.evaluate.EvaluationCallback`;
+* ``log_history``: the trainer's log entries (``rewards/margins`` = β·Δ with Δ the summed log-ratio margin);
+* ``final``: the row of the summary table.
+
+Plots: the reward–KL frontier (final point per run, its trajectory faint), KL vs step per method and β, margin Δ vs
+step (IPO's target 1/(2β) dashed; the logistic loss of DPO has no finite target), and reward vs step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+METHOD_COLORS = {"dpo": "tab:red", "ipo": "tab:blue", "ipo_soft": "tab:cyan", "rlhf": "tab:green", "reference": "black"}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of ``rows`` with ``columns`` = [(key, header)]; floats to 3 significant decimals."""
+    header = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [header, rule]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def text_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """The same table in fixed-width text, for the terminal."""
+    cells = [[h for _, h in columns]] + [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "∞"
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def margin_series(log_history: Sequence[dict], beta: float) -> tuple[list[int], list[float]]:
+    """(steps, Δ) from a preference trainer's train logs: Δ = ``rewards/margins`` / β (summed log-ratio margin)."""
+    steps, deltas = [], []
+    for entry in log_history:
+        if "rewards/margins" in entry and "eval_rewards/margins" not in entry:
+            steps.append(int(entry["step"]))
+            deltas.append(float(entry["rewards/margins"]) / beta)
+    return steps, deltas
+
+
+def _style(run: dict, index_in_method: int) -> dict:
+    return dict(color=METHOD_COLORS.get(run.get("method"), None), linestyle=LINESTYLES[index_in_method % len(LINESTYLES)])
+
+
+def _styles(runs: Sequence[dict]) -> list[dict]:
+    seen: dict[str, int] = {}
+    styles = []
+    for run in runs:
+        key = run.get("method", "")
+        styles.append(_style(run, seen.get(key, 0)))
+        seen[key] = seen.get(key, 0) + 1
+    return styles
+
+
+def _groups(runs: Sequence[dict]) -> list[str]:
+    groups = []
+    for run in runs:
+        if run.get("labels") not in groups:
+            groups.append(run.get("labels"))
+    return groups
+
+
+def plot_over_steps(runs: Sequence[dict], key: str, ylabel: str, path: Path, title: str) -> Path | None:
+    """One panel per label regime: ``history[key]`` against step for every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if any(key in h for h in r.get("history", []))]
+    if not runs:
+        return None
+    groups = _groups(runs)
+    styles = dict(zip(map(id, runs), _styles(runs), strict=True))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups, strict=True):
+        for run in (r for r in runs if r.get("labels") == group):
+            hist = [h for h in run["history"] if key in h]
+            ax.plot([h["step"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=run["label"], **styles[id(run)])
+        ax.set_title(f"{title} — {group}")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_margins(runs: Sequence[dict], path: Path) -> Path | None:
+    """Δ (summed log-ratio margin on the training pairs) vs step; IPO's per-pair target 1/(2β) dashed (hard labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if margin_series(r.get("log_history", []), r["beta"])[0]]
+    if not runs:
+        return None
+    groups = _groups(runs)
+    styles = dict(zip(map(id, runs), _styles(runs), strict=True))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups, strict=True):
+        for run in (r for r in runs if r.get("labels") == group):
+            steps, deltas = margin_series(run["log_history"], run["beta"])
+            style = styles[id(run)]
+            ax.plot(steps, deltas, marker="o", ms=3, label=run["label"], **style)
+            if run.get("method") == "ipo" and run.get("target") is not None:
+                ax.axhline(run["target"], color=style["color"], linestyle=style["linestyle"], alpha=0.35, lw=1)
+        ax.set_title(f"margin Δ on training pairs — {group}")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("Δ = log-ratio(chosen) − log-ratio(rejected)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(runs: Sequence[dict], path: Path, reference: dict | None = None, oracle_reward: float | None = None) -> Path | None:
+    """Ground-truth reward vs KL(π‖π_ref): each run's trajectory (faint) and final point, one panel per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if any("reward" in h and "kl" in h for h in r.get("history", []))]
+    if not runs:
+        return None
+    groups = _groups(runs)
+    styles = dict(zip(map(id, runs), _styles(runs), strict=True))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups, strict=True):
+        for run in (r for r in runs if r.get("labels") == group):
+            hist = [h for h in run["history"] if "reward" in h and "kl" in h]
+            style = styles[id(run)]
+            ax.plot([h["kl"] for h in hist], [h["reward"] for h in hist], alpha=0.3, color=style["color"], linestyle=style["linestyle"])
+            ax.scatter([hist[-1]["kl"]], [hist[-1]["reward"]], color=style["color"], s=40, label=run["label"], zorder=3)
+        if reference is not None:
+            ax.scatter([0.0], [reference["reward"]], color="black", marker="*", s=90, label="π_ref", zorder=4)
+        if oracle_reward is not None:
+            ax.axhline(oracle_reward, color="gray", linestyle="--", lw=1, label="max reward")
+        ax.set_title(f"reward vs KL — {group}")
+        ax.set_xlabel("KL(π ‖ π_ref), nats per response (sample estimate)")
+        ax.set_ylabel("mean ground-truth reward (held-out prompts)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    output_dir: str | Path,
+    title: str,
+    intro: str,
+    runs: Sequence[dict],
+    columns: Sequence[tuple[str, str]],
+    reference: dict | None = None,
+    oracle_reward: float | None = None,
+    extra_sections: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write ``report.md`` and the PNGs into ``output_dir``; returns the paths written (by name)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    plots = {
+        "frontier": plot_frontier(runs, output_dir / "frontier.png", reference, oracle_reward),
+        "kl_vs_step": plot_over_steps(runs, "kl", "KL(π ‖ π_ref) (nats)", output_dir / "kl_vs_step.png", "KL vs step"),
+        "margins_vs_step": plot_margins(runs, output_dir / "margins_vs_step.png"),
+        "reward_vs_step": plot_over_steps(runs, "reward", "mean ground-truth reward", output_dir / "reward_vs_step.png", "reward vs step"),
+    }
+    captions = {
+        "frontier": "Reward vs KL frontier",
+        "kl_vs_step": "KL(π‖π_ref) vs step, per method and β",
+        "margins_vs_step": "Margin Δ vs step (IPO's target 1/(2β) dashed)",
+        "reward_vs_step": "Ground-truth reward vs step",
+    }
+    lines = [f"# {title}", "", intro, "", "## Summary", "", markdown_table([r["final"] for r in runs], columns), ""]
+    lines += list(extra_sections)
+    lines += ["## Plots", ""]
+    for name, path in plots.items():
+        if path is not None:
+            written[name] = path
+            lines += [f"### {captions[name]}", "", f"![{captions[name]}]({path.name})", ""]
+    report = output_dir / "report.md"
+    report.write_text("\n".join(lines))
+    written["report"] = report
+    return written
