@@ -336,3 +336,23 @@ def test_peft_reference_is_the_policy_with_its_adapter_disabled(load_model, toke
     trainer.train()  # one IPO-MD step, sampling from the mixture of adapter-enabled and adapter-disabled model
     assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
     assert any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora)
+
+
+def test_conversational_prompts_reach_the_judge_as_messages(load_model, tokenizer, tmp_path):
+    seen = []
+
+    def judge(prompts, completions_a, completions_b):
+        seen.append((prompts, completions_a, completions_b))
+        return soft_length_judge(prompts, [c[0]["content"] for c in completions_a], [c[0]["content"] for c in completions_b])
+
+    rows = [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS]
+    trainer = OnlineIPOTrainer(
+        model=load_model(), args=OnlineIPOConfig(**config_kwargs(tmp_path, mixture_coef=0.5)),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, judge=judge,
+    )
+    trainer.train()
+    prompts, completions_a, completions_b = seen[0]
+    assert sorted(p[0]["content"] for p in prompts) == sorted(PROMPTS)
+    for completion in completions_a + completions_b:
+        assert [m["role"] for m in completion] == ["assistant"] and isinstance(completion[0]["content"], str)
+    assert trainer.state.log_history[0]["online/completion_length"] > 0

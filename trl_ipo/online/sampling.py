@@ -176,12 +176,15 @@ def completion_logps(
 ) -> torch.Tensor:
     """Per-token log π(y_t | x, y_<t) of the given completions, shape ``(B, T_completion)``, one forward pass.
 
-    If prompt + completion exceed ``max_length``, prompt tokens are dropped from the left (the completion is kept
-    whole). Positions are counted from the attention mask. Values at masked completion positions are meaningless;
+    If prompt + completion exceed ``max_length``, prompt tokens are dropped from the left (the completion and the
+    last prompt token are kept whole). Positions are counted from the attention mask. Values at masked completion positions are meaningless;
     callers mask them.
     """
+    if prompt_ids.size(1) == 0:
+        raise ValueError("completion_logps needs at least one prompt token to predict the first completion token")
     if max_length is not None:
         excess = max(prompt_ids.size(1) + completion_ids.size(1) - max_length, 0)
+        excess = min(excess, prompt_ids.size(1) - 1)  # keep the token that predicts the first completion token
         prompt_ids, prompt_mask = prompt_ids[:, excess:], prompt_mask[:, excess:]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
