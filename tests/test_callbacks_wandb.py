@@ -316,3 +316,27 @@ def test_missing_wandb_names_the_extra(monkeypatch, load_model, tokenizer, tmp_p
     with pytest.raises(ImportError, match=WANDB_INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
         IPOTrainer(load_model(), args=args, train_dataset=Dataset.from_list(make_pairs(4)), processing_class=tokenizer)
     assert require_wandb(IPOConfig(**cpu_args(tmp_path))) is None  # report_to="none": wandb is not needed
+
+
+# ------------------------------------------------------------------------------------------------ table helpers
+def test_worst_fit_order_and_pair_texts(tokenizer):
+    from trl_ipo.callbacks import pair_texts, worst_fit
+
+    delta, target = torch.tensor([0.0, 3.0, -3.0, 1.0, 3.0]), torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5])
+    # |residual| = 0, 3, 3, 1, 2.5: largest first, ties by row order
+    assert worst_fit(delta, target, 3).tolist() == [1, 2, 4]
+    assert worst_fit(delta, target, 10).tolist() == [1, 2, 4, 3, 0]
+
+    eos = tokenizer.eos_token
+    assert pair_texts({"prompt": "a cat", "chosen": f" sat{eos}", "rejected": " ran"}, tokenizer) == (
+        "a cat", " sat", " ran"
+    )
+    conversational = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go"}],
+    }
+    assert pair_texts(conversational) == ("user: hi", "assistant: hello", "assistant: go")
+    texts = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
+    ids = {f"{k}_ids": tokenizer(text)["input_ids"] for k, text in texts.items()}
+    assert pair_texts(ids, tokenizer) == tuple(tokenizer.decode(ids[f"{k}_ids"]) for k in texts)

@@ -77,8 +77,7 @@ def attach_margin_callback(trainer) -> None:
 def worst_fit(delta: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` pairs with the largest |Δ − target|, largest first (ties: lower index first)."""
     residual = (delta - target).abs()
-    order = sorted(range(residual.numel()), key=lambda i: (-residual[i].item(), i))
-    return torch.tensor(order[:k], dtype=torch.long)
+    return torch.sort(-residual, stable=True).indices[:k]
 
 
 def pair_texts(row: dict, tokenizer=None) -> tuple[str, str, str]:
@@ -286,19 +285,20 @@ class IPOMarginCallback(TrainerCallback):
         prefix = _metric_prefix(logs)
         if not pairs or prefix is None:
             return
-        if mode == "eval":
-            pairs = _drop_padding(pairs, _eval_dataset(kwargs.get("eval_dataloader"), self.trainer))
-        self.last_pairs[mode] = pairs
-        delta, target = pairs["delta"].float(), pairs["target"].float()
-        residual = delta - target
         means = {}
         if self.recorder is not None:  # a stock DPOTrainer logs no ipo/* scalars: add them, averaged as TRL does
-            per_pair = {"delta": delta, "target": target, "residual": residual, "sq_error": residual**2}
+            delta, target = pairs["delta"].float(), pairs["target"].float()
+            per_pair = {"delta": delta, "target": target, "residual": delta - target, "sq_error": (delta - target) ** 2}
             means = {f"{prefix}ipo/{name}": _mean_of_batch_means(v, pairs["batch"]) for name, v in per_pair.items()}
             if state.log_history and state.log_history[-1].get(f"{prefix}{_MARGINS_KEY}") == logs.get(
                 f"{prefix}{_MARGINS_KEY}"
             ):
                 state.log_history[-1].update(means)
+        if mode == "eval":  # histograms and tables: each eval row once
+            pairs = _drop_padding(pairs, _eval_dataset(kwargs.get("eval_dataloader"), self.trainer))
+        self.last_pairs[mode] = pairs
+        delta, target = pairs["delta"].float(), pairs["target"].float()
+        residual = delta - target
         run = self._wandb_run(state)
         if run is None:
             return
