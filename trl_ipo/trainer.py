@@ -21,6 +21,7 @@ from trl import DPOTrainer
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig
 from .data import PreferenceCollator, validate_preference_column
+from .distributed import fill_zero3_auto_sizes
 from .losses import ipo_regression, reduce_logps
 from .model_card import IPO_PAPER, complete_model_card
 
@@ -47,6 +48,7 @@ class IPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
         args = _as_ipo_config(args, model)
+        fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
         if args.preference_column is not None:
