@@ -77,8 +77,9 @@ class Job:
                 pytest.fail(f"job {self.name} did not finish within {JOB_LIMIT_S} s:\n{self.tail()}")
         return self._codes
 
-    def records(self):
-        return {r["rank"]: r for r in (json.loads(p.read_text()) for p in sorted(self.out.glob("rank*.json")))}
+    def records(self, kind=""):
+        paths = sorted(self.out.glob(f"rank[0-9]{kind}.json"))
+        return {int(p.name[4]): json.loads(p.read_text()) for p in paths}
 
     def tail(self, chars=3000):
         return "\n".join(f"--- {log.name}\n{log.read_text()[-chars:]}" for log in self.logs if log.exists())
@@ -127,7 +128,7 @@ def jobs(setup):
     ddp_spec = spec("ddp", _run_args(root / "ddp-run", use_cpu=False))
     death_spec = spec(
         "death",
-        _run_args(root / "death-run", deepspeed=setup.ds_config, save_strategy="steps", save_steps=1),
+        _run_args(root / "death-run", deepspeed="zero3", save_strategy="steps", save_steps=1),  # packaged, "auto"
         die={"rank": DIE_RANK, "step": DIE_STEP},
     )
     started = {
@@ -253,6 +254,25 @@ def test_a_dying_rank_ends_the_job_nonzero_and_leaves_a_loadable_checkpoint(jobs
     assert state["global_step"] == DIE_STEP - 1
     model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_packaged_zero3_gives_the_reference_the_policy_sizes(jobs, setup):
+    """The death job runs the packaged `zero3` (by short name): its "auto" sizes are filled from the hidden size
+    before TRL prepares the reference, so the reference is not left on DeepSpeed's defaults."""
+    from transformers import AutoConfig
+
+    hidden = AutoConfig.from_pretrained(setup.model).hidden_size
+    jobs["death"].wait()
+    init = jobs["death"].records("-init")
+    assert sorted(init) == [0, 1], jobs["death"].tail()
+    for rank, record in init.items():
+        zero = record["zero_optimization"]
+        assert zero["stage3_param_persistence_threshold"] == 10 * hidden, rank
+        assert zero["reduce_bucket_size"] == hidden * hidden and zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden**2)
+        assert record["reference_persistence_threshold"] == 10 * hidden, rank
+    for rank, record in _finished(jobs["zero3"]).items():  # explicit numbers are kept, for both models
+        assert record["policy_persistence_threshold"] == 0, rank
+        assert jobs["zero3"].records("-init")[rank]["reference_persistence_threshold"] == 0, rank
 
 
 def test_launched_runs_use_the_configured_collective_timeout(jobs):

@@ -248,6 +248,54 @@ def check_launch(args) -> None:
             )
 
 
+_HIDDEN_SIZE_KEYS = (
+    "zero_optimization.reduce_bucket_size",
+    "zero_optimization.stage3_prefetch_bucket_size",
+    "zero_optimization.stage3_param_persistence_threshold",
+)
+
+
+def fill_zero3_auto_sizes(args, model) -> None:
+    """Fill the hidden-size-based ``"auto"`` ZeRO-3 sizes now, so the reference gets the policy's values.
+
+    ``transformers`` fills ``reduce_bucket_size`` = h², ``stage3_prefetch_bucket_size`` = 0.9·h² and
+    ``stage3_param_persistence_threshold`` = 10·h only when ``train()`` starts, but TRL 1.16 prepares the reference
+    (``prepare_deepspeed``) in ``__init__``, and the overrides it adds there use dotted keys that DeepSpeed ignores.
+    Left alone, the reference runs with DeepSpeed's defaults (persistence threshold 10⁵: every tensor smaller than
+    that kept whole on every rank). Call with the trainer's ``args`` and ``model`` (object or path) before the
+    trainer is built; explicit numbers in the config are kept.
+    """
+    hf_config = getattr(args, "hf_deepspeed_config", None)
+    if hf_config is None or not hf_config.is_zero3() or not any(hf_config.is_auto(key) for key in _HIDDEN_SIZE_KEYS):
+        return
+    hidden = model_hidden_size(model, trust_remote_code=getattr(args, "trust_remote_code", False))
+    if hidden is None:
+        return  # transformers stops at train() with its own message naming the keys to set
+    hf_config.fill_only("zero_optimization.reduce_bucket_size", hidden * hidden)
+    hf_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+    hf_config.fill_only("zero_optimization.stage3_param_persistence_threshold", 10 * hidden)
+
+
+def model_hidden_size(model, trust_remote_code: bool = False) -> int | None:
+    """Hidden size of a model object or a model path (the largest of ``hidden_sizes``; ``text_config`` as fallback)."""
+    config = getattr(model, "config", None)
+    if config is None and isinstance(model, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError):
+            return None  # the trainer's own model loading reports the bad path
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        if getattr(cfg, "hidden_size", None):
+            return int(cfg.hidden_size)
+        if getattr(cfg, "hidden_sizes", None):
+            return int(max(cfg.hidden_sizes))
+    return None
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` folder of ``output_dir`` that was fully written, or ``None``.
 

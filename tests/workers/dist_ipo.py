@@ -31,7 +31,7 @@ def main(spec_path: str) -> None:
     from trl_ipo.distributed import parameter_shards
 
     spec = json.loads(Path(spec_path).read_text())
-    out = Path(spec["out"])
+    out = Path(spec["out"])  # rank<R>.json at the end; rank<R>-init.json once the trainer is built
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
 
@@ -50,6 +50,8 @@ def main(spec_path: str) -> None:
         trainer = IPOTrainer(
             model=spec["model"], args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
         )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"rank{trainer.accelerator.process_index}-init.json").write_text(json.dumps(_zero3_sizes(trainer)))
         if spec.get("die"):
             trainer.add_callback(DieAtStep(spec["die"]["rank"], spec["die"]["step"]))
         trainer.train(resume_from_checkpoint=resume)
@@ -66,6 +68,7 @@ def main(spec_path: str) -> None:
         "losses": [h["loss"] for h in history if "loss" in h],
         "ipo_targets": [h["ipo/target"] for h in history if "ipo/target" in h],
         "collective_timeout_s": _collective_timeout_s(),
+        "policy_persistence_threshold": getattr(trainer.model_wrapped, "zero_param_persistence_threshold", lambda: None)(),
         "policy": parameter_shards(trainer.model_wrapped),
         "reference": parameter_shards(trainer.ref_model) if trainer.ref_model is not None else None,
     }
@@ -77,6 +80,15 @@ def main(spec_path: str) -> None:
         record["resumed_steps"] = [h["step"] for h in resumed.state.log_history if "loss" in h]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record, indent=1))
+
+
+def _zero3_sizes(trainer):
+    """The ZeRO-3 config the trainer holds and the reference engine's persistence threshold, before training."""
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+    ref = trainer.ref_model
+    threshold = ref.zero_param_persistence_threshold() if hasattr(ref, "zero_param_persistence_threshold") else None
+    return {"zero_optimization": zero, "reference_persistence_threshold": threshold}
 
 
 def _collective_timeout_s():
