@@ -13,6 +13,7 @@ import math
 import os
 import multiprocessing
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,17 +110,21 @@ def _launched_rank(rank: int, world_size: int, port: int, model_dir: str, out: s
     worker(model_dir, out)
 
 
-def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
-
-    # The two ranks are forked from this process (the libraries already imported), with a launcher's environment.
+def _launch_two_ranks(model_dir: str, out) -> None:
+    """Fork the two ranks from this process (the libraries are already imported) with a launcher's environment;
+    if this process already holds a process group, launch them afresh with torchrun instead."""
     import deepspeed  # noqa: F401  (imported once here rather than in each rank)
+
+    if torch.distributed.is_initialized():
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               __file__, model_dir, str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return
     port = _free_port()
     context = multiprocessing.get_context("fork")
-    ranks = [context.Process(target=_launched_rank, args=(r, 2, port, tiny_dir, str(tmp_path))) for r in (0, 1)]
+    ranks = [context.Process(target=_launched_rank, args=(r, 2, port, model_dir, str(out))) for r in (0, 1)]
     for process in ranks:
         process.start()
     for process in ranks:
@@ -128,6 +133,15 @@ def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
         if process.is_alive():
             process.kill()
     assert [p.exitcode for p in ranks] == [0, 0], "a rank failed; its traceback is in the captured stderr"
+
+
+def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
+
+    _launch_two_ranks(tiny_dir, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     # Really two DeepSpeed ranks, with policy and reference partitioned.
