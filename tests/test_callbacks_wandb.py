@@ -107,8 +107,9 @@ def offline_run(tiny_dir, tmp_path_factory):
         trainer.add_callback(spy)
         trainer.train()
         run_dir = Path(wandb.run.dir).parent
-        wandb.finish()
     finally:
+        if wandb.run is not None:
+            wandb.finish()
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     history, config = read_offline_run(run_dir)
