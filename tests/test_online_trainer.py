@@ -140,7 +140,9 @@ def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model,
         FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path / "ours",
         logp_reduction="sum", reward_to_preference="hard",
     )
-    theirs, their_grads = build(FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "trl", loss_type="ipo")
+    theirs, their_grads = build(
+        FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "trl", loss_type="ipo"
+    )
     ours.train()
     theirs.train()
     # Both label directions occur (a wins on two prompts, b on two), and no pair is tied.
@@ -329,7 +331,8 @@ def test_peft_reference_is_the_policy_with_its_adapter_disabled(load_model, toke
         assert not torch.allclose(completion_logps(trainer.model, *scored)[mask], expected, atol=1e-3)
         with trainer._reference_for_sampling(trainer.model) as reference:  # what the IPO-MD sampler calls
             got = reference(input_ids=prompt_ids, attention_mask=prompt_mask).logits
-        torch.testing.assert_close(got, base(input_ids=prompt_ids, attention_mask=prompt_mask).logits, atol=1e-5, rtol=0)
+        expected_logits = base(input_ids=prompt_ids, attention_mask=prompt_mask).logits
+        torch.testing.assert_close(got, expected_logits, atol=1e-5, rtol=0)
 
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -343,7 +346,8 @@ def test_conversational_prompts_reach_the_judge_as_messages(load_model, tokenize
 
     def judge(prompts, completions_a, completions_b):
         seen.append((prompts, completions_a, completions_b))
-        return soft_length_judge(prompts, [c[0]["content"] for c in completions_a], [c[0]["content"] for c in completions_b])
+        texts_a, texts_b = [c[0]["content"] for c in completions_a], [c[0]["content"] for c in completions_b]
+        return soft_length_judge(prompts, texts_a, texts_b)
 
     rows = [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS]
     trainer = OnlineIPOTrainer(

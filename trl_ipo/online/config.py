@@ -20,10 +20,10 @@ class OnlineIPOConfig(OnlineDPOConfig):
     fields below.
 
     Each step samples two completions y_a, y_b per prompt x from the behaviour policy μ — the current policy π_θ
-    (``mixture_coef=0``, online IPO) or the normalised token-level geometric mixture
-    π_θ^(1−λ)·π_ref^λ (``mixture_coef=λ>0``, IPO-MD) — labels them with q = P(y_a ≻ y_b | x) and minimises the
-    same per-pair loss as the offline [`trl_ipo.IPOTrainer`]: ``(Δ − t/β)²`` with Δ the log-ratio margin and
-    t = q − ½ (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; seed note eq. 10–12).
+    (``mixture_coef=0``, online IPO) or the normalised token-level geometric mixture π_θ^(1−λ)·π_ref^λ
+    (``mixture_coef=λ>0``, IPO-MD) — labels them with q = P(y_a ≻ y_b | x) and minimises the same per-pair loss
+    as the offline [`trl_ipo.IPOTrainer`]: ``(Δ − t/β)²`` with Δ the log-ratio margin and t = q − ½
+    (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; seed note eq. 10–12).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):
@@ -59,7 +59,7 @@ class OnlineIPOConfig(OnlineDPOConfig):
     loss_form: str = field(
         default="paper",
         metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)², 'scaled' = (β·Δ − t)² (β² times the paper form).",
+            "help": "IPO loss form: 'paper' = (Δ − t/β)², 'scaled' = (β·Δ − t)² (β² times 'paper').",
             "choices": list(LOSS_FORMS),
         },
     )
@@ -130,7 +130,9 @@ class OnlineIPOConfig(OnlineDPOConfig):
             )
         betas = self.beta if isinstance(self.beta, (list, tuple)) else [self.beta]
         if not betas or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
-            raise ValueError(f"OnlineIPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
+            raise ValueError(
+                f"OnlineIPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}."
+            )
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)

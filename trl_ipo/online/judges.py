@@ -62,11 +62,14 @@ def preference_from_judge(
     except (TypeError, ValueError) as err:
         raise ValueError(f"the judge must return a list of floats (q = P(a ≻ b)), got {verdicts!r}") from err
     if len(values) != len(prompts):
-        raise ValueError(f"the judge returned {len(values)} preferences for {len(prompts)} pairs; it must return one per pair")
+        raise ValueError(
+            f"the judge returned {len(values)} preferences for {len(prompts)} pairs; it must return one per pair"
+        )
     for i, q in enumerate(values):
         if not (math.isfinite(q) and 0.0 <= q <= 1.0):
             raise ValueError(
-                f"the judge returned q={q!r} for pair {i} (prompt {_short(prompts[i])}); q = P(a ≻ b) must lie in [0, 1]"
+                f"the judge returned q={q!r} for pair {i} (prompt {_short(prompts[i])}); "
+                "q = P(a ≻ b) must lie in [0, 1]"
             )
     return torch.tensor(values, dtype=torch.float32, device=device)
 

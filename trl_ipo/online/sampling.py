@@ -32,7 +32,9 @@ from transformers.generation.logits_process import (
 from trl.trainer.utils import selective_log_softmax
 
 
-def mixture_log_probs(policy_logits: torch.Tensor, ref_logits: torch.Tensor | None, mixture_coef: float) -> torch.Tensor:
+def mixture_log_probs(
+    policy_logits: torch.Tensor, ref_logits: torch.Tensor | None, mixture_coef: float
+) -> torch.Tensor:
     """log μ_λ = log_softmax((1 − λ)·logits_θ + λ·logits_ref) over the last (vocabulary) dimension."""
     if mixture_coef == 0.0 or ref_logits is None:
         if mixture_coef != 0.0:
@@ -177,8 +179,8 @@ def completion_logps(
     """Per-token log π(y_t | x, y_<t) of the given completions, shape ``(B, T_completion)``, one forward pass.
 
     If prompt + completion exceed ``max_length``, prompt tokens are dropped from the left (the completion and the
-    last prompt token are kept whole). Positions are counted from the attention mask. Values at masked completion positions are meaningless;
-    callers mask them.
+    last prompt token are kept whole). Positions are counted from the attention mask. Values at masked completion
+    positions are meaningless; callers mask them.
     """
     if prompt_ids.size(1) == 0:
         raise ValueError("completion_logps needs at least one prompt token to predict the first completion token")

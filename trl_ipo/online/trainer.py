@@ -99,12 +99,13 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
     ):
         args = _as_online_ipo_config(args, model)
         if (judge is None) == (reward_funcs is None):
-            raise ValueError("OnlineIPOTrainer needs exactly one of `judge` or `reward_funcs` to label the sampled pairs.")
+            raise ValueError("OnlineIPOTrainer needs exactly one of `judge` or `reward_funcs` to label the pairs.")
         if judge is not None and not callable(judge):
             raise TypeError(f"`judge` must be callable as judge(prompts, completions_a, completions_b), got {judge!r}")
         if judge is not None and args.missing_eos_penalty is not None:
             raise ValueError(
-                "OnlineIPOConfig.missing_eos_penalty applies to rewards; with a `judge`, penalise missing EOS inside it."
+                "OnlineIPOConfig.missing_eos_penalty applies to rewards; with a `judge`, penalise a missing EOS "
+                "inside the judge."
             )
         if eval_dataset is not None:
             raise ValueError("OnlineIPOTrainer has no evaluation loop: pass eval_dataset=None.")
@@ -174,7 +175,7 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
             ref_logps = self._reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         mask = completion_mask.bool()
         num_tokens = mask.sum(dim=1)
-        logratio_sums = torch.where(mask, logps - ref_logps, 0.0).sum(dim=1)  # Σ_t log π_θ/π_ref, one per completion
+        logratio_sums = torch.where(mask, logps - ref_logps, 0.0).sum(dim=1)  # Σ_t log π_θ/π_ref per completion
         logratios = reduce_logps(logratio_sums, num_tokens, self.args.logp_reduction)
         logratios_a, logratios_b = logratios.split(batch_size)
         margin, target = ipo_regression(
@@ -254,7 +255,9 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
 
     def _reference_logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
         if self.ref_model is not None:
-            return completion_logps(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length)
+            return completion_logps(
+                self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length
+            )
         with self.accelerator.unwrap_model(self.model).disable_adapter():
             return completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, self.max_length)
 
@@ -267,7 +270,8 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         if is_conversational({"prompt": prompts[0]}):
             completions = [[{"role": "assistant", "content": c}] for c in completions]
         if self.judge is not None:
-            return preference_from_judge(self.judge, prompts, completions[:batch_size], completions[batch_size:], device)
+            completions_a, completions_b = completions[:batch_size], completions[batch_size:]
+            return preference_from_judge(self.judge, prompts, completions_a, completions_b, device)
         reward_kwargs = {
             key: (value * 2 if isinstance(value, (list, tuple)) else value)
             for key, value in inputs.items()
@@ -367,7 +371,9 @@ def _validate_prompt_dataset(dataset):
     if isinstance(dataset, Dataset):
         for i, prompt in enumerate(dataset["prompt"]):
             if prompt is None or (isinstance(prompt, (str, list)) and len(prompt) == 0):
-                raise ValueError(f"train_dataset row {i}: empty prompt {prompt!r}; every row needs a prompt to sample from.")
+                raise ValueError(
+                    f"train_dataset row {i}: empty prompt {prompt!r}; every row needs a prompt to sample from."
+                )
 
 
 def _load_sharded_reference(model, args):
