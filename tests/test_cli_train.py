@@ -83,6 +83,8 @@ def test_yaml_config_and_overrides_train_and_save_model_with_card(tiny_dir, data
     assert first["ipo/target"] == pytest.approx(1.0)
     assert first["loss"] == pytest.approx(1.0, abs=1e-4)
     assert state["global_step"] == 2
+    final_state = json.loads((out / "trainer_state.json").read_text())  # saved next to the model for `trl-ipo plot`
+    assert final_state["log_history"][: len(state["log_history"])] == state["log_history"]
 
     # A loadable model that was trained.
     trained = AutoModelForCausalLM.from_pretrained(out)

@@ -295,6 +295,7 @@ def run(script_args, training_args, model_args, dataset_args, train_dataset=None
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json in output_dir, for `trl-ipo plot OUTPUT_DIR`
     hub_dataset = _hub_dataset_name(script_args)
     trainer.create_model_card(model_name=_model_name(training_args), dataset_name=hub_dataset)
     trainer.accelerator.print(f"Model and model card saved to {training_args.output_dir}.")
