@@ -13,7 +13,48 @@ SUPPORTED_LOSS_TYPES = ("ipo", "sft")
 
 
 @dataclass
-class IPOConfig(DPOConfig):
+class IPOLossArguments:
+    """The fields that define the IPO objective, shared by the offline and the online configs.
+
+    Per pair: ``(Δ − t/β)²`` (``paper``) or ``(β·Δ − t)²`` (``scaled``), t = q − ½ (``symmetric``) or t = q, with Δ
+    built from per-token-mean or summed log-ratios (``logp_reduction``); see :mod:`trl_ipo.losses`.
+    """
+
+    loss_form: str = field(
+        default="paper",
+        metadata={
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
+            "β² times the paper form). Same minimiser.",
+            "choices": list(LOSS_FORMS),
+        },
+    )
+    symmetric: bool = field(
+        default=True,
+        metadata={
+            "help": "Symmetric augmentation: each pair also counts swapped with probability 1 − q, computed "
+            "analytically. Target t = q − 1/2 (0.5 for hard labels, 0 for ties). With False, t = q."
+        },
+    )
+    logp_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
+            "choices": list(LOGP_REDUCTIONS),
+        },
+    )
+
+    def _validate_ipo_loss_fields(self) -> None:
+        name = type(self).__name__
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"{name}.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
+        if self.logp_reduction not in LOGP_REDUCTIONS:
+            raise ValueError(f"{name}.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}.")
+        if isinstance(self.symmetric, str):  # from YAML/CLI strings
+            self.symmetric = parse_bool(f"{name}.symmetric", self.symmetric)
+
+
+@dataclass
+class IPOConfig(IPOLossArguments, DPOConfig):
     r"""Configuration for [`IPOTrainer`]: every [`trl.DPOConfig`] field, plus the IPO fields below.
 
     The per-pair loss is ``(Δ − t/β)²`` (``loss_form="paper"``) where Δ is the log-ratio margin between the chosen
@@ -41,28 +82,6 @@ class IPOConfig(DPOConfig):
             "`loss_weights`). Other DPO loss types belong to trl's DPOTrainer."
         },
     )
-    loss_form: str = field(
-        default="paper",
-        metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
-            "β² times the paper form). Same minimiser.",
-            "choices": list(LOSS_FORMS),
-        },
-    )
-    symmetric: bool = field(
-        default=True,
-        metadata={
-            "help": "Symmetric augmentation: each pair also counts swapped with probability 1 − q, computed "
-            "analytically. Target t = q − 1/2 (0.5 for hard labels, 0 for ties). With False, t = q."
-        },
-    )
-    logp_reduction: str = field(
-        default="mean",
-        metadata={
-            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
-            "choices": list(LOGP_REDUCTIONS),
-        },
-    )
     preference_column: str | None = field(
         default=None,
         metadata={
@@ -82,14 +101,7 @@ class IPOConfig(DPOConfig):
             )
         if not self.beta > 0:
             raise ValueError(f"IPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
-        if self.loss_form not in LOSS_FORMS:
-            raise ValueError(f"IPOConfig.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
-        if self.logp_reduction not in LOGP_REDUCTIONS:
-            raise ValueError(
-                f"IPOConfig.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}."
-            )
-        if isinstance(self.symmetric, str):  # from YAML/CLI strings
-            self.symmetric = _parse_bool("symmetric", self.symmetric)
+        self._validate_ipo_loss_fields()
         if self.preference_column is not None and not str(self.preference_column).strip():
             raise ValueError("IPOConfig.preference_column must be a column name or None, got an empty string.")
         # DPO-variant knobs that have no meaning for the exact IPO objective.
@@ -108,10 +120,26 @@ class IPOConfig(DPOConfig):
         check_launch(self)
 
 
-def _parse_bool(name: str, value: str) -> bool:
+def parse_bool(name: str, value: str) -> bool:
+    """'true'/'false' (any case), '1'/'0', 'yes'/'no' → bool; anything else is an error naming the field."""
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes"):
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError(f"IPOConfig.{name} must be true or false, got {value!r}.")
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def config_values(args, target_cls, skip=()) -> dict:
+    """The init fields of config ``args`` that ``target_cls`` also has (for converting e.g. a DPOConfig).
+
+    Reads the attributes directly: ``TrainingArguments.to_dict`` masks every ``*_token`` field with a placeholder.
+    """
+    import dataclasses
+
+    fields = target_cls.__dataclass_fields__
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(args)
+        if f.init and f.name not in skip and f.name in fields and fields[f.name].init
+    }

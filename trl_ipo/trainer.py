@@ -11,7 +11,6 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 
 import torch
@@ -19,7 +18,7 @@ from datasets import Dataset
 from trl import DPOTrainer
 
 from .callbacks import attach_margin_callback, require_wandb
-from .config import IPOConfig
+from .config import IPOConfig, config_values
 from .data import PreferenceCollator, validate_preference_column
 from .distributed import fill_zero3_auto_sizes
 from .losses import ipo_regression, reduce_logps
@@ -220,10 +219,8 @@ def _as_ipo_config(args, model) -> IPOConfig:
     if args is None:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
         return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
-    # A DPOConfig's loss_type is DPO's (and its deprecated fields would warn again): IPO keeps its own defaults.
-    skip = {"loss_type", "loss_weights"}
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name not in skip}
-    return IPOConfig(**{k: v for k, v in values.items() if k in IPOConfig.__dataclass_fields__})
+    # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO with its own defaults.
+    return IPOConfig(**config_values(args, IPOConfig, skip={"loss_type", "loss_weights"}))
 
 
 def _needs_in_memory_reference(model, args, peft_config) -> bool:

@@ -9,13 +9,13 @@ from trl.import_utils import suppress_experimental_warning
 with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16); users need not be warned
     from trl.experimental.online_dpo import OnlineDPOConfig
 
+from ..config import IPOLossArguments
 from ..distributed import check_launch, prepare_launch
-from ..losses import LOGP_REDUCTIONS, LOSS_FORMS
 from .judges import REWARD_TO_PREFERENCE
 
 
 @dataclass
-class OnlineIPOConfig(OnlineDPOConfig):
+class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
     r"""Configuration for [`OnlineIPOTrainer`]: every [`trl.experimental.online_dpo.OnlineDPOConfig`] field, plus the
     fields below.
 
@@ -56,24 +56,6 @@ class OnlineIPOConfig(OnlineDPOConfig):
         default=1.0,
         metadata={"help": "Sampling temperature; 1 (default) samples on-policy."},
     )
-    loss_form: str = field(
-        default="paper",
-        metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)², 'scaled' = (β·Δ − t)² (β² times 'paper').",
-            "choices": list(LOSS_FORMS),
-        },
-    )
-    symmetric: bool = field(
-        default=True,
-        metadata={"help": "Symmetric augmentation: target t = q − 1/2 (0 for ties). With False, t = q."},
-    )
-    logp_reduction: str = field(
-        default="mean",
-        metadata={
-            "help": "How completion log-probs enter Δ: 'mean' (per token, same β as offline IPOConfig) or 'sum'.",
-            "choices": list(LOGP_REDUCTIONS),
-        },
-    )
     mixture_coef: float = field(
         default=0.0,
         metadata={
@@ -99,14 +81,7 @@ class OnlineIPOConfig(OnlineDPOConfig):
                 f"OnlineIPOConfig.loss_type={self.loss_type!r}: OnlineIPOTrainer trains IPO only. For other losses "
                 "use trl.experimental.online_dpo.OnlineDPOTrainer."
             )
-        if self.loss_form not in LOSS_FORMS:
-            raise ValueError(f"OnlineIPOConfig.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
-        if self.logp_reduction not in LOGP_REDUCTIONS:
-            raise ValueError(
-                f"OnlineIPOConfig.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}."
-            )
-        if isinstance(self.symmetric, str):  # from YAML/CLI strings
-            self.symmetric = _parse_bool("symmetric", self.symmetric)
+        self._validate_ipo_loss_fields()
         if not 0.0 <= float(self.mixture_coef) <= 1.0:
             raise ValueError(
                 f"OnlineIPOConfig.mixture_coef (λ) must be in [0, 1] (0 = online IPO, λ > 0 = IPO-MD), "
@@ -143,12 +118,3 @@ class OnlineIPOConfig(OnlineDPOConfig):
                 f"OnlineIPOConfig.eval_strategy={str(self.eval_strategy)!r}: OnlineIPOTrainer has no evaluation loop "
                 "(each step samples fresh pairs). Set eval_strategy='no' and evaluate the saved policy separately."
             )
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise ValueError(f"OnlineIPOConfig.{name} must be true or false, got {value!r}.")

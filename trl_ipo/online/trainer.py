@@ -32,6 +32,7 @@ from trl.models.utils import unwrap_model_for_generation
 with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16)
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+from ..config import config_values
 from ..losses import ipo_regression, reduce_logps
 from .config import OnlineIPOConfig
 from .judges import preference_from_judge, preference_from_rewards
@@ -355,11 +356,11 @@ def _as_online_ipo_config(args, model) -> OnlineIPOConfig:
         return OnlineIPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-OnlineIPO")
     if not isinstance(args, OnlineDPOConfig):
         raise TypeError(f"args must be an OnlineIPOConfig (or OnlineDPOConfig), got {type(args).__name__}")
-    values = {k: v for k, v in args.to_dict().items() if k in OnlineIPOConfig.__dataclass_fields__}
-    values.pop("loss_type", None)  # an OnlineDPOConfig's loss_type is DPO's; this trainer always trains IPO
+    # An OnlineDPOConfig's loss_type is DPO's; this trainer always trains IPO.
+    values = config_values(args, OnlineIPOConfig, skip={"loss_type"})
     if args.temperature == OnlineDPOConfig.__dataclass_fields__["temperature"].default:
         values.pop("temperature")  # TRL's default 0.9 → the on-policy default 1
-    return OnlineIPOConfig(**{k: v for k, v in values.items() if OnlineIPOConfig.__dataclass_fields__[k].init})
+    return OnlineIPOConfig(**values)
 
 
 def _validate_prompt_dataset(dataset):
