@@ -364,6 +364,10 @@ def test_prepare_launch_rejects_gpu_backends_and_unlaunched_deepspeed_on_cpu(mon
     with pytest.raises(RuntimeError, match="needs a launcher"):
         distributed.prepare_launch(args)
     assert args.deepspeed == distributed.resolve_config("zero3")  # the short name was resolved first
+    inline = SimpleNamespace(deepspeed='{"zero_optimization": {"stage": 3}}', use_cpu=True, ddp_backend=None, ddp_timeout=60)
+    with pytest.raises(RuntimeError, match="needs a launcher"):
+        distributed.prepare_launch(inline)
+    assert inline.deepspeed == {"zero_optimization": {"stage": 3}}  # inline JSON is a config, not a name
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="ddp_backend='nccl'"):
         distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend="nccl", ddp_timeout=60))

@@ -129,7 +129,9 @@ def prepare_launch(args) -> None:
     * CPU hosts: the process group is brought up here with gloo and ``args.ddp_timeout`` — as a DeepSpeed state when
       ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``.
     """
-    if isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
+    if isinstance(args.deepspeed, str) and args.deepspeed.strip().startswith("{"):
+        args.deepspeed = json.loads(args.deepspeed)  # an inline JSON config, as TrainingArguments accepts
+    elif isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
         args.deepspeed = resolve_config(args.deepspeed, "deepspeed")
     if has_accelerator_device() and not args.use_cpu:
         return
@@ -216,6 +218,8 @@ def _use_configured_state(args) -> None:
         args.accelerator_config = {**config, "use_configured_state": True}
     elif isinstance(config, AcceleratorConfig):
         config.use_configured_state = True
+    elif isinstance(config, str) and config.strip().startswith("{"):  # inline JSON
+        args.accelerator_config = {**json.loads(config), "use_configured_state": True}
     else:  # a JSON file path
         with open(config) as handle:
             args.accelerator_config = {**json.load(handle), "use_configured_state": True}
