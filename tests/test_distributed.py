@@ -354,7 +354,7 @@ def test_check_launch_stops_a_run_that_would_train_each_rank_alone(monkeypatch):
     check_launch(SimpleNamespace(world_size=2, deepspeed=None))  # consistent: no error
 
 
-def test_prepare_launch_rejects_gpu_backends_and_unlaunched_deepspeed_on_cpu(monkeypatch):
+def test_prepare_launch_stops_runs_that_would_not_distribute(monkeypatch):
     import trl_ipo.distributed as distributed
 
     monkeypatch.setattr(distributed, "has_accelerator_device", lambda: False)
@@ -368,7 +368,10 @@ def test_prepare_launch_rejects_gpu_backends_and_unlaunched_deepspeed_on_cpu(mon
     with pytest.raises(RuntimeError, match="needs a launcher"):
         distributed.prepare_launch(inline)
     assert inline.deepspeed == {"zero_optimization": {"stage": 3}}  # inline JSON is a config, not a name
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # `srun -n 4 python train.py`: four lone trainings
+    with pytest.raises(RuntimeError, match="srun started 4 tasks"):
+        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=True, ddp_backend=None, ddp_timeout=60))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the same tasks under a launcher are fine (as far as srun is concerned)
     with pytest.raises(ValueError, match="ddp_backend='nccl'"):
         distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend="nccl", ddp_timeout=60))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # accelerate launch with a DeepSpeed YAML, no --deepspeed

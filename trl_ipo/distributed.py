@@ -133,6 +133,7 @@ def prepare_launch(args) -> None:
         args.deepspeed = json.loads(args.deepspeed)  # an inline JSON config, as TrainingArguments accepts
     elif isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
         args.deepspeed = resolve_config(args.deepspeed, "deepspeed")
+    _refuse_bare_srun()
     if has_accelerator_device() and not args.use_cpu:
         return
     if not is_launched() and not args.deepspeed:
@@ -152,6 +153,18 @@ def prepare_launch(args) -> None:
         )
     else:
         _bring_up_ddp_on_cpu(args)
+
+
+def _refuse_bare_srun(environ=None) -> None:
+    """``srun -n N python train.py`` starts N unrelated trainings: no launcher told them about each other."""
+    environ = os.environ if environ is None else environ
+    tasks = environ.get("SLURM_STEP_NUM_TASKS", "")
+    if tasks.isdigit() and int(tasks) > 1 and not is_launched(environ):
+        raise RuntimeError(
+            f"srun started {tasks} tasks of this script without a distributed launcher, so each would train alone on "
+            "all the data. Start one launcher per node instead: srun --ntasks-per-node=1 "
+            "scripts/launch_multinode.sh --node-rank $SLURM_NODEID ... (see scripts/slurm_ipo.sbatch), or torchrun."
+        )
 
 
 def _bring_up_deepspeed_on_cpu(args) -> None:
