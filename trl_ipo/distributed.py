@@ -1,12 +1,13 @@
 """Launched runs that really distribute, and the packaged DeepSpeed / accelerate configs.
 
-Three jobs, each a small function:
+Each job a small function:
 
 * :func:`resolve_config` turns a short name (``zero3``, ``zero3_offload``; for accelerate ``zero3``,
   ``zero3_multinode``) or a path into the path of a config file. The packaged files live in ``trl_ipo/configs``.
 * :func:`prepare_launch` runs inside ``IPOConfig.__post_init__``, before ``TrainingArguments`` sets up devices and
   long before the ``Accelerator`` exists. On a host without GPUs it brings up the process group itself (gloo) so a
-  launched multi-process run (``deepspeed``, ``torchrun``, ``accelerate launch``, ``srun``) distributes for real:
+  launched multi-process run (``deepspeed``, ``torchrun``, ``accelerate launch``, each also under ``srun``)
+  distributes for real:
 
   - DeepSpeed: accelerate 1.15 picks no backend on a CPU host and records one process while DeepSpeed brings up
     gloo with all of them, which ends in DeepSpeed's ``train_batch_size`` assertion. Here the shared
@@ -19,8 +20,11 @@ Three jobs, each a small function:
 * :func:`check_launch` runs right after the devices are set up and stops with a clear error when the number of
   processes the trainer will use differs from the number the launcher started — never a silent undistributed run.
 
-:func:`parameter_shards` reports how a model's parameters are held on this rank (ZeRO-3 partitions or whole
-tensors); the tests and ``scripts/shard_memory.py`` use it.
+* :func:`fill_zero3_auto_sizes` (called by ``IPOTrainer`` before TRL prepares the reference) gives the reference the
+  same hidden-size-based ZeRO-3 sizes as the policy.
+* :func:`last_complete_checkpoint` finds the newest checkpoint that a dying rank did not interrupt.
+* :func:`parameter_shards` reports how a model's parameters are held on this rank (ZeRO-3 partitions or whole
+  tensors); the tests and ``scripts/shard_memory.py`` use it.
 """
 
 from __future__ import annotations
