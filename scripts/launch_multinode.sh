@@ -24,7 +24,7 @@
 # than that for a dead or stuck peer raises and the job exits non-zero.
 set -euo pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 HOSTFILE=${HOSTFILE:-}
 NUM_NODES=${NUM_NODES:-}
