@@ -211,7 +211,7 @@ def run_compare(args) -> dict:
 
     from ..lab.evaluate import EvaluationCallback, Evaluator
     from ..lab.methods import METHOD_LABELS, finish_wandb
-    from ..lab.report import text_table, write_report
+    from ..lab.report import logged_target, text_table, write_report
 
     started = time.time()
     train, held_out = prepare_inputs(args)
@@ -252,7 +252,7 @@ def run_compare(args) -> dict:
                 "method": method,
                 "beta": args.beta,
                 "labels": "held-out",
-                "target": metrics.get("eval_ipo/target") if method == "ipo" and args.logp_reduction == "sum" else None,
+                "target": logged_target(trainer.state.log_history) if args.logp_reduction == "sum" else None,
                 "history": callback.history,
                 "log_history": trainer.state.log_history,
                 "eval_metrics": metrics,

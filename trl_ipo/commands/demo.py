@@ -42,39 +42,39 @@ class DemoConfig:
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
-    sft_examples: int = 4000
+    sft_examples: int = 3200
     sft_steps: int = 200
     sft_batch_size: int = 32
     sft_learning_rate: float = 3e-3
     # preference data
     num_eval_prompts: int = 8
-    pairs_per_prompt: int = 16
+    pairs_per_prompt: int = 48
     noisy_temperature: float = 0.25
     max_new_tokens: int = 16
     # methods (same optimiser budget for all) and the β sweep
     dpo_betas: tuple[float, ...] = (0.1, 0.5)
     ipo_betas: tuple[float, ...] = (0.1, 0.5)
-    rlhf_beta: float = 0.05
+    rlhf_betas: tuple[float, ...] = (0.1, 0.5)
     noisy_beta: float = 0.1
     noisy_methods: tuple[str, ...] = ("dpo", "ipo", "ipo_soft")
-    max_steps: int = 120
+    max_steps: int = 200
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     logging_steps: int = 10
     logp_reduction: str = "sum"
-    reward_steps: int = 100
-    rl_steps: int = 120
+    reward_steps: int = 60
+    rl_steps: int = 200
     rl_learning_rate: float = 1e-3
     rl_num_generations: int = 4
     # evaluation
-    eval_every: int = 20
+    eval_every: int = 25
     eval_samples_per_prompt: int = 16
 
     def __post_init__(self):
         for name in ("sft_steps", "max_steps", "rl_steps", "reward_steps", "pairs_per_prompt", "eval_every", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        for beta in (*self.dpo_betas, *self.ipo_betas, self.rlhf_beta, self.noisy_beta):
+        for beta in (*self.dpo_betas, *self.ipo_betas, *self.rlhf_betas, self.noisy_beta):
             if not beta > 0:
                 raise ValueError(f"every β must be > 0, got {beta!r}")
         if not self.noisy_temperature > 0:
@@ -88,7 +88,7 @@ class DemoConfig:
         from ..lab.methods import RunSpec
 
         specs = [RunSpec("dpo", b) for b in self.dpo_betas] + [RunSpec("ipo", b) for b in self.ipo_betas]
-        specs.append(RunSpec("rlhf", self.rlhf_beta))
+        specs += [RunSpec("rlhf", b) for b in self.rlhf_betas]
         specs += [RunSpec(m, self.noisy_beta, "noisy") for m in self.noisy_methods]
         return specs
 
@@ -116,13 +116,14 @@ PRESETS: dict[str, dict] = {
     # The whole pipeline in seconds (used by the test suite): every stage runs, on a toy budget.
     "quick": dict(
         hidden_size=32,
-        sft_examples=256,
-        sft_steps=8,
+        sft_examples=64,
+        sft_steps=4,
         sft_batch_size=16,
         pairs_per_prompt=1,
         num_eval_prompts=4,
         dpo_betas=(0.1,),
         ipo_betas=(0.1,),
+        rlhf_betas=(0.1,),
         max_steps=4,
         batch_size=8,
         logging_steps=2,
@@ -143,7 +144,7 @@ SUMMARY_COLUMNS = [
     ("kl_stderr", "± s.e."),
     ("grammatical", "grammatical"),
     ("delta", "final Δ"),
-    ("target", "IPO target 1/(2β)"),
+    ("target", "IPO target t/β"),
     ("train_s", "train s"),
 ]
 
@@ -168,7 +169,7 @@ def _run_demo(config: DemoConfig) -> dict:
     from ..lab.evaluate import EvaluationCallback, Evaluator
     from ..lab.methods import finish_wandb, train_preference_method, train_rlhf
     from ..lab.preferences import build_preference_rows, label_statistics
-    from ..lab.report import margin_series, text_table, write_report
+    from ..lab.report import logged_target, margin_series, text_table, write_report
     from ..lab.reward import PreferenceModel, best_response, max_reward
 
     started = time.time()
@@ -247,7 +248,7 @@ def _run_demo(config: DemoConfig) -> dict:
         finish_wandb(config.report_to)
         log_history = trainer.state.log_history
         steps, deltas = margin_series(log_history, spec.beta)
-        target = 0.5 / spec.beta if spec.method == "ipo" and config.logp_reduction == "sum" else None
+        target = logged_target(log_history) if config.logp_reduction == "sum" else None
         final = {**callback.history[-1], "label": spec.label, "delta": deltas[-1] if deltas else None, "target": target, "train_s": train_s}
         runs.append(
             {
@@ -344,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs_per_prompt", type=int, default=None, help="preference pairs sampled per training prompt")
     p.add_argument("--dpo_betas", type=float, nargs="+", default=None)
     p.add_argument("--ipo_betas", type=float, nargs="+", default=None)
+    p.add_argument("--rlhf_betas", type=float, nargs="+", default=None, help="KL coefficients of the RLHF (RLOO) runs")
     p.add_argument("--no_noisy", action="store_true", help="skip the noisy-label runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -355,7 +357,7 @@ def config_from_args(argv: list[str]) -> DemoConfig:
     for name in ("output_dir", "report_to", "seed", "threads", "max_steps", "rl_steps", "learning_rate", "pairs_per_prompt"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    for name in ("dpo_betas", "ipo_betas"):
+    for name in ("dpo_betas", "ipo_betas", "rlhf_betas"):
         if getattr(args, name) is not None:
             values[name] = tuple(getattr(args, name))
     if args.no_noisy:

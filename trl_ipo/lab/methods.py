@@ -47,15 +47,15 @@ class RunSpec:
 class TrainSettings:
     """Optimisation settings shared by every method (so runs compare on the same budget)."""
 
-    max_steps: int = 150
+    max_steps: int = 100
     batch_size: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     logging_steps: int = 10
     logp_reduction: str = "sum"
     max_length: int = 48
     seed: int = 0
     # RLHF: the reward model's fit, and the RL stage
-    reward_steps: int = 100
+    reward_steps: int = 60
     reward_learning_rate: float = 1e-3
     rl_steps: int = 100
     rl_learning_rate: float = 1e-3
