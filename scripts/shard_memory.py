@@ -31,8 +31,12 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
     import random
 
     rng = random.Random(seed)
-    sentence = lambda lo, hi: " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))  # noqa: E731
-    return [{"prompt": sentence(2, 5), "chosen": " " + sentence(1, 6), "rejected": " " + sentence(1, 6)} for _ in range(n)]
+    def sentence(lo, hi):
+        return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
+
+    return [
+        {"prompt": sentence(2, 5), "chosen": " " + sentence(1, 6), "rejected": " " + sentence(1, 6)} for _ in range(n)
+    ]
 
 
 def build(path: str, hidden_size: int, num_layers: int) -> None:
@@ -132,7 +136,10 @@ def main(argv: list[str]) -> int:
             dist.all_gather_object(gathered, mine)
             rows.extend(sorted(gathered, key=lambda row: row["rank"]))
     if dist.get_rank() == 0:
-        header = f"{'world':>5} {'rank':>4} {'precompute':>10} {'policy B':>10} {'reference B':>11} {'optimizer B':>11} {'full model B':>12}"
+        header = (
+            f"{'world':>5} {'rank':>4} {'precompute':>10} {'policy B':>10} {'reference B':>11} {'optimizer B':>11} "
+            f"{'full model B':>12}"
+        )
         print(header)
         for row in rows:
             print(

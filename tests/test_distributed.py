@@ -63,7 +63,9 @@ class Job:
         self.name, self.out = name, root / f"{name}-out"
         self.logs = [root / f"{name}-node{i}.log" for i in range(len(commands))]
         self.procs = [
-            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            )
             for cmd, log in zip(commands, self.logs)
         ]
         self._codes = None
@@ -108,16 +110,19 @@ def setup(tiny_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def jobs(setup):
     root = setup.root
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+    env["WANDB_MODE"] = "offline"
 
     def spec(name, args, **extra):
         path = root / f"{name}.json"
-        path.write_text(json.dumps({"model": setup.model, "data": str(setup.data), "out": str(root / f"{name}-out"), "args": args, **extra}))
+        out = str(root / f"{name}-out")
+        path.write_text(json.dumps({"model": setup.model, "data": str(setup.data), "out": out, "args": args, **extra}))
         return str(path)
 
     def two_nodes(spec_path):
         port = str(_free_port())
-        common = [str(LAUNCH_SCRIPT), "--hostfile", str(setup.hostfile), "--master-addr", "127.0.0.1", "--master-port", port]
+        common = [str(LAUNCH_SCRIPT), "--hostfile", str(setup.hostfile), "--master-addr", "127.0.0.1"]
+        common += ["--master-port", port]
         return [[*common, "--node-rank", str(rank), str(WORKER), spec_path] for rank in (0, 1)]
 
     zero3_spec = spec(
@@ -131,8 +136,9 @@ def jobs(setup):
         _run_args(root / "death-run", deepspeed="zero3", save_strategy="steps", save_steps=1),  # packaged, "auto"
         die={"rank": DIE_RANK, "step": DIE_STEP},
     )
+    one_node = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port())]
     started = {
-        "zero3": Job("zero3", root, [[DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), str(WORKER), zero3_spec]], env),
+        "zero3": Job("zero3", root, [[*one_node, str(WORKER), zero3_spec]], env),
         "ddp": Job("ddp", root, two_nodes(ddp_spec), env),
         "death": Job("death", root, two_nodes(death_spec), env),
     }
@@ -159,7 +165,9 @@ def single(jobs, setup):
 
     output_dir = setup.root / "single-run"
     rows = [json.loads(line) for line in setup.data.read_text().splitlines()]
-    args = IPOConfig(**_run_args(output_dir, per_device_train_batch_size=GLOBAL_BATCH, save_strategy="steps", save_steps=2))
+    args = IPOConfig(
+        **_run_args(output_dir, per_device_train_batch_size=GLOBAL_BATCH, save_strategy="steps", save_steps=2)
+    )
     model = AutoModelForCausalLM.from_pretrained(setup.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(setup.model)
     trainer = IPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -268,7 +276,8 @@ def test_packaged_zero3_gives_the_reference_the_policy_sizes(jobs, setup):
     for rank, record in init.items():
         zero = record["zero_optimization"]
         assert zero["stage3_param_persistence_threshold"] == 10 * hidden, rank
-        assert zero["reduce_bucket_size"] == hidden * hidden and zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden**2)
+        assert zero["reduce_bucket_size"] == hidden * hidden
+        assert zero["stage3_prefetch_bucket_size"] == int(0.9 * hidden**2)
         assert record["reference_persistence_threshold"] == 10 * hidden, rank
     for rank, record in _finished(jobs["zero3"]).items():  # explicit numbers are kept, for both models
         assert record["policy_persistence_threshold"] == 0, rank
@@ -364,7 +373,9 @@ def test_prepare_launch_stops_runs_that_would_not_distribute(monkeypatch):
     with pytest.raises(RuntimeError, match="needs a launcher"):
         distributed.prepare_launch(args)
     assert args.deepspeed == distributed.resolve_config("zero3")  # the short name was resolved first
-    inline = SimpleNamespace(deepspeed='{"zero_optimization": {"stage": 3}}', use_cpu=True, ddp_backend=None, ddp_timeout=60)
+    inline = SimpleNamespace(
+        deepspeed='{"zero_optimization": {"stage": 3}}', use_cpu=True, ddp_backend=None, ddp_timeout=60
+    )
     with pytest.raises(RuntimeError, match="needs a launcher"):
         distributed.prepare_launch(inline)
     assert inline.deepspeed == {"zero_optimization": {"stage": 3}}  # inline JSON is a config, not a name

@@ -119,9 +119,8 @@ def has_accelerator_device() -> bool:
     import torch
     from accelerate.utils import is_mlu_available, is_musa_available, is_npu_available, is_xpu_available
 
-    return bool(
-        torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available() or is_musa_available()
-    )
+    checks = (torch.cuda.is_available, is_xpu_available, is_npu_available, is_mlu_available, is_musa_available)
+    return any(check() for check in checks)
 
 
 def prepare_launch(args) -> None:
@@ -201,7 +200,10 @@ def _bring_up_ddp_on_cpu(args) -> None:
     from accelerate.utils import DistributedType
 
     if not args.use_cpu:
-        logger.info("No GPU on this host: training the %d launched ranks as CPU DDP (use_cpu=True).", launched_world_size())
+        logger.info(
+            "No GPU on this host: the %d launched ranks train as CPU DDP (use_cpu=True).",
+            launched_world_size(),
+        )
         args.use_cpu = True
     state = PartialState._shared_state
     reuse = bool(state) and state.get("distributed_type") == DistributedType.MULTI_CPU

@@ -68,7 +68,7 @@ def main(spec_path: str) -> None:
         "losses": [h["loss"] for h in history if "loss" in h],
         "ipo_targets": [h["ipo/target"] for h in history if "ipo/target" in h],
         "collective_timeout_s": _collective_timeout_s(),
-        "policy_persistence_threshold": getattr(trainer.model_wrapped, "zero_param_persistence_threshold", lambda: None)(),
+        "policy_persistence_threshold": _persistence_threshold(trainer.model_wrapped),
         "policy": parameter_shards(trainer.model_wrapped),
         "reference": parameter_shards(trainer.ref_model) if trainer.ref_model is not None else None,
     }
@@ -86,9 +86,12 @@ def _zero3_sizes(trainer):
     """The ZeRO-3 config the trainer holds and the reference engine's persistence threshold, before training."""
     plugin = trainer.accelerator.state.deepspeed_plugin
     zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
-    ref = trainer.ref_model
-    threshold = ref.zero_param_persistence_threshold() if hasattr(ref, "zero_param_persistence_threshold") else None
-    return {"zero_optimization": zero, "reference_persistence_threshold": threshold}
+    return {"zero_optimization": zero, "reference_persistence_threshold": _persistence_threshold(trainer.ref_model)}
+
+
+def _persistence_threshold(engine):
+    """A DeepSpeed engine's stage-3 persistence threshold (None for a plain module)."""
+    return engine.zero_param_persistence_threshold() if hasattr(engine, "zero_param_persistence_threshold") else None
 
 
 def _collective_timeout_s():
