@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -376,3 +377,28 @@ def parameter_shards(model) -> dict:
         "local_bytes": local_bytes,
         "full_bytes": full_bytes,
     }
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m trl_ipo.distributed [--kind accelerate] NAME`` prints a config's path; without NAME, lists them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trl_ipo.distributed", description=_main.__doc__)
+    parser.add_argument("name", nargs="?", help="short name (e.g. zero3) or a path; omit to list the packaged configs")
+    parser.add_argument("--kind", choices=sorted(PACKAGED_CONFIGS), default="deepspeed")
+    ns = parser.parse_args(argv)
+    if ns.name is None:
+        for kind in sorted(PACKAGED_CONFIGS):
+            for name, path in available_configs(kind).items():
+                print(f"{kind:<11} {name:<16} {path}")
+        return 0
+    try:
+        print(resolve_config(ns.name, ns.kind))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
