@@ -112,6 +112,7 @@ def jobs(setup):
     root = setup.root
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
     env["WANDB_MODE"] = "offline"
+    env["PATH"] = f"{Path(DEEPSPEED).parent}{os.pathsep}{env.get('PATH', '')}"  # launch_multinode.sh calls `deepspeed`
 
     def spec(name, args, **extra):
         path = root / f"{name}.json"
