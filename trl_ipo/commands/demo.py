@@ -9,7 +9,7 @@ Pipeline (each stage's numbers come from the runs; nothing is precomputed):
 3. Pairs y₁, y₂ ~ μ = π_ref per training prompt, labelled by sampling v; q = v(chosen, rejected) kept
    (:mod:`trl_ipo.lab.preferences`).
 4. On the same pairs and step budget: DPO (TRL DPOTrainer), IPO hard and soft (trl_ipo.IPOTrainer), RLHF (TRL
-   RewardTrainer + RLOOTrainer with a KL penalty to π_ref); a β sweep for DPO and IPO (:mod:`trl_ipo.lab.methods`).
+   RewardTrainer + RLOOTrainer with a KL penalty to π_ref); a β sweep for each (:mod:`trl_ipo.lab.methods`).
 5. Held-out prompts, sampled responses: reward, win rate vs π_ref under v, KL(π‖π_ref), over training steps
    (:mod:`trl_ipo.lab.evaluate`).
 6. ``report.md`` + PNG plots + ``results.json`` in ``--output_dir``, and a summary table on the terminal
@@ -179,6 +179,7 @@ def _run_demo(config: DemoConfig) -> dict:
     specs = config.run_specs()
     stages = 5
     timings: dict[str, float] = {}
+    reward_model_log: list[dict] = []
 
     # 1. π_ref
     say(f"[1/{stages}] π_ref: tiny Qwen2 (hidden {config.hidden_size}, {config.num_layers} layers) + SFT on the lab language")
@@ -241,7 +242,7 @@ def _run_demo(config: DemoConfig) -> dict:
             )
             if reward_trainer is not None:
                 reward_model = reward_trainer.model
-                timings["reward_model_log"] = reward_trainer.state.log_history
+                reward_model_log = reward_trainer.state.log_history
         else:
             trainer = train_preference_method(spec, ref_dir, rows[spec.labels], settings, run_dir, [callback], config.report_to)
         train_s = time.time() - t0
@@ -284,7 +285,8 @@ def _run_demo(config: DemoConfig) -> dict:
         "config": dataclasses.asdict(config),
         "wall_time_s": wall_time,
         "load_average": load,
-        "timings_s": {k: v for k, v in timings.items() if k.endswith("_s")},
+        "timings_s": timings,
+        "reward_model_log": reward_model_log,
         "prompts": {"train": train_prompts, "eval": eval_prompts},
         "label_statistics": label_stats,
         "reference": reference,
