@@ -173,6 +173,7 @@ def _run_demo(config: DemoConfig) -> dict:
     from ..lab.reward import PreferenceModel, best_response, max_reward
 
     started = time.time()
+    load_at_start = os.getloadavg()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = print if config.progress else (lambda *a, **k: None)
@@ -266,13 +267,13 @@ def _run_demo(config: DemoConfig) -> dict:
         )
         del trainer
 
-    # 6. report
+    # 5. report
     say(f"[5/{stages}] report")
     wall_time = time.time() - started
     reference_row = {**reference, "label": "π_ref (no training)", "delta": 0.0}
     oracle_row = {**oracle, "label": "best-response oracle", "kl": None, "kl_stderr": None}
     load = os.getloadavg()
-    intro = _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load)
+    intro = _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load_at_start, load)
     sections = [
         "## Reference points (held-out prompts, deterministic v)",
         "",
@@ -284,6 +285,7 @@ def _run_demo(config: DemoConfig) -> dict:
     results = {
         "config": dataclasses.asdict(config),
         "wall_time_s": wall_time,
+        "load_average_start": load_at_start,
         "load_average": load,
         "timings_s": timings,
         "reward_model_log": reward_model_log,
@@ -306,7 +308,7 @@ def _markdown_rows(rows):
     return markdown_table(rows, SUMMARY_COLUMNS)
 
 
-def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load) -> str:
+def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load_at_start, load) -> str:
     det, noisy = label_stats["deterministic"], label_stats["noisy"]
     return "\n".join(
         [
@@ -328,8 +330,8 @@ def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load) ->
             "response); grammatical = fraction of samples in the language; final Δ = summed log-ratio margin on the "
             "last logged training batch.",
             "",
-            f"Wall time {wall_time:.0f} s with {config.threads} torch thread(s); load average at the end "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
+            f"Wall time {wall_time:.0f} s with {config.threads} torch thread(s); 1-minute load average "
+            f"{load_at_start[0]:.1f} at the start and {load[0]:.1f} at the end.",
         ]
     )
 

@@ -119,6 +119,7 @@ def train_reference(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from .methods import finish_wandb
     from .tiny import build_model, build_tokenizer
 
     output_dir = Path(output_dir)
@@ -150,14 +151,6 @@ def train_reference(
     trainer.train()
     trainer.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    _finish_wandb(report_to)
+    finish_wandb(report_to)
     return output_dir
 
-
-def _finish_wandb(report_to) -> None:
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    if "wandb" in targets:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

@@ -176,7 +176,7 @@ def train_rlhf(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir
     if reward_model is None:
         reward_trainer = train_reward_model(ref_dir, rows, settings, Path(output_dir) / "reward-model", report_to)
         reward_model = reward_trainer.model
-        _finish_wandb(report_to)
+        finish_wandb(report_to)
     tokenizer = AutoTokenizer.from_pretrained(ref_dir)
     torch.manual_seed(settings.seed)
     policy = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
@@ -207,7 +207,8 @@ def train_rlhf(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir
     return trainer, reward_trainer
 
 
-def _finish_wandb(report_to) -> None:
+def finish_wandb(report_to) -> None:
+    """End the active wandb run (each training stage logs to its own run) when reporting to wandb."""
     targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if "wandb" in targets:
         import wandb
@@ -215,5 +216,3 @@ def _finish_wandb(report_to) -> None:
         if wandb.run is not None:
             wandb.finish()
 
-
-finish_wandb = _finish_wandb
