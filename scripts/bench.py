@@ -9,6 +9,8 @@ the same seed and settings:
     B        trl.DPOTrainer(loss_type=["ipo"]), TRL's own IPO
     F        the floor: policy forward + backward of the concatenated [chosen; rejected] batch, reference forward and
              the optimizer step, in plain PyTorch (no trainer, no metrics, no gradient clipping)
+    F_metrics  F whose fused LM head also computes what DPOTrainer asks of it for logging (entropy, mean logit,
+             top-1): A/F_metrics is the trainer's own overhead, F_metrics/F the price of those metrics
     P        IPOTrainer with precompute_ref_log_probs=True: training steps only, the precompute is timed apart
 
 Timing. One process. Each variant runs in its own thread and a coordinator passes a single turn around, so exactly
@@ -43,6 +45,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,9 +71,14 @@ VARIANTS = {
     "A_prime": "IPOTrainer, preference column, symmetric, ipo/* metrics",
     "B": 'trl.DPOTrainer(loss_type=["ipo"])',
     "F": "floor: policy fwd+bwd, reference fwd, optimizer step (no trainer)",
+    "F_metrics": "floor + the LM-head outputs TRL logs (entropy, mean logit, top-1)",
     "P": "IPOTrainer, precompute_ref_log_probs=True (training steps only)",
 }
 TARGETS = {"A/B": 1.02, "A_prime/A": 1.02, "A/F": 1.10, "P/A": 0.80}
+# Measured in the memory child (F_metrics allocates like F).
+MEMORY_VARIANTS = ("A", "A_prime", "B", "F", "P")
+# What DPOTrainer's fused LM head computes besides the log-probs, for its logged metrics.
+TRL_HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 # Dense bf16 peak of the accelerator, TFLOP/s (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 # One token per printable ASCII character: the benchmark tokenizer has no merges (256 bytes + 4 special tokens).
@@ -92,7 +100,7 @@ class BenchConfig:
     seq: int = 256
     pairs: int = 4
     warmup: int = 1
-    steps: int = 5
+    steps: int = 4
     scan_seqs: list[int] = field(default_factory=lambda: [256, 512, 1024])
     scan_variants: list[str] = field(default_factory=lambda: ["A"])
     scan_warmup: int = 1
@@ -136,8 +144,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--variants", type=_name_list, default=None, help="comma-separated subset of A,A_prime,B,F,P")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--no-memory", action="store_true", help="skip the memory child process")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step of each variant (torch.profiler, top ops by self time) into the JSON")
     p.add_argument("--out", default=None, help="write the JSON here (it is always printed)")
     p.add_argument("--workdir", default=None, help="where the model checkpoint is built (default: a temp dir)")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a result and exit")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -405,6 +416,52 @@ class FreeRunning:
         pass
 
 
+class ProfilingTurn:
+    """Runs outside the rotation and records a torch.profiler trace of step number ``profile_step`` (0-based)."""
+
+    def __init__(self, device: Device, profile_step: int, top: int = 15):
+        self.device, self.profile_step, self.top = device, profile_step, top
+        self.count, self.profiler, self.step_s, self.table = 0, None, None, None
+
+    def step_begin(self) -> None:
+        if self.count == self.profile_step:
+            import torch.profiler as tp
+
+            activities = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if self.device.cuda else [])
+            self.device.synchronize()
+            self.profiler = tp.profile(activities=activities)
+            self.profiler.__enter__()
+            self._t0 = time.perf_counter()
+
+    def step_end(self) -> None:
+        if self.profiler is not None:
+            self.device.synchronize()
+            self.step_s = time.perf_counter() - self._t0
+            self.profiler.__exit__(None, None, None)
+            events = self.profiler.key_averages()
+            key = "self_device_time_total" if self.device.cuda else "self_cpu_time_total"
+            rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[: self.top]
+            self.table = [
+                {"op": e.key, "self_s": getattr(e, key) / 1e6, "total_s": e.cpu_time_total / 1e6, "calls": e.count}
+                for e in rows
+            ]
+            self.profiler = None
+        self.count += 1
+
+
+def profile_variants(cfg, names, checkpoint, workdir, device) -> dict:
+    """One warm-up step, then one profiled step, per variant, one variant after another: where the time goes."""
+    results = {}
+    for name in names:
+        runner = make_runner(name, cfg, checkpoint, workdir, cfg.seq, 2, device)
+        runner.setup()
+        turn = ProfilingTurn(device, profile_step=1)
+        runner.run(turn)
+        runner.close()
+        results[name] = {"step_s": turn.step_s, "top_ops": turn.table}
+    return results
+
+
 def run_interleaved(runners: list, device: Device, rounds: int) -> dict[str, Turn]:
     """Run the runners' steps in rounds, one variant at a time; the order is reversed every other round."""
     turns = [Turn(r.name, device) for r in runners]
@@ -528,13 +585,17 @@ def precompute_timed_trainer():
 
 
 class FloorRunner:
-    """F: what any IPO step must do — the model's own compute, with TRL's fused LM head (log-probs only)."""
+    """F: what any IPO step must do — the model's own compute, with TRL's fused LM head (log-probs only).
 
-    name = "F"
+    F_metrics: the same, with the head also computing the per-token outputs DPOTrainer logs.
+    """
 
-    def __init__(self, cfg: BenchConfig, checkpoint: Path, workdir: Path, seq: int, n_steps: int, device: Device):
+    def __init__(self, cfg: BenchConfig, checkpoint: Path, workdir: Path, seq: int, n_steps: int, device: Device,
+                 name: str = "F"):
         self.cfg, self.checkpoint, self.seq, self.n_steps, self.device = cfg, checkpoint, seq, n_steps, device
-        self.output_dir = workdir / f"out-F-{seq}"
+        self.name = name
+        self.head_outputs = TRL_HEAD_OUTPUTS if name == "F_metrics" else ("log_probs",)
+        self.output_dir = workdir / f"out-{name}-{seq}"
 
     def setup(self) -> None:
         import torch
@@ -548,7 +609,7 @@ class FloorRunner:
         dtype = getattr(torch, cfg.dtype)
         self.policy = AutoModelForCausalLM.from_pretrained(self.checkpoint, dtype=dtype).to(torch_device)
         self.ref = AutoModelForCausalLM.from_pretrained(self.checkpoint, dtype=dtype).to(torch_device)
-        add_fused_lm_head(self.policy)
+        add_fused_lm_head(self.policy, outputs=self.head_outputs)
         add_fused_lm_head(self.ref)
         self.policy.train()
         self.ref.eval().requires_grad_(False)
@@ -605,8 +666,8 @@ class FloorRunner:
 
 
 def make_runner(name: str, cfg: BenchConfig, checkpoint: Path, workdir: Path, seq: int, n_steps: int, device: Device):
-    if name == "F":
-        return FloorRunner(cfg, checkpoint, workdir, seq, n_steps, device)
+    if name in ("F", "F_metrics"):
+        return FloorRunner(cfg, checkpoint, workdir, seq, n_steps, device, name)
     return TrainerRunner(name, cfg, checkpoint, workdir, seq, n_steps)
 
 
@@ -615,11 +676,20 @@ def summarise(values: list[float]) -> dict:
     return {"median": median(values), "min": min(values), "max": max(values), "all": values} if values else {}
 
 
-def time_variants(cfg, names, checkpoint, workdir, seq, warmup, steps, device, counts) -> dict:
-    """Interleaved timing of ``names`` at ``seq``: per-variant step times, throughput and precompute time."""
+def time_variants(cfg, names, checkpoint, workdir, seq, warmup, steps, device, counts, before_timed=None) -> dict:
+    """Interleaved timing of ``names`` at ``seq``: per-variant step times, throughput and precompute time.
+
+    ``before_timed`` is called once the untimed set-ups are done, before the timed precompute of P and the steps.
+    """
     runners = [make_runner(n, cfg, checkpoint, workdir, seq, warmup + steps, device) for n in names]
     for runner in runners:
-        runner.setup()
+        if runner.name != "P":
+            runner.setup()
+    if before_timed is not None:
+        before_timed()
+    for runner in runners:
+        if runner.name == "P":
+            runner.setup()
     turns = run_interleaved(runners, device, warmup + steps)
     results = {}
     for runner in runners:
@@ -661,12 +731,12 @@ def measure_memory_child(cfg: BenchConfig, checkpoint: Path, workdir: Path, resu
     device = Device(cfg)
     results = {}
     # First use of the libraries (imports, caches, thread pools) is paid once, here, not by the first variant measured.
-    warm = make_runner(cfg.variants[0], cfg, checkpoint, workdir, cfg.seq, 1, device)
+    warm = make_runner(next(n for n in cfg.variants if n in MEMORY_VARIANTS), cfg, checkpoint, workdir, cfg.seq, 1, device)
     warm.setup()
     warm.run(FreeRunning())
     warm.close()
     del warm
-    for name in cfg.variants:
+    for name in [n for n in cfg.variants if n in MEMORY_VARIANTS]:
         device.release()
         before = device.memory_now()
         reset = device.reset_peak()
@@ -729,11 +799,13 @@ def ratios(variants: dict) -> dict:
             return variants[a]["step_time_s"]["median"] / variants[b]["step_time_s"]["median"]
         return None
 
-    return {"A/B": r("A", "B"), "A_prime/A": r("A_prime", "A"), "A/F": r("A", "F"), "P/A": r("P", "A")}
+    return {"A/B": r("A", "B"), "A_prime/A": r("A_prime", "A"), "A/F": r("A", "F"), "P/A": r("P", "A"),
+            "F_metrics/F": r("F_metrics", "F"), "A/F_metrics": r("A", "F_metrics")}
 
 
 def target_checks(ratio: dict, memory: dict | None) -> dict:
-    checks = {k: {"value": v, "max": TARGETS[k], "met": v <= TARGETS[k]} for k, v in ratio.items() if v is not None}
+    checks = {k: {"value": v, "max": TARGETS[k], "met": v <= TARGETS[k]} for k, v in ratio.items()
+              if v is not None and k in TARGETS}
     if memory and "A" in memory and "B" in memory:
         a, b = memory["A"]["peak_bytes"], memory["B"]["peak_bytes"]
         checks["memory A<=B"] = {"A_bytes": a, "B_bytes": b, "value": a / b, "max": 1.0, "met": a <= b}
@@ -783,11 +855,60 @@ def print_table(report: dict) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def render_markdown(report: dict) -> str:
+    """The tables of docs/benchmarks.md, from a benchmark JSON."""
+    memory = report.get("memory") or {}
+    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
+    out = [
+        "| variant | what | median step (s) | min–max (s) | iteration (s) | tokens/s | TFLOP/s | "
+        + ("MFU | " if any(v["mfu"] is not None for v in report["variants"].values()) else "")
+        + "peak memory (MiB) | added by the variant (MiB) |",
+    ]
+    with_mfu = "MFU" in out[0]
+    out.append("|" + "---|" * (out[0].count("|") - 1))
+    for name, v in report["variants"].items():
+        step, it, mem = v["step_time_s"], v["iteration_time_s"], memory.get(name)
+        cells = [
+            name.replace("_prime", "′"), v["label"], f"{step['median']:.3f}", f"{step['min']:.3f}–{step['max']:.3f}",
+            f"{it['median']:.3f}" if it else "–", f"{v['tokens_per_s']:,.0f}", f"{v['achieved_tflops']:.4f}",
+        ]
+        if with_mfu:
+            cells.append("–" if v["mfu"] is None else f"{v['mfu']:.3f}")
+        cells += [mib(mem["peak_bytes"]) if mem else "–", mib(mem["added_bytes"]) if mem else "–"]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "| ratio | measured | target | |", "|---|---|---|---|"]
+    for key, check in report["targets"].items():
+        label = key.replace("_prime", "′")
+        value = f"{check['value']:.3f}"
+        out.append(f"| {label} | {value} | ≤ {check['max']} | {'met' if check['met'] else '**missed**'} |")
+    for key, value in report["ratios"].items():
+        if key not in report["targets"] and value is not None:
+            out.append(f"| {key} | {value:.3f} | (diagnostic) | |")
+    if "P" in report["variants"] and "precompute_s" in report["variants"]["P"]:
+        p = report["variants"]["P"]
+        out += ["", f"P's precompute: {p['precompute_s']:.2f} s for {p['precompute_pairs']} pairs "
+                    f"({p['precompute_s'] / p['precompute_pairs']:.3f} s per pair, done once before training)."]
+    if report["scan"]:
+        names = list(report["scan"][0]["variants"])
+        out += ["", "| sequence | tokens/step | " + " | ".join(f"{n} step (s)" for n in names)
+                + " | " + " | ".join(f"{n} tokens/s" for n in names) + " |",
+                "|" + "---|" * (2 + 2 * len(names))]
+        for row in report["scan"]:
+            vs = row["variants"]
+            out.append(f"| {row['seq']} | {vs[names[0]]['tokens_per_step']:,} | "
+                       + " | ".join(f"{vs[n]['step_time_s']['median']:.3f}" for n in names) + " | "
+                       + " | ".join(f"{vs[n]['tokens_per_s']:,.0f}" for n in names) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
     if args.memory_child:
         return memory_child_main(Path(args.memory_child))
+    if args.render:
+        print(render_markdown(json.loads(Path(args.render).read_text())))
+        return 0
 
     started = time.perf_counter()
     workdir_obj = None
@@ -798,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir_obj = tempfile.TemporaryDirectory(prefix="trl-ipo-bench-")
         workdir = Path(workdir_obj.name)
     child = result_path = None
-    if cfg.memory:
+    if cfg.memory and any(n in MEMORY_VARIANTS for n in cfg.variants):
         child, result_path = start_memory_child(cfg, workdir)
     try:
         _init_torch(cfg)
@@ -808,20 +929,25 @@ def main(argv: list[str] | None = None) -> int:
         load_start = os.getloadavg()
         phases = {"start_up_s": time.perf_counter() - started}
 
-        memory = None
-        if child is not None:  # before any timing: the child must not compete for the cores
+        memory, load_before = None, None
+        if child is not None:
             child.stdin.write("go\n")
             child.stdin.flush()
-            if child.wait() != 0:
-                raise RuntimeError(f"memory child process failed with exit code {child.returncode}")
-            memory = json.loads(result_path.read_text())
-            child = None
-        phases["memory_s"] = time.perf_counter() - started - phases["start_up_s"]
 
-        load_before = os.getloadavg()
-        timing_start = time.perf_counter()
-        variants = time_variants(cfg, cfg.variants, checkpoint, workdir, cfg.seq, cfg.warmup, cfg.steps, device, counts)
-        phases["timing_s"] = time.perf_counter() - timing_start
+        def finish_memory():  # runs after the untimed set-ups: nothing timed competes with the child for the cores
+            nonlocal child, memory, load_before
+            if child is not None:
+                if child.wait() != 0:
+                    raise RuntimeError(f"memory child process failed with exit code {child.returncode}")
+                memory = json.loads(result_path.read_text())
+                child = None
+            phases["set_up_and_memory_s"] = time.perf_counter() - started - phases["start_up_s"]
+            phases["timed_from"] = time.perf_counter()
+            load_before = os.getloadavg()
+
+        variants = time_variants(cfg, cfg.variants, checkpoint, workdir, cfg.seq, cfg.warmup, cfg.steps, device, counts,
+                                 before_timed=finish_memory)
+        phases["timing_s"] = time.perf_counter() - phases.pop("timed_from")
         scan_start = time.perf_counter()
 
         scan = []
@@ -837,11 +963,12 @@ def main(argv: list[str] | None = None) -> int:
                          "reused_from_main": sorted(reuse)})
         load_after = os.getloadavg()
         phases["scan_s"] = time.perf_counter() - scan_start
+        profile = profile_variants(cfg, cfg.variants, checkpoint, workdir, device) if args.profile else None
 
         ratio = ratios(variants)
         report = {
             "schema": 1,
-            "command": "python scripts/bench.py " + " ".join(argv),
+            "command": "python scripts/bench.py " + shlex.join(argv),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_info(device, cfg),
             "load_average": {"start": load_start, "before_timing": load_before, "after": load_after},
@@ -853,6 +980,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
             "targets": target_checks(ratio, memory),
             "scan": scan,
+            "profile": profile,
             "phases": phases,
             "wall_s": time.perf_counter() - started,
         }
