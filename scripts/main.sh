@@ -6,4 +6,4 @@ bash scripts/setup_env.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 export WANDB_MODE=${WANDB_MODE:-offline}
-exec trl-ipo example "$@"
+exec trl-ipo demo "$@"
