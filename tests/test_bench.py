@@ -43,6 +43,8 @@ def test_every_variant_has_its_figures(report):
         assert all(t > 0 and math.isfinite(t) for t in steps["all"])
         assert steps["min"] <= steps["median"] <= steps["max"]
         assert len(v["iteration_time_s"]["all"]) >= cfg["steps"] - 1
+        assert len(v["cpu_time_s"]["all"]) == cfg["steps"] and v["cpu_time_s"]["median"] > 0
+        assert 0 <= v["sys_time_s"]["median"] <= v["cpu_time_s"]["median"]
         assert v["tokens_per_step"] == 2 * cfg["pairs"] * cfg["seq"]
         assert v["tokens_per_s"] == pytest.approx(v["tokens_per_step"] / steps["median"])
         assert v["achieved_tflops"] == pytest.approx(v["model_flops_per_step"] / steps["median"] / 1e12)
@@ -72,6 +74,8 @@ def test_ratios_and_targets_are_the_medians_quotients(report):
                 "P/A": med["P"] / med["A"], "F_metrics/F": med["F_metrics"] / med["F"],
                 "A/F_metrics": med["A"] / med["F_metrics"]}
     assert report["ratios"] == pytest.approx(expected)
+    cpu = {n: v["cpu_time_s"]["median"] for n, v in report["variants"].items()}
+    assert report["cpu_time_ratios"]["A/B"] == pytest.approx(cpu["A"] / cpu["B"])
     limits = {"A/B": 1.02, "A_prime/A": 1.02, "A/F": 1.10, "P/A": 0.80}
     for key, limit in limits.items():
         check = report["targets"][key]
