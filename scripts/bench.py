@@ -15,9 +15,10 @@ the same seed and settings:
 
 Timing. One process. Each variant runs in its own thread and a coordinator passes a single turn around, so exactly
 one variant computes at any moment; a round gives every variant one optimizer step, and the order is reversed every
-other round (A B A' F P, P F A' B A, ...) so that drift of the machine cancels. For the trainers a step is timed from
-``on_step_begin`` to ``on_step_end`` (forward, backward, clipping, optimizer and scheduler step); the "iteration"
-time also holds the logging and the fetch of the next batch. Warm-up steps are dropped; the median is reported.
+other round (A A' B F F_metrics P, then P F_metrics F B A' A, ...) so that drift cancels. A trainer's step is timed
+from ``on_step_begin`` to ``on_step_end`` (forward, backward, clipping, optimizer and scheduler step); the
+"iteration" time also holds the logging and the fetch of the next batch. Warm-up steps are dropped; the median is
+reported, with the process's CPU seconds (user + system) per step beside the wall time.
 
 Memory. A child process runs the variants one after another and records, for each, the peak resident set size
 (CPU: ``VmHWM`` reset through ``/proc/self/clear_refs`` before the variant is built) or ``torch.cuda.
@@ -30,9 +31,9 @@ and one reference forward per token; P only the training pass. MFU = achieved FL
 
 Usage::
 
-    python scripts/bench.py --out benchmarks/cpu.json                 # recorded CPU benchmark
-    python scripts/bench.py --tiny --out /tmp/b.json                  # seconds; what the test runs
-    python scripts/bench.py --device cuda --out benchmarks/cuda.json  # bf16, 0.66B Qwen2, sequence 1024
+    python scripts/bench.py --out benchmarks/cpu-qwen2-h512-l4-v32k.json  # the recorded CPU benchmark
+    python scripts/bench.py --tiny --out /tmp/b.json                      # seconds; what the test runs
+    python scripts/bench.py --device cuda --out benchmarks/cuda-h200.json # bf16, 0.66B Qwen2, sequence 1024
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--scan-seqs", type=_int_list, default=None, help="comma-separated sequence lengths")
     p.add_argument("--scan-variants", type=_name_list, default=None, help="comma-separated, e.g. A,F")
-    p.add_argument("--variants", type=_name_list, default=None, help="comma-separated subset of A,A_prime,B,F,P")
+    p.add_argument("--variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--no-memory", action="store_true", help="skip the memory child process")
     p.add_argument("--profile", action="store_true",
