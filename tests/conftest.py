@@ -31,6 +31,15 @@ def make_pairs(n: int, seed: int = 0, preference: bool = False):
     return rows
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A locally built tiny Qwen2 + BPE tokenizer, saved as a model folder."""

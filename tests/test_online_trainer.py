@@ -12,13 +12,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the CPU cores are shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = ["the cat sat", "a dog ran", "big red sun", "the moon sat"]
 # prompt -> (completion a, completion b, whether each ends with EOS). Text lengths differ within every pair.

@@ -24,13 +24,7 @@ PROMPTS = ["the cat sat", "a dog ran on a mat", "big red sun", "the moon"]
 LEARNING_RATE = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the CPU cores are shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def soft_length_judge(prompts, completions_a, completions_b):
