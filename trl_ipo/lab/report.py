@@ -93,25 +93,20 @@ def _groups(runs: Sequence[dict]) -> list[str]:
     return groups
 
 
-def plot_over_steps(runs: Sequence[dict], key: str, ylabel: str, path: Path, title: str) -> Path | None:
-    """One panel per label regime: ``history[key]`` against step for every run."""
+def _panels_per_regime(runs, path: Path, title: str, xlabel: str, ylabel: str, draw, height: float = 4.0) -> Path:
+    """One panel per label regime (shared y axis); ``draw(ax, runs_of_the_regime, styles)`` fills each panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in runs if any(key in h for h in r.get("history", []))]
-    if not runs:
-        return None
     groups = _groups(runs)
     styles = dict(zip(map(id, runs), _styles(runs), strict=True))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), height), squeeze=False, sharey=True)
     for ax, group in zip(axes[0], groups, strict=True):
-        for run in (r for r in runs if r.get("labels") == group):
-            hist = [h for h in run["history"] if key in h]
-            ax.plot([h["step"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=run["label"], **styles[id(run)])
+        draw(ax, [r for r in runs if r.get("labels") == group], styles)
         ax.set_title(f"{title} — {group}")
-        ax.set_xlabel("optimiser step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -121,53 +116,48 @@ def plot_over_steps(runs: Sequence[dict], key: str, ylabel: str, path: Path, tit
     return path
 
 
+def plot_over_steps(runs: Sequence[dict], key: str, ylabel: str, path: Path, title: str) -> Path | None:
+    """One panel per label regime: ``history[key]`` against step for every run."""
+    runs = [r for r in runs if any(key in h for h in r.get("history", []))]
+    if not runs:
+        return None
+
+    def draw(ax, group_runs, styles):
+        for run in group_runs:
+            hist = [h for h in run["history"] if key in h]
+            ax.plot([h["step"] for h in hist], [h[key] for h in hist], marker="o", ms=3, label=run["label"], **styles[id(run)])
+
+    return _panels_per_regime(runs, path, title, "optimiser step", ylabel, draw)
+
+
 def plot_margins(runs: Sequence[dict], path: Path) -> Path | None:
     """Δ (summed log-ratio margin on the training pairs) vs step; a run's ``target`` (IPO: mean t/β) as a faint line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = [r for r in runs if margin_series(r.get("log_history", []), r["beta"])[0]]
     if not runs:
         return None
-    groups = _groups(runs)
-    styles = dict(zip(map(id, runs), _styles(runs), strict=True))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
-    for ax, group in zip(axes[0], groups, strict=True):
-        for run in (r for r in runs if r.get("labels") == group):
+
+    def draw(ax, group_runs, styles):
+        for run in group_runs:
             steps, deltas = margin_series(run["log_history"], run["beta"])
             style = styles[id(run)]
             ax.plot(steps, deltas, marker="o", ms=3, label=run["label"], **style)
             target = run.get("target")
             if target is not None:
                 ax.axhline(target, color=style["color"], linestyle=style["linestyle"], alpha=0.35, lw=1)
-        ax.set_title(f"margin Δ on training pairs — {group}")
-        ax.set_xlabel("optimiser step")
-        ax.set_ylabel("Δ = log-ratio(chosen) − log-ratio(rejected)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+    return _panels_per_regime(
+        runs, path, "margin Δ on training pairs", "optimiser step", "Δ = log-ratio(chosen) − log-ratio(rejected)", draw
+    )
 
 
 def plot_frontier(runs: Sequence[dict], path: Path, reference: dict | None = None, oracle_reward: float | None = None) -> Path | None:
     """Ground-truth reward vs KL(π‖π_ref): each run's trajectory (faint) and final point, one panel per regime."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = [r for r in runs if any("reward" in h and "kl" in h for h in r.get("history", []))]
     if not runs:
         return None
-    groups = _groups(runs)
-    styles = dict(zip(map(id, runs), _styles(runs), strict=True))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False, sharey=True)
-    for ax, group in zip(axes[0], groups, strict=True):
-        for run in (r for r in runs if r.get("labels") == group):
+
+    def draw(ax, group_runs, styles):
+        for run in group_runs:
             hist = [h for h in run["history"] if "reward" in h and "kl" in h]
             style = styles[id(run)]
             ax.plot([h["kl"] for h in hist], [h["reward"] for h in hist], alpha=0.3, color=style["color"], linestyle=style["linestyle"])
@@ -176,15 +166,11 @@ def plot_frontier(runs: Sequence[dict], path: Path, reference: dict | None = Non
             ax.scatter([0.0], [reference["reward"]], color="black", marker="*", s=90, label="π_ref", zorder=4)
         if oracle_reward is not None:
             ax.axhline(oracle_reward, color="gray", linestyle="--", lw=1, label="max reward")
-        ax.set_title(f"reward vs KL — {group}")
-        ax.set_xlabel("KL(π ‖ π_ref), nats per response (sample estimate)")
-        ax.set_ylabel("mean ground-truth reward (held-out prompts)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+    return _panels_per_regime(
+        runs, path, "reward vs KL", "KL(π ‖ π_ref), nats per response (sample estimate)",
+        "mean ground-truth reward (held-out prompts)", draw, height=4.2,
+    )
 
 
 def write_report(
