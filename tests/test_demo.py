@@ -83,7 +83,7 @@ def test_preference_probability_is_bradley_terry_and_its_deterministic_limit():
         preference_probability(0.0, 0.0, -1.0)
 
 
-def test_preference_model_satisfies_seed_conditions_8a_8c():
+def test_preference_model_is_a_preference_probability():
     v = PreferenceModel(temperature=0.25)
     rng = random.Random(0)
     for _ in range(50):
@@ -174,32 +174,69 @@ def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, l
 
 # --------------------------------------------------------------------------------------------- the pipeline end to end
 def test_demo_quick_preset_end_to_end(tmp_path, capsys):
-    from trl_ipo.commands import demo
+    import logging
 
+    from trl_ipo.commands import demo
+    from trl_ipo.lab.claims import evaluate_claims, margin_series
+
+    threads = torch.get_num_threads()
+    handler_streams = [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")]
     out = tmp_path / "demo"
     assert demo.main(["--preset", "quick", "--output_dir", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert torch.get_num_threads() == threads  # global state restored
+    assert [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")] == handler_streams
     results = json.loads((out / "results.json").read_text())
-    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "pairs_deterministic.jsonl"):
+    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "margins_log.png",
+                 "kl_vs_beta.png", "pairs_deterministic.jsonl", "demo.log"):
         assert (out / name).stat().st_size > 0, name
-    methods = [(r["method"], r["labels"]) for r in results["runs"]]
-    assert methods == [("dpo", "deterministic"), ("ipo", "deterministic"), ("rlhf", "deterministic"), ("ipo_soft", "noisy")]
+    runs = results["runs"]
+    assert [(r["regime"], r["method"], r["labels"], r["beta"]) for r in runs] == [
+        ("budget", "dpo", "deterministic", 0.1), ("budget", "ipo", "deterministic", 0.1),
+        ("budget", "rlhf", "deterministic", 0.1),
+        ("converged", "dpo", "deterministic", 0.1), ("converged", "dpo", "deterministic", 1.0),
+        ("converged", "ipo", "deterministic", 0.1), ("converged", "ipo", "deterministic", 1.0),
+        ("converged", "ipo", "noisy", 0.1), ("converged", "ipo_soft", "noisy", 0.1),
+    ]
+    config = results["config"]
+    train_prompts = results["prompts"]["train"]
+    report = (out / "report.md").read_text()
     # Numbers come from the runs: the table's final values are the last in-training evaluation of each run.
-    for run in results["runs"]:
-        steps = results["config"]["rl_steps" if run["method"] == "rlhf" else "max_steps"]
+    for run in runs:
+        steps = config["rl_steps" if run["method"] == "rlhf" else "max_steps" if run["regime"] == "budget"
+                      else "converged_steps"]
         assert (run["history"][0]["step"], run["history"][-1]["step"]) == (0, steps)
         assert run["final"]["kl"] == run["history"][-1]["kl"]
         assert abs(run["history"][0]["kl"]) < 1e-6  # the untrained policy is π_ref
-        assert f"{run['final']['kl']:.3f}" in (out / "report.md").read_text()
-    ipo = next(r for r in results["runs"] if r["method"] == "ipo")
+        assert f"{run['final']['kl']:.3f}" in report
+        pairs = config["pairs_per_prompt" if run["regime"] == "budget" else "converged_pairs_per_prompt"]
+        assert run["pairs"] == pairs * len(train_prompts)
+    # The converged regime's Δ is the mean of the logged margins over the last quarter of its steps.
+    for run in (r for r in runs if r["regime"] == "converged"):
+        steps, deltas = margin_series(run["log_history"], run["beta"])
+        last = [d for s, d in zip(steps, deltas) if s >= 0.75 * config["converged_steps"]]
+        assert run["final"]["delta"] == pytest.approx(sum(last) / len(last))
+    ipo = next(r for r in runs if r["method"] == "ipo" and r["regime"] == "converged" and r["beta"] == 1.0)
     assert [e["ipo/target"] for e in ipo["log_history"] if "ipo/target" in e][0] == pytest.approx(0.5 / ipo["beta"])
+    # The claims in results.json are those computed from its own run records; each has a verdict on the terminal.
+    recomputed = json.loads(json.dumps(evaluate_claims(runs, results["reference"]), default=float))
+    assert json.dumps(results["claims"]) == json.dumps(recomputed)
+    assert [c["id"] for c in results["claims"]] == [c["id"] for c in recomputed] and len(recomputed) == 6
+    assert all(c["holds"] in (True, False, None) for c in results["claims"])
+    assert "## Claims" in report and report.index("## Claims") < report.index("## Converged regime")
+    assert "Claims" in printed and all(c["statement"] in printed for c in results["claims"])
     assert results["reference"]["kl"] == 0.0 and results["reference"]["win_rate"] == pytest.approx(0.5, abs=0.5)
     prompts = results["prompts"]["eval"]
     assert results["oracle"]["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     pairs = [json.loads(line) for line in (out / "pairs_noisy.jsonl").read_text().splitlines()]
-    assert len(pairs) == len(results["prompts"]["train"]) and all(p["prompt"] in results["prompts"]["train"] for p in pairs)
+    assert len(pairs) == len(train_prompts) and all(p["prompt"] in train_prompts for p in pairs)
     assert "best-response oracle" in printed and "wall time" in printed
-    assert results["wall_time_s"] > 0
+    # Library noise goes to the log, not to the terminal.
+    for noise in ("FutureWarning", "Tokenizing", "Loading weights", "{'loss'"):
+        assert noise not in printed + captured.err, noise
+    assert "{'loss'" in (out / "demo.log").read_text()
+    assert results["wall_time_s"] > 0 and results["environment"]["torch_threads"] == 1
 
 
 @pytest.fixture
