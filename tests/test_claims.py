@@ -151,7 +151,8 @@ def test_kl_ratios_and_fall_factors_by_hand():
 def test_kl_claim_does_not_hold_when_beta_controls_dpo_too():
     runs = kl_runs([(80.0, 6.0), (8.0, 1.0), (0.5, 0.05)], [(13.0, 1.0), (1.3, 0.2), (0.3, 0.05)])
     claim = C.claim_kl_not_controlled(runs)
-    assert claim["evidence"]["dpo_fall"] == pytest.approx(160.0) and claim["evidence"]["ipo_fall"] == pytest.approx(13 / 0.3)
+    assert claim["evidence"]["dpo_fall"] == pytest.approx(160.0)
+    assert claim["evidence"]["ipo_fall"] == pytest.approx(13 / 0.3)
     assert claim["holds"] is False
 
 
@@ -205,7 +206,8 @@ def test_frontier_claim_fits_one_line_through_the_reference_and_stable_runs():
     xs = np.array([2.0, 1.0, 1.0, 0.1, 0.0])
     ys = np.array([0.105, 0.0, -0.005, -0.09, -0.1])
     slope, intercept = np.polyfit(xs, ys, 1)
-    assert claim["evidence"]["slope"] == pytest.approx(slope) and claim["evidence"]["intercept"] == pytest.approx(intercept)
+    assert claim["evidence"]["slope"] == pytest.approx(slope)
+    assert claim["evidence"]["intercept"] == pytest.approx(intercept)
     assert claim["holds"] is True
     assert [e["run"] for e in claim["evidence"]["left_the_language"]] == ["rlhf β=0.1 (deterministic)"]
     residuals = [e["residual"] for e in claim["evidence"]["runs"]]

@@ -1,4 +1,4 @@
-"""The alignment lab: ground truth, preference labels, KL estimator, and `trl-ipo demo` / `trl-ipo compare` end to end."""
+"""The alignment lab: ground truth, preference labels, KL estimator; `trl-ipo demo` and `trl-ipo compare` end to end."""
 
 import itertools
 import json
@@ -43,7 +43,8 @@ def test_reward_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "response",
-    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .", " the dog ."],
+    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .",
+     " the dog ."],
 )
 def test_ungrammatical_responses_get_the_invalid_reward(response):
     assert language.parse_response(response) is None
@@ -76,7 +77,8 @@ def test_preference_probability_is_bradley_terry_and_its_deterministic_limit():
     assert preference_probability(0.3, -0.2, 0.25) == pytest.approx(1 / (1 + math.exp(-2.0)))
     assert preference_probability(-0.2, 0.3, 0.25) == pytest.approx(1 / (1 + math.exp(2.0)))
     assert preference_probability(0.1, 0.1, 0.25) == 0.5
-    assert (preference_probability(0.3, 0.2, 0.0), preference_probability(0.2, 0.3, 0.0), preference_probability(0.2, 0.2, 0.0)) == (1.0, 0.0, 0.5)
+    deterministic = [preference_probability(a, b, 0.0) for a, b in ((0.3, 0.2), (0.2, 0.3), (0.2, 0.2))]
+    assert deterministic == [1.0, 0.0, 0.5]
     assert preference_probability(0.3, 0.2, 1e-4) == pytest.approx(1.0)  # T → 0 approaches the deterministic v
     assert preference_probability(50.0, -50.0, 1e-3) == 1.0  # no overflow
     with pytest.raises(ValueError, match="temperature"):
@@ -153,7 +155,8 @@ def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread
 def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, load_model, one_thread):
     ref, policy = load_model(), load_model()
     with torch.no_grad():  # a policy that differs from the reference
-        policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight, generator=torch.Generator().manual_seed(0)))
+        noise = torch.randn_like(policy.lm_head.weight, generator=torch.Generator().manual_seed(0))
+        policy.lm_head.weight.add_(0.5 * noise)
     prompt = "the cat sat"
     exact = exact_kl_first_tokens(policy, ref, tokenizer(prompt)["input_ids"], tokenizer.eos_token_id, steps=2)
     samples = sample(policy, tokenizer, [prompt], num_samples=2000, max_new_tokens=2, batch_size=1000, seed=0)
@@ -252,8 +255,9 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     from trl_ipo.commands import compare
 
     out = tmp_path / "cmp"
-    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo_soft", "--preference_column", "q",
-            "--max_steps", "2", "--batch_size", "3", "--learning_rate", "1e-3", "--eval_fraction", "0.25", "--kl_prompts", "3",
+    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo_soft",
+            "--preference_column", "q", "--max_steps", "2", "--batch_size", "3", "--learning_rate", "1e-3",
+            "--eval_fraction", "0.25", "--kl_prompts", "3",
             "--kl_samples", "2", "--max_new_tokens", "6", "--output_dir", str(out), "--quiet", "--use_cpu"]
     assert compare.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -267,7 +271,8 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     # Soft-label IPO's held-out target is the mean of (q − ½)/β over the held-out rows (two eval batches of 3).
     from datasets import load_dataset
 
-    held_out = load_dataset("json", data_files=str(pairs_file), split="train").train_test_split(test_size=6, seed=0)["test"]
+    rows = load_dataset("json", data_files=str(pairs_file), split="train")
+    held_out = rows.train_test_split(test_size=6, seed=0)["test"]
     expected = sum((q - 0.5) / 0.1 for q in held_out["q"]) / 6
     assert by_method["ipo_soft"]["final"]["target"] == pytest.approx(expected, rel=1e-5)
     assert by_method["dpo"]["final"]["target"] is None
@@ -296,7 +301,8 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
         (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "a", "good": "b", "bad": "c"}) + "\n")
     elif case == "empty_split":
         dataset = str(tmp_path / "two.jsonl")
-        (tmp_path / "two.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n" for _ in range(2)))
+        row = json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n"
+        (tmp_path / "two.jsonl").write_text(row * 2)
         extra = ["--eval_fraction", "0.2"]
     elif case == "missing_model":
         model = str(tmp_path / "no-model")
@@ -304,7 +310,8 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
         extra = ["--methods", "ipo_soft"]
     elif case == "bad_q":
         dataset = str(tmp_path / "q.jsonl")
-        (tmp_path / "q.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c", "q": 1.5 if i == 7 else 0.5}) + "\n" for i in range(10)))
+        rows = [{"prompt": "a", "chosen": " b", "rejected": " c", "q": 1.5 if i == 7 else 0.5} for i in range(10)]
+        (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         extra = ["--methods", "ipo_soft", "--preference_column", "q"]
     out = tmp_path / "out"
     assert compare.main(["--model", model, "--dataset", dataset, "--output_dir", str(out), *extra]) == 2
