@@ -4,7 +4,7 @@ IPO regresses, per pair, the log-ratio margin
 
     Δ = ρ(y_w) − ρ(y_l),   ρ(y) = log π_θ(y|x) − log π_ref(y|x)   (per-token mean or sum, ``logp_reduction``)
 
-onto the target t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 17; seed note eq. 10–12). The averages
+onto the target t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 16–17; docs/theory.md). The averages
 (``ipo/delta``, ``ipo/target``, ``ipo/residual``) hide how the pairs spread around the target, so
 :class:`IPOMarginCallback` adds, on the main process only:
 

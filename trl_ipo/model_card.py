@@ -55,8 +55,8 @@ def ipo_settings_section(args) -> str:
 
     Per pair, with ρ(y) = log π_θ(y|x) − log π_ref(y|x) (per-token mean or sum, ``logp_reduction``),
     Δ = ρ(y_chosen) − ρ(y_rejected) and q the preference for ``chosen``, the loss is
-    (Δ − t/β)² (``paper``, Azar et al. 2023 eq. 17) or (β·Δ − t)² (``scaled``, seed note eq. 12),
-    with t = q − ½ (``symmetric``, seed note eq. 11→12) or t = q.
+    (Δ − t/β)² (``paper``, Azar et al. 2023 eq. 17) or (β·Δ − t)² (``scaled``, β² times the paper form),
+    with t = q − ½ (``symmetric``, the hard label ½ of eq. 17; docs/theory.md §2) or t = q (eq. 16).
     """
     settings = ipo_settings(args)
     target = "q − ½" if settings["symmetric"] else "q"

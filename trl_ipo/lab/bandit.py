@@ -3,12 +3,12 @@ and the table / learning-curve rendering behind ``trl-ipo bandit``.
 
 Policy: π_θ = softmax(θ) over K actions, θ initialised at log π_ref, so u = log π_θ − log π_ref starts at 0.
 Each step draws a batch of ``batch_size`` pairs from the dataset uniformly with replacement and takes one Adam step
-on the batch-mean loss, with Δ = u(y_w) − u(y_l) and τ the regularisation strength (the seed note's β):
+on the batch-mean loss, with Δ = u(y_w) − u(y_l) and τ the regularisation strength (``IPOConfig.beta``):
 
-* IPO (paper eq. 17, seed eq. 12):  (Δ − t/τ)²  with t from :func:`trl_ipo.losses.ipo_target` — t = ½ for a hard
+* IPO (Azar et al. 2023 eq. 17):  (Δ − t/τ)²  with t from :func:`trl_ipo.losses.ipo_target` — t = ½ for a hard
   label with the symmetric augmentation, t = q − ½ for a soft label q; computed by :func:`trl_ipo.losses.ipo_loss`
   (a single action has one "token", so the log-prob reduction plays no role);
-* DPO (Rafailov et al. 2023, seed eq. 6):  −q·log σ(τΔ) − (1 − q)·log σ(−τΔ)  (q = 1 for hard labels).
+* DPO (Rafailov et al. 2023 eq. 7):  −q·log σ(τΔ) − (1 − q)·log σ(−τΔ)  (q = 1 for hard labels).
 
 All runs — every seed, every τ, both losses — are one (S, M, T, K) parameter tensor under a single Adam optimiser.
 Adam acts element-wise, so this is exactly M·S·T independent Adam runs, only batched. Seed s fixes the sequence of
@@ -16,7 +16,7 @@ sampled batches (the same for every τ and both losses, i.e. common random numbe
 
 The paper's Figure 1 setting: D1 = {(a, b), (b, c), (a, c)}, uniform π_ref, τ ∈ {0.1, 0.5, 1, 2, 10}, Adam with
 learning rate 0.01, batch 9, 18,000 steps. There the sampled IPO loss has the closed form u* = (1/(3τ), 0, −1/(3τ))
-(:mod:`trl_ipo.lab.finite`), while DPO drives π(a) → 1 whatever τ (seed note §2.3: σ(τΔ) → 1 needs Δ → ∞).
+(:mod:`trl_ipo.lab.finite`), while DPO drives π(a) → 1 whatever τ (σ(τΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO").
 """
 
 from __future__ import annotations
