@@ -21,7 +21,7 @@ from conftest import cpu_args
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.lab.bandit import D1
 from trl_ipo.lab.finite import ipo_closed_form
-from trl_ipo.lab.single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
+from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo.lab.tiny import build_model
 
 WORDS = ("a", "b", "c")

@@ -40,7 +40,6 @@ docs/theory.md), and are minimised by β u = s + const on the support of μ, i.e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -1,4 +1,4 @@
-"""A language model as a K-action bandit: one fixed prompt, K responses that are one word-token each.
+"""Test helper: a language model as a K-action bandit, one fixed prompt and K responses of one word-token each.
 
 This ties the real trainers to the exact finite-action solutions of :mod:`trl_ipo.lab.finite`. For a
 non-conversational dataset TRL appends the end token to every completion, so the complete response y_k is the
