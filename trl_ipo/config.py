@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from .distributed import check_launch, prepare_launch
+from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")

@@ -10,7 +10,7 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
     from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..config import IPOLossArguments
-from ..distributed import check_launch, prepare_launch
+from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
 
