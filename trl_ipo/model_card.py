@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import textwrap
 
+from .config import ipo_setting_names
+
 __all__ = [
     "IPO_PAPER",
     "IPO_FIELDS",
     "ipo_settings",
     "ipo_settings_section",
     "insert_ipo_settings",
-    "add_ipo_settings",
     "complete_model_card",
 ]
 
@@ -39,7 +40,7 @@ IPO_PAPER = {
 }
 
 # The fields that define the IPO objective (IPOConfig), in the order the card lists them.
-IPO_FIELDS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
+IPO_FIELDS = ipo_setting_names()
 
 SECTION_TITLE = "## IPO settings"
 _INSERT_BEFORE = "### Framework versions"
@@ -101,14 +102,6 @@ def insert_ipo_settings(card_text: str, args) -> str:
         at = card_text.index(_INSERT_BEFORE)
         return card_text[:at] + section + "\n" + card_text[at:]
     return card_text.rstrip("\n") + "\n\n" + section
-
-
-def add_ipo_settings(readme_path, args) -> None:
-    """Rewrite the model card at ``readme_path`` with the IPO settings section."""
-    with open(readme_path, encoding="utf-8") as f:
-        text = f.read()
-    with open(readme_path, "w", encoding="utf-8") as f:
-        f.write(insert_ipo_settings(text, args))
 
 
 def complete_model_card(trainer) -> None:
