@@ -30,6 +30,7 @@ __all__ = [
     "FILE_BUILDERS",
     "PREFERENCE_COLUMNS",
     "check_model",
+    "check_writable_folder",
     "is_local_reference",
     "load_preference_dataset",
     "select_split",
@@ -190,6 +191,18 @@ def check_data_file(path: Path) -> None:
             raise InputError(f"Dataset file {str(path)!r} is not UTF-8 text ({err.reason}).") from None
     if rows == 0:
         raise InputError(f"Dataset file {str(path)!r} has no rows (only blank lines).")
+
+
+def check_writable_folder(folder: str, flag: str = "--output_dir") -> None:
+    """``folder`` exists or can be created, and a file can be written in it; else an error naming it."""
+    import tempfile
+
+    try:
+        os.makedirs(os.path.expanduser(folder), exist_ok=True)
+        with tempfile.TemporaryFile(dir=os.path.expanduser(folder)):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag} {folder!r} cannot be written ({err.strerror or err})") from None
 
 
 def _first_char(path: Path) -> str:

@@ -19,7 +19,6 @@ import difflib
 import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from ..datasets_io import (
@@ -27,6 +26,7 @@ from ..datasets_io import (
 )
 from ..datasets_io import (
     check_preference_columns,
+    check_writable_folder,
     is_local_reference,
     load_preference_dataset,
     select_split,
@@ -227,13 +227,7 @@ def check_model(model_args, training_args) -> None:
 
 def check_output_dir(training_args) -> None:
     """The output folder exists or can be created, and a file can be written in it."""
-    folder = os.path.expanduser(training_args.output_dir)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise InputError(f"--output_dir {training_args.output_dir!r} cannot be written ({err.strerror or err})") from None
+    check_writable_folder(training_args.output_dir, "--output_dir")
 
 
 def resolve_resume(training_args) -> None:
