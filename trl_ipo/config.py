@@ -198,3 +198,20 @@ def config_values(args, target_cls, skip=()) -> dict:
         for f in dataclasses.fields(args)
         if f.init and f.name not in skip and f.name in fields and fields[f.name].init
     }
+
+
+def move_hub_token_to_env(args) -> bool:
+    """Blank ``args.hub_token`` so that ``Trainer`` does not pickle it into ``training_args.bin``.
+
+    ``Trainer`` saves the whole ``TrainingArguments`` object, ``hub_token`` included, with every checkpoint and at the
+    end of training. The token is moved to the ``HF_TOKEN`` environment variable of this process (unless one is
+    already set), where ``huggingface_hub`` finds it for ``push_to_hub``. Returns whether a token was moved.
+    """
+    import os
+
+    token = getattr(args, "hub_token", None)
+    if not token:
+        return False
+    os.environ.setdefault("HF_TOKEN", token)
+    args.hub_token = None
+    return True

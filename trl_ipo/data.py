@@ -127,9 +127,12 @@ class RowChecker:
         self.identical: list[int] = []
         self.empty: list[int] = []
 
+    @property
+    def label(self) -> str:
+        return f"{'streamed ' if self.streamed else ''}{self.split} dataset"
+
     def where(self, column: str, index: int) -> str:
-        stream = "streamed " if self.streamed else ""
-        return f"column {column!r}, row {index} of the {stream}{self.split} dataset"
+        return f"column {column!r}, row {index} of the {self.label}"
 
     def __call__(self, row: dict, index: int) -> None:
         kinds = {}
@@ -142,7 +145,7 @@ class RowChecker:
         if len(set(kinds.values())) > 1:
             described = ", ".join(f"{c!r} is {k}" for c, k in kinds.items())
             raise InputError(
-                f"row {index} of the {self.split} dataset mixes conversational and plain values ({described}); "
+                f"row {index} of the {self.label} mixes conversational and plain values ({described}); "
                 "a row's prompt, chosen and rejected must all be text or all be chat messages."
             )
         kind = next(iter(kinds.values()))
@@ -150,15 +153,15 @@ class RowChecker:
             self.kind, self.kind_row = kind, index
         elif kind != self.kind:
             raise InputError(
-                f"row {index} of the {self.split} dataset is {kind} but row {self.kind_row} is {self.kind}; a dataset "
+                f"row {index} of the {self.label} is {kind} but row {self.kind_row} is {self.kind}; a dataset "
                 "must be all text or all chat messages (plain rows in a conversational dataset would get no "
                 "end-of-sequence token)."
             )
         if self.preference_column is not None:
             if self.preference_column not in row:
                 raise InputError(
-                    f"preference_column={self.preference_column!r} is missing from row {index} of the {self.split} "
-                    f"dataset; its keys are {sorted(row)}."
+                    f"preference_column={self.preference_column!r} is missing from row {index} of the {self.label}; "
+                    f"its keys are {sorted(row)}."
                 )
             check_preference_value(row[self.preference_column], self.where(self.preference_column, index))
         if row["chosen"] == row["rejected"]:
@@ -176,7 +179,6 @@ class RowChecker:
 
     def warn(self, kinds=("identical", "empty")) -> None:
         """One warning per kind of signal-free pair, with its count (so far, for a stream) and first rows."""
-        stream = "streamed " if self.streamed else ""
         so_far = " so far (the stream is checked as it is read)" if self.streamed else ""
         for name, what in (
             ("identical", "have 'chosen' identical to 'rejected'"),
@@ -185,7 +187,7 @@ class RowChecker:
             rows = getattr(self, name)
             if rows and name in kinds:
                 warnings.warn(
-                    f"{len(rows)} of {self.rows} pairs of the {stream}{self.split} dataset {what}{so_far} (rows "
+                    f"{len(rows)} of {self.rows} pairs of the {self.label} {what}{so_far} (rows "
                     f"{rows[:5]}{' ...' if len(rows) > 5 else ''}); they carry no preference signal but count with "
                     "full weight in the loss.",
                     UserWarning,

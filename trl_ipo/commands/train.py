@@ -319,10 +319,13 @@ def run(script_args, training_args, model_args, dataset_args, train_dataset=None
     from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
+    from ..config import move_hub_token_to_env
     from ..trainer import IPOTrainer
 
     if train_dataset is None:
         train_dataset, eval_dataset = prepare(script_args, training_args, model_args, dataset_args)
+    # Trainer pickles its arguments into training_args.bin; a --hub_token must not end up there in clear.
+    move_hub_token_to_env(training_args)
 
     trainer = IPOTrainer(
         model=model_args.model_name_or_path,
