@@ -126,12 +126,12 @@ def _described(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def check_beta(name: str, beta) -> None:
-    """β (or each β of a per-epoch list) is a finite real number > 0; bools and strings are refused by name.
+def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
+    """β (or, with ``per_epoch_list``, each β of a list) is a finite real number > 0; bools and strings are refused.
 
     A non-finite β trains with zero loss and zero gradient (the target t/β vanishes and (β·Δ − t)² overflows).
     """
-    values = beta if isinstance(beta, (list, tuple)) else [beta]
+    values = beta if per_epoch_list and isinstance(beta, (list, tuple)) else [beta]
     if not values:
         raise InputError(f"{name}.beta must be a number > 0, got an empty list.")
     for value in values:
@@ -151,7 +151,7 @@ def check_ipo_loss_values(config, name: str) -> None:
             raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
     if not isinstance(config.symmetric, bool):
         raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
-    check_beta(name, config.beta)
+    check_beta(name, config.beta, per_epoch_list=not isinstance(config, DPOConfig))  # online: one β per epoch
 
 
 def check_ipo_config_values(config) -> None:
