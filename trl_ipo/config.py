@@ -104,15 +104,6 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         self._validate_ipo_loss_fields()
         if self.preference_column is not None and not str(self.preference_column).strip():
             raise ValueError("IPOConfig.preference_column must be a column name or None, got an empty string.")
-        # DPO-variant knobs that have no meaning for the exact IPO objective.
-        if self.ld_alpha is not None:
-            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
-            )
-        if self.use_weighting:
-            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)

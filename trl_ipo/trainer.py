@@ -21,7 +21,7 @@ from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, validate_preference_column
 from .distributed import fill_zero3_auto_sizes
-from .losses import ipo_regression, reduce_logps
+from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
@@ -104,7 +104,8 @@ class IPOTrainer(DPOTrainer):
 
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
+        chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -116,13 +117,18 @@ class IPOTrainer(DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
-        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
-        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        f_div, f_alpha, reduction = args.f_divergence_type, args.f_alpha_divergence_coef, args.logp_reduction
+        chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+        rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
         preference = inputs.get(PreferenceCollator.key)
         margin, target = ipo_regression(
             chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
         )
         per_pair_loss = (margin - target) ** 2
+        weights = None
+        if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs[:, -seq_len:], shift_mask)
+            per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
@@ -136,7 +142,7 @@ class IPOTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
-        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:
             with torch.no_grad():
@@ -144,7 +150,7 @@ class IPOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     # --------------------------------------------------------------------------------------------------- metrics
-    def _log_ipo_metrics(self, mode, margin, target, preference):
+    def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
         gather = self.accelerator.gather
         margin, target = gather(margin).float(), gather(target).float()
         residual = margin - target
@@ -153,6 +159,8 @@ class IPOTrainer(DPOTrainer):
         metrics["ipo/target"].append(target.mean().item())
         metrics["ipo/residual"].append(residual.mean().item())
         metrics["ipo/sq_error"].append((residual**2).mean().item())
+        if weights is not None:  # use_weighting: the IPO term is the weighted mean, sq_error the unweighted one
+            metrics["ipo/wpo_weight"].append(gather(weights.detach()).float().mean().item())
         q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
         self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
 
