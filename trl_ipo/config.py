@@ -90,6 +90,14 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    allow_resume_without_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that has no optimizer or scheduler state (e.g. save_only_model=True), "
+            "restarting them with a loud warning. By default such a resume stops with an error."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]

@@ -11,18 +11,22 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from trl import DPOTrainer
 
+from . import checkpoints
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, validate_preference_column
 from .distributed import fill_zero3_auto_sizes
 from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
+from .ref_cache import precompute_ref_logps
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -85,9 +89,56 @@ class IPOTrainer(DPOTrainer):
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
+        return precompute_ref_logps(self, dataset, name, batch_size)
+
     def compute_ref_log_probs(self, model, inputs):
         inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
         return super().compute_ref_log_probs(model, inputs)
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
+
+        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
+        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
+        """
+        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
+            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        else:
+            resume_from_checkpoint = None
+        self.resumed_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
+            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _resolve_resume(self, value):
+        decision = [None]
+        if self.accelerator.is_main_process:
+            try:
+                decision[0] = ("ok", *checkpoints.resolve_resume(
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                ))
+            except ValueError as err:
+                decision[0] = ("error", str(err), [])
+        decision = broadcast_object_list(decision, from_process=0)[0]
+        status, result, messages = decision
+        if status == "error":
+            raise ValueError(result)
+        if self.accelerator.is_main_process:
+            checkpoints.warn_all(messages)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
