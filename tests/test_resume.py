@@ -63,13 +63,14 @@ def _crashed_copy(full, dest):
     return dest
 
 
-def test_resume_true_skips_the_incomplete_checkpoint_and_continues_exactly(uninterrupted, load_model, tokenizer, tmp_path):
+def test_resume_true_skips_incomplete_checkpoint_and_is_exact(uninterrupted, load_model, tokenizer, tmp_path):
     full, losses, params, full_tokens = uninterrupted
     crashed = _crashed_copy(full, tmp_path / "crashed")
     assert get_last_checkpoint(str(crashed)).endswith("checkpoint-3")  # what Trainer alone would resume from
     assert all((full / f"checkpoint-{s}" / MARKER).is_file() for s in range(1, STEPS + 1))
     trainer = _trainer(load_model, tokenizer, crashed)
-    with pytest.warns(UserWarning, match=r"Skipping incomplete checkpoint .*checkpoint-3: trainer_state\.json is missing"):
+    skipped = r"Skipping incomplete checkpoint .*checkpoint-3: trainer_state\.json is missing"
+    with pytest.warns(UserWarning, match=skipped):
         trainer.train(resume_from_checkpoint=True)
     assert trainer.resumed_from == str(crashed / "checkpoint-2")
     resumed = _losses(trainer)
@@ -83,7 +84,7 @@ def test_resume_true_skips_the_incomplete_checkpoint_and_continues_exactly(unint
     assert inspect_checkpoint(crashed / "checkpoint-3").complete  # saved again, this time completely
 
 
-def test_explicit_incomplete_checkpoint_is_refused_naming_the_complete_one(uninterrupted, load_model, tokenizer, tmp_path):
+def test_explicit_incomplete_checkpoint_is_refused(uninterrupted, load_model, tokenizer, tmp_path):
     crashed = _crashed_copy(uninterrupted[0], tmp_path / "crashed")
     trainer = _trainer(load_model, tokenizer, crashed)
     with pytest.raises(ValueError, match=r"checkpoint-3 is incomplete.*newest complete one there is .*checkpoint-2"):

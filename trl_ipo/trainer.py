@@ -49,7 +49,9 @@ class IPOTrainer(DPOTrainer):
     _name = "IPO"
     _paper = IPO_PAPER
 
-    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+    def __init__(
+        self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
+    ):
         args = _as_ipo_config(args, model)
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
