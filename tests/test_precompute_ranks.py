@@ -60,7 +60,8 @@ def setup(tiny_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def jobs(setup):
     root = setup.root
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+    env["WANDB_MODE"] = "offline"
     started = {}
     for name, extra in (("ddp", {}), ("zero3", {"deepspeed": setup.ds_config})):
         spec = {
@@ -69,7 +70,8 @@ def jobs(setup):
         }
         (root / f"{name}.json").write_text(json.dumps(spec))
         log = root / f"{name}.log"
-        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), str(WORKER), str(root / f"{name}.json")]
+        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), str(WORKER)]
+        cmd.append(str(root / f"{name}.json"))
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         started[name] = SimpleNamespace(name=name, proc=proc, log=log, out=root / f"{name}-out", root=root)
