@@ -90,20 +90,19 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    allow_resume_without_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that has no optimizer or scheduler state (e.g. save_only_model=True), "
+            "restarting them with a loud warning. By default such a resume stops with an error."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         check_ipo_config_values(self)
         self._validate_ipo_loss_fields()
-        # DPO-variant knobs that have no meaning for the exact IPO objective.
-        if self.ld_alpha is not None:
-            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
-            )
-        if self.use_weighting:
-            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
