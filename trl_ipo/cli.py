@@ -11,7 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("trl_ipo.commands.train", "train with IPO; same arguments as `trl dpo` plus the IPO fields"),
-    "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and RLHF) on your own model and data"),
+    "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and soft-label IPO) on your own model and data"),
     "demo": ("trl_ipo.commands.demo", "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"),
     "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
     "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
