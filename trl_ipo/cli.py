@@ -16,13 +16,14 @@ SUBCOMMANDS = {
     "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
     "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
     "example": ("trl_ipo.commands.example", "a short IPO run on the bundled example dataset with a tiny local model"),
+    "tiny-model": ("trl_ipo.commands.tiny_model", "build a tiny random model and tokenizer locally to try commands on"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: trl-ipo <command> [options]", "", "commands:"]
     for name, (_, summary) in SUBCOMMANDS.items():
-        lines.append(f"  {name:<9} {summary}")
+        lines.append(f"  {name:<10} {summary}")
     lines += ["", "Run `trl-ipo <command> --help` for the options of a command."]
     return "\n".join(lines)
 

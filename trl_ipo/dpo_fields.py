@@ -40,8 +40,8 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "precompute_ref_batch_size": (IMPLEMENTED, "as in TRL."),
     "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
     "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
-    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-probs enter Δ."),
-    "f_divergence_type": (IMPLEMENTED, "the f-divergence's link replaces the log-ratio in Δ."),
+    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-probs (TRL's definition) enter Δ."),
+    "f_divergence_type": (IMPLEMENTED, "the f-divergence's transform of the log-ratios (TRL's definition) enters Δ."),
     "f_alpha_divergence_coef": (
         IMPLEMENTED,
         "used with `f_divergence_type='alpha_divergence'`; with any other type a non-default value is ignored "
@@ -52,8 +52,8 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
         "Robust DPO's and EXO's ε has no place in IPO's loss; express label noise as soft labels q = 1 − ε "
         "(`preference_column`).",
     ),
-    "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (see choosing-beta.md)."),
-    "use_weighting": (IMPLEMENTED, "WPO weights multiply the per-pair IPO loss."),
+    "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
+    "use_weighting": (IMPLEMENTED, "WPO's per-pair weights (TRL's definition) apply to the IPO loss."),
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
     "sync_ref_model": (
