@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str], parser=None):
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
         message = one_line(err)
-        if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
+        if "bf16" in message and "bf16 false" not in message:  # transformers' own bf16 error: say what to pass
             message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
         raise InputError(message) from None
     if leftover:
