@@ -33,7 +33,7 @@ def _text_config(model):
 
 
 def _unwrap(model):
-    while hasattr(model, "module") and not hasattr(model, "config"):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP, DeepSpeed engines
         model = model.module
     if hasattr(model, "get_base_model"):  # PEFT
         model = model.get_base_model()
