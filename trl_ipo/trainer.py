@@ -15,16 +15,17 @@ import copy
 import warnings
 
 import torch
-from datasets import Dataset
 from accelerate.utils import is_peft_model
+from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
-from .data import PreferenceCollator, validate_preference_column
+from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
+from .errors import InputError
 from .losses import ipo_regression, reduce_logps
 from .model_card import IPO_PAPER, complete_model_card
 from .packed_forward import (
@@ -35,6 +36,7 @@ from .packed_forward import (
     layout_attention_mask,
 )
 from .packing import build_layout, scatter_scored
+from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -68,8 +70,7 @@ class IPOTrainer(DPOTrainer):
         self._packing_enabled = bool(args.prefix_sharing or args.padding_free)
         check_packing_support(model, args, kw.get("peft_config"))
         args.padding_free = False
-        if args.preference_column is not None:
-            _validate_datasets(args.preference_column, train_dataset, eval_dataset)
+        self.row_checks = _validate_datasets(args.preference_column, train_dataset, eval_dataset)
         if ref_model is None and _needs_in_memory_reference(model, args, kw.get("peft_config")):
             # TRL reloads the reference from the model's path; a model built in memory has none, so copy it.
             ref_model = copy.deepcopy(model).eval()
@@ -88,11 +89,18 @@ class IPOTrainer(DPOTrainer):
 
     # ----------------------------------------------------------------------------------------------- data plumbing
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        checks = self.__dict__.setdefault("row_checks", {})
+        if dataset_name not in checks or checks[dataset_name].source is not dataset:  # e.g. evaluate(new_dataset)
+            checks.update(_validate_datasets(args.preference_column, {dataset_name: dataset}))
+        if isinstance(dataset, IterableDataset):
+            return self._prepare_stream(dataset, processing_class, args, dataset_name, checks[dataset_name])
         before = len(dataset) if isinstance(dataset, Dataset) else None
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if before is not None and len(dataset) < before:
             dropped = before - len(dataset)
             self.dropped_rows[dataset_name] = dropped
+            if dropped == before:
+                raise InputError(_all_dropped(f"all {before} rows of the {dataset_name} dataset", args))
             warnings.warn(
                 f"{dropped} of {before} rows of the {dataset_name} dataset were dropped because their prompt alone "
                 f"is at least max_length={args.max_length} tokens (no completion token would be left). Raise "
@@ -100,6 +108,28 @@ class IPOTrainer(DPOTrainer):
                 UserWarning,
                 stacklevel=2,
             )
+        return dataset
+
+    def _prepare_stream(self, dataset, processing_class, args, dataset_name, checker):
+        """A streamed dataset: rows checked as they arrive (by stream index), rows dropped by length counted."""
+        dataset = dataset.map(checker.check_streamed, with_indices=True)
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            checker.reset()
+            return dataset
+        # TRL drops rows whose prompt fills max_length with a silent filter; filter here instead, counting them.
+        unfiltered = copy.copy(args)
+        unfiltered.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        counter = _StreamDropCounter(self.dropped_rows, dataset_name, args.max_length)
+        dataset = dataset.filter(counter, with_indices=True)
+        with warnings.catch_warnings():  # the peek below re-reads the start of the stream; training warns again
+            warnings.simplefilter("ignore")
+            first = next(iter(dataset), None)
+        if first is None:
+            raise InputError(_all_dropped(f"all {counter.seen} rows of the streamed {dataset_name} dataset", args))
+        counter.reset()
+        checker.reset()
         return dataset
 
     def _set_signature_columns_if_needed(self):
@@ -344,6 +374,12 @@ class IPOTrainer(DPOTrainer):
             return {}
         return {key: torch.cat([r[key] for r in records]) for key in records[0]}
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Trainer's save, plus the JSON record of the arguments that tools read instead of the pickled
+        ``training_args.bin`` (:mod:`trl_ipo.run_args`)."""
+        super()._save(output_dir, state_dict)
+        save_args_record(self, output_dir)
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card (naming IPO and citing Azar et al. 2023) plus the IPO settings section."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
@@ -368,11 +404,63 @@ def _needs_in_memory_reference(model, args, peft_config) -> bool:
     return not getattr(model.config, "_name_or_path", "")
 
 
-def _validate_datasets(column, train_dataset, eval_dataset):
-    if train_dataset is not None:
-        validate_preference_column(train_dataset, column, "train")
+def _validate_datasets(column, train_dataset, eval_dataset=None) -> dict:
+    """Check the datasets before TRL reads them: ``{name: RowChecker}``.
+
+    In-memory datasets are checked row by row now (warnings for signal-free pairs included). Streamed ones must
+    yield a first row; their rows are checked as they arrive (see :meth:`IPOTrainer._prepare_stream`).
+    """
+    named = dict(train_dataset) if isinstance(train_dataset, dict) else {"train": train_dataset}
     if isinstance(eval_dataset, dict):
-        for name, dataset in eval_dataset.items():
-            validate_preference_column(dataset, column, name)
+        named.update(eval_dataset)
     elif eval_dataset is not None:
-        validate_preference_column(eval_dataset, column, "eval")
+        named["eval"] = eval_dataset
+    checks = {}
+    for name, dataset in named.items():
+        if dataset is None:
+            continue
+        if isinstance(dataset, IterableDataset):
+            if next(iter(dataset), None) is None:
+                raise InputError(f"the streamed {name} dataset has no rows.")
+            checker = RowChecker(name, column, streamed=True)
+        elif isinstance(dataset, Dataset):
+            checker = validate_preference_rows(dataset, name, column)
+        else:  # a torch Dataset or a list of rows: TRL's own checks apply
+            continue
+        checker.source = dataset
+        checks[name] = checker
+    return checks
+
+
+def _all_dropped(rows: str, args) -> str:
+    return (
+        f"{rows} were dropped because their prompt alone is at least max_length={args.max_length} tokens, leaving "
+        "nothing to train on. Raise max_length or shorten the prompts."
+    )
+
+
+class _StreamDropCounter:
+    """``IterableDataset.filter`` predicate: keep rows whose prompt fits; count (and warn once about) the others."""
+
+    def __init__(self, dropped_rows: dict, dataset_name: str, max_length: int):
+        self.dropped_rows, self.name, self.max_length = dropped_rows, dataset_name, max_length
+        self.seen = 0
+
+    def reset(self):
+        self.seen = 0
+        self.dropped_rows.pop(self.name, None)
+
+    def __call__(self, example, index) -> bool:
+        self.seen += 1
+        if len(example["prompt_ids"]) < self.max_length:
+            return True
+        self.dropped_rows[self.name] = self.dropped_rows.get(self.name, 0) + 1
+        if self.dropped_rows[self.name] == 1:
+            warnings.warn(
+                f"row {index} of the streamed {self.name} dataset was dropped because its prompt alone is at least "
+                f"max_length={self.max_length} tokens (no completion token would be left); further drops are counted "
+                f"in trainer.dropped_rows[{self.name!r}]. Raise max_length or shorten those prompts to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return False
