@@ -191,7 +191,6 @@ class IPOTrainer(DPOTrainer):
         args = self.args
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
-        seq_len = shift_mask.size(1)
         outputs = self._policy_forward(model, inputs)
         per_token_logps = outputs.log_probs  # [2B, L-1], zero outside the completion
         # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
