@@ -10,7 +10,8 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
     from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..config import IPOLossArguments
-from ..distributed import check_launch, prepare_launch
+from ..dpo_fields import BF16_HELP, apply_field_decisions
+from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
 
@@ -23,7 +24,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
     (``mixture_coef=0``, online IPO) or the normalised token-level geometric mixture π_θ^(1−λ)·π_ref^λ
     (``mixture_coef=λ>0``, IPO-MD) — labels them with q = P(y_a ≻ y_b | x) and minimises the same per-pair loss
     as the offline [`trl_ipo.IPOTrainer`]: ``(Δ − t/β)²`` with Δ the log-ratio margin and t = q − ½
-    (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; seed note eq. 10–12).
+    (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; Calandriello et al. 2024 for the online form).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):
@@ -52,6 +53,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         default="ipo",
         metadata={"help": "Only 'ipo'. Other loss types belong to trl's OnlineDPOTrainer.", "choices": ["ipo"]},
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     temperature: float = field(
         default=1.0,
         metadata={"help": "Sampling temperature; 1 (default) samples on-policy."},
@@ -111,6 +113,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device
         super().__post_init__()
         check_launch(self)
         if self.eval_strategy != "no":
