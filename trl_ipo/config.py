@@ -136,7 +136,9 @@ def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
         raise InputError(f"{name}.beta must be a number > 0, got an empty list.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InputError(f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}.")
+            raise InputError(
+                f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}."
+            )
         if not math.isfinite(value):
             raise InputError(f"{name}.beta must be a finite number > 0 (the regularisation strength τ), got {value!r}.")
         if not value > 0:
@@ -167,7 +169,9 @@ def check_ipo_config_values(config) -> None:
         )
     repeated = sorted({t for t in loss_type if loss_type.count(t) > 1})
     if repeated:  # each term would be added twice
-        raise InputError(f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once.")
+        raise InputError(
+            f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once."
+        )
     weights = config.loss_weights
     if weights is not None:
         if not isinstance(weights, (list, tuple)) or len(weights) != len(loss_type):
@@ -176,9 +180,11 @@ def check_ipo_config_values(config) -> None:
                 f"{list(loss_type)!r}, got {_described(weights)}."
             )
         for term, weight in zip(loss_type, weights):
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+            number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+            if not number or not math.isfinite(weight) or weight < 0:
                 raise InputError(
-                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, got {_described(weight)}."
+                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, "
+                    f"got {_described(weight)}."
                 )
     column = config.preference_column
     if column is not None and (not isinstance(column, str) or not column.strip()):

@@ -34,7 +34,9 @@ __all__ = [
 def check_preference_value(value: Any, where: str) -> float:
     """Return ``value`` as a float in [0, 1] or raise a ValueError naming ``where`` (column and row) and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}.")
+        raise InputError(
+            f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}."
+        )
     value = float(value)
     if math.isnan(value):
         raise InputError(f"Preference value is NaN at {where}; q must be a number in [0, 1].")
@@ -85,13 +87,16 @@ def _value_kind(value, where: str) -> str:
         if "role" not in message or message["role"] is None:
             raise InputError(f"{at} has no 'role' (keys {sorted(message)}); expected one of {list(MESSAGE_ROLES)}.")
         if message["role"] not in MESSAGE_ROLES:
-            raise InputError(f"{at} has the unknown role {_short(message['role'])}; expected one of {list(MESSAGE_ROLES)}.")
+            raise InputError(
+                f"{at} has the unknown role {_short(message['role'])}; expected one of {list(MESSAGE_ROLES)}."
+            )
         content = message.get("content")
         if content is None and not message.get("tool_calls"):
             raise InputError(f"{at} (role {message['role']!r}) has no 'content'.")
         if content is not None and not isinstance(content, (str, list)):
             raise InputError(
-                f"{at} has content of type {type(content).__name__} {_short(content)}; expected text or a list of parts."
+                f"{at} has content of type {type(content).__name__} {_short(content)}; expected text or a list of "
+                "parts."
             )
     return "conversational"
 
@@ -268,7 +273,11 @@ def add_preference_from_votes(dataset, wins_column: str, losses_column: str, out
 
 
 def add_preference_from_scores(
-    dataset, chosen_score_column: str, rejected_score_column: str, temperature: float = 1.0, output_column: str = "preference"
+    dataset,
+    chosen_score_column: str,
+    rejected_score_column: str,
+    temperature: float = 1.0,
+    output_column: str = "preference",
 ):
     """Return ``dataset`` with ``output_column`` = σ((s_chosen − s_rejected)/T)."""
     _require_columns(dataset, [chosen_score_column, rejected_score_column])

@@ -221,7 +221,10 @@ def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
 def check_model(model_args, training_args) -> None:
     """Fail early, with the path or hub id, when the model cannot be found."""
     check_model_reference(
-        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code, "--model_name_or_path"
+        model_args.model_name_or_path,
+        model_args.model_revision,
+        training_args.trust_remote_code,
+        "--model_name_or_path",
     )
 
 
@@ -250,7 +253,8 @@ def resolve_resume(training_args) -> None:
         latest = get_last_checkpoint(folder) if os.path.isdir(folder) else None
         if latest is None:
             raise InputError(
-                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to resume from"
+                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to "
+                "resume from"
             )
         training_args.resume_from_checkpoint = latest
     elif not os.path.isdir(os.path.expanduser(value)):
@@ -281,7 +285,8 @@ def load_datasets(script_args, training_args, dataset_args):
         )
         source = script_args.dataset_name
     train = select_split(dataset, script_args.dataset_train_split, source)
-    check_preference_columns(train, f"train (split {script_args.dataset_train_split!r})", training_args.preference_column)
+    train_split = f"train (split {script_args.dataset_train_split!r})"
+    check_preference_columns(train, train_split, training_args.preference_column)
     evaluation = None
     if wants_eval:
         evaluation = select_split(dataset, script_args.dataset_test_split, source, purpose="evaluation")
