@@ -26,8 +26,8 @@ class IPOLossArguments:
     loss_form: str = field(
         default="paper",
         metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
-            "β² times the paper form). Same minimiser.",
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. 2023, eq. 17), 'scaled' = (β·Δ − t)² "
+            "(β² times the paper form). Same minimiser.",
             "choices": list(LOSS_FORMS),
         },
     )
@@ -59,11 +59,11 @@ class IPOConfig(IPOLossArguments, DPOConfig):
 
     The per-pair loss is ``(Δ − t/β)²`` (``loss_form="paper"``) where Δ is the log-ratio margin between the chosen
     and rejected completions and t = q − ½ (``symmetric=True``) or t = q (``symmetric=False``), q being the
-    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17; seed note eq. 10–12).
+    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):
-            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², the seed note's eq. 12 form (β² times the paper form).
+            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², β² times the paper form (same minimiser).
         symmetric (`bool`, defaults to `True`):
             Count each pair also swapped with probability 1 − q, computed analytically (no extra forward pass).
             Target t = q − ½ (0.5 for hard labels, 0 for a tie). With `False`, t = q (order as given).

@@ -1,10 +1,10 @@
 """Preference columns: validation with precise errors, and turning votes or scores into q.
 
-q is the probability that the ``chosen`` completion is preferred over ``rejected`` (seed note eq. 8a: q ∈ [0, 1];
-q = ½ is a tie). Two common sources:
+q is the probability that the ``chosen`` completion is preferred over ``rejected`` (the preference probability
+p*(y ≻ y′ | x) of Azar et al. 2023: q ∈ [0, 1]; q = ½ is a tie). Two common sources:
 
 * annotator votes:   q = wins / (wins + losses)
-* scalar scores:     q = σ((s_chosen − s_rejected) / T)    (Bradley–Terry, seed note §2.1)
+* scalar scores:     q = σ((s_chosen − s_rejected) / T)    (Bradley–Terry, as in Rafailov et al. 2023, eq. 1)
 """
 
 from __future__ import annotations
