@@ -166,3 +166,36 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
 
     rc = trl_ipo_main(["compare", "--model", tiny_dir, "--dataset", str(path), "--beta", "inf"])
     assert "--beta must be a finite number > 0, got inf" in error_line(capsys, rc, "trl-ipo compare")
+
+
+# ---------------------------------------------------------------------------------------------- config values, streams
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
+        (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
+        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"], "the weight of 'sft' must be a finite number >= 0"),
+    ],
+    ids=["beta-inf", "loss-type-twice", "negative-weight"],
+)
+def test_config_values_on_the_command_line(tiny_dir, tmp_path, capsys, extra, expected):
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "p.jsonl", ROWS), tmp_path / "out", *extra))
+    assert expected in line
+
+
+def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": tiny_dir, "output_dir": str(tmp_path), "symmetric": 5}))
+    line = error_line(capsys, train_cmd.main(["--config", str(config), "--bf16", "false"]))
+    assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
+
+
+def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, tmp_path, capsys):
+    rows = make_pairs(12, seed=6, preference=True)
+    rows[5]["q"] = -2.0
+    data = jsonl(tmp_path / "pairs.jsonl", rows)
+    rc = train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true", "--preference_column", "q",
+               "--max_steps", "6", "--per_device_train_batch_size", "2", "--save_strategy", "no",
+               "--gradient_checkpointing", "false", "--max_length", "64")
+    line = error_line(capsys, rc)
+    assert "Preference value -2.0 at column 'q', row 5 of the streamed train dataset is outside [0, 1]" in line
