@@ -153,7 +153,26 @@ def check_ipo_loss_values(config, name: str) -> None:
             raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
     if not isinstance(config.symmetric, bool):
         raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
-    check_beta(name, config.beta, per_epoch_list=not isinstance(config, DPOConfig))  # online: one β per epoch
+    online = not isinstance(config, DPOConfig)
+    check_beta(name, config.beta, per_epoch_list=online)  # online: one β per epoch
+    if online:
+        check_real(name, "mixture_coef", config.mixture_coef)  # its range [0, 1] is checked by OnlineIPOConfig
+        check_real(name, "temperature", config.temperature, low=0.0, low_open=True)
+        check_real(name, "bradley_terry_temperature", config.bradley_terry_temperature, low=0.0, low_open=True)
+
+
+def check_real(name: str, field_name: str, value, low=None, high=None, low_open: bool = False) -> None:
+    """``value`` is a finite real number (not a bool or a string) within [low, high] (``(low, …`` if ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}"
+    interval = f" in {interval}{']' if high is not None else ')'}" if (low, high) != (None, None) else ""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    outside = number and (
+        not math.isfinite(value)
+        or (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and value > high)
+    )
+    if not number or outside:
+        raise InputError(f"{name}.{field_name} must be a finite number{interval}, got {_described(value)}.")
 
 
 def check_ipo_config_values(config) -> None:
