@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
-from .distributed import check_launch, prepare_launch
 from .errors import InputError
+from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")
@@ -90,20 +90,19 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    allow_resume_without_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that has no optimizer or scheduler state (e.g. save_only_model=True), "
+            "restarting them with a loud warning. By default such a resume stops with an error."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         check_ipo_config_values(self)
         self._validate_ipo_loss_fields()
-        # DPO-variant knobs that have no meaning for the exact IPO objective.
-        if self.ld_alpha is not None:
-            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
-            )
-        if self.use_weighting:
-            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
@@ -223,6 +222,17 @@ def config_values(args, target_cls, skip=()) -> dict:
         for f in dataclasses.fields(args)
         if f.init and f.name not in skip and f.name in fields and fields[f.name].init
     }
+
+
+def ipo_setting_names(loss_weights: bool = True) -> tuple[str, ...]:
+    """Names of the settings that define an IPO run's objective, in the order model cards and run configs list them.
+
+    β, then the fields of :class:`IPOLossArguments` (the loss form, the target, the log-prob reduction), then
+    :class:`IPOConfig`'s source of q (``preference_column``), its loss terms (``loss_type``) and, unless
+    ``loss_weights=False``, their weights.
+    """
+    names = ("beta", *(f.name for f in fields(IPOLossArguments)), "preference_column", "loss_type")
+    return (*names, "loss_weights") if loss_weights else names
 
 
 def move_hub_token_to_env(args) -> bool:

@@ -11,19 +11,23 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
 
+from . import checkpoints
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
 from .errors import InputError
-from .losses import ipo_regression, reduce_logps
+from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
+from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
@@ -47,7 +51,9 @@ class IPOTrainer(DPOTrainer):
     _name = "IPO"
     _paper = IPO_PAPER
 
-    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+    def __init__(
+        self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
+    ):
         args = _as_ipo_config(args, model)
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
@@ -115,9 +121,56 @@ class IPOTrainer(DPOTrainer):
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
+        return precompute_ref_logps(self, dataset, name, batch_size)
+
     def compute_ref_log_probs(self, model, inputs):
         inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
         return super().compute_ref_log_probs(model, inputs)
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
+
+        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
+        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
+        """
+        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
+            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        else:
+            resume_from_checkpoint = None
+        self.resumed_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
+            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _resolve_resume(self, value):
+        decision = [None]
+        if self.accelerator.is_main_process:
+            try:
+                decision[0] = ("ok", *checkpoints.resolve_resume(
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                ))
+            except ValueError as err:
+                decision[0] = ("error", str(err), [])
+        decision = broadcast_object_list(decision, from_process=0)[0]
+        status, result, messages = decision
+        if status == "error":
+            raise ValueError(result)
+        if self.accelerator.is_main_process:
+            checkpoints.warn_all(messages)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
@@ -134,7 +187,8 @@ class IPOTrainer(DPOTrainer):
 
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
+        chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -146,13 +200,18 @@ class IPOTrainer(DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
-        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
-        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        f_div, f_alpha, reduction = args.f_divergence_type, args.f_alpha_divergence_coef, args.logp_reduction
+        chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+        rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
         preference = inputs.get(PreferenceCollator.key)
         margin, target = ipo_regression(
             chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
         )
         per_pair_loss = (margin - target) ** 2
+        weights = None
+        if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs[:, -seq_len:], shift_mask)
+            per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
@@ -166,7 +225,7 @@ class IPOTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
-        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:
             with torch.no_grad():
@@ -174,7 +233,7 @@ class IPOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     # --------------------------------------------------------------------------------------------------- metrics
-    def _log_ipo_metrics(self, mode, margin, target, preference):
+    def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
         gather = self.accelerator.gather
         margin, target = gather(margin).float(), gather(target).float()
         residual = margin - target
@@ -183,6 +242,8 @@ class IPOTrainer(DPOTrainer):
         metrics["ipo/target"].append(target.mean().item())
         metrics["ipo/residual"].append(residual.mean().item())
         metrics["ipo/sq_error"].append((residual**2).mean().item())
+        if weights is not None:  # use_weighting: the IPO term is the weighted mean, sq_error the unweighted one
+            metrics["ipo/wpo_weight"].append(gather(weights.detach()).float().mean().item())
         q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
         self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
 
