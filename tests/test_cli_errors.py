@@ -108,22 +108,26 @@ def test_output_folder_that_cannot_be_written(tiny_dir, tmp_path, capsys):
     assert f"--output_dir '{blocker / 'out'}' cannot be written" in line
 
 
-def test_resume_from_checkpoint_true_means_the_latest_checkpoint(tiny_dir, tmp_path, capsys):
+def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     out = tmp_path / "out"
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
-    assert f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir '{out}'" in line
+    assert f"--resume_from_checkpoint true: resume_from_checkpoint=True: no complete checkpoint in {out}" in line
+
+    (out / "checkpoint-4").mkdir(parents=True)  # a folder a crash left without its files
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "True"))
+    assert f"no complete checkpoint in {out} (1 incomplete)" in line
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", out / "checkpoint-4"))
+    assert f"--resume_from_checkpoint '{out / 'checkpoint-4'}': Checkpoint {out / 'checkpoint-4'} is incomplete" in line
 
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", tmp_path / "checkpoint-9"))
     assert f"--resume_from_checkpoint '{tmp_path / 'checkpoint-9'}': checkpoint folder not found" in line
 
-    for step in (2, 10, 4):
-        (out / f"checkpoint-{step}").mkdir(parents=True)
     base = ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(out), *CPU]
-    for flag, expected in (("true", str(out / "checkpoint-10")), ("True", str(out / "checkpoint-10")), ("false", None)):
+    for flag in ("false", "False"):  # not a folder named "false"
         args = train_cmd.parse_args([*base, "--resume_from_checkpoint", flag])
         train_cmd.prepare(*args)
-        assert args[1].resume_from_checkpoint == expected, flag
+        assert args[1].resume_from_checkpoint is None, flag
 
 
 # --------------------------------------------------------------------------------------------------------- secrets

@@ -234,31 +234,25 @@ def check_output_dir(training_args) -> None:
 
 
 def resolve_resume(training_args) -> None:
-    """``--resume_from_checkpoint true`` means the latest checkpoint in ``output_dir`` (as ``Trainer.train(True)``).
+    """``--resume_from_checkpoint true`` means the newest complete checkpoint in ``output_dir``, not a folder named
+    "true"; ``false``/``none`` means no resume; any other value is a checkpoint folder.
 
-    ``false``/``none`` means no resume; any other value must be a checkpoint folder. Resolved to a path here, so a
-    missing checkpoint is reported before training, naming the folder.
+    The flag is normalised to ``True``, ``None`` or a path (``IPOTrainer.train`` resolves it, see
+    :mod:`trl_ipo.checkpoints`), and checked here so that nothing to resume from is reported before training,
+    naming the folder.
     """
-    value = training_args.resume_from_checkpoint
-    if value is None or isinstance(value, bool) and not value:
-        training_args.resume_from_checkpoint = None
-        return
-    lowered = value.strip().lower() if isinstance(value, str) else value
-    if lowered in ("false", "no", "none", "0", ""):
-        training_args.resume_from_checkpoint = None
-    elif value is True or lowered in ("true", "yes", "1"):
-        from transformers.trainer_utils import get_last_checkpoint
+    from .. import checkpoints
 
-        folder = training_args.output_dir
-        latest = get_last_checkpoint(folder) if os.path.isdir(folder) else None
-        if latest is None:
-            raise InputError(
-                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to "
-                "resume from"
-            )
-        training_args.resume_from_checkpoint = latest
-    elif not os.path.isdir(os.path.expanduser(value)):
+    value = checkpoints.parse_resume_flag(training_args.resume_from_checkpoint)
+    training_args.resume_from_checkpoint = value
+    if value is None:
+        return
+    if value is not True and not os.path.isdir(os.path.expanduser(value)):
         raise InputError(f"--resume_from_checkpoint {value!r}: checkpoint folder not found")
+    try:
+        checkpoints.resolve_resume(value, training_args.output_dir, training_args.allow_resume_without_optimizer)
+    except ValueError as err:
+        raise InputError(f"--resume_from_checkpoint {'true' if value is True else repr(value)}: {err}") from None
 
 
 def load_datasets(script_args, training_args, dataset_args):
