@@ -112,19 +112,19 @@ def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_pa
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     out = tmp_path / "out"
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
-    assert f"--resume_from_checkpoint true: resume_from_checkpoint=True: no complete checkpoint in {out}" in line
-
-    (out / "checkpoint-4").mkdir(parents=True)  # a folder a crash left without its files
-    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "True"))
-    assert f"no complete checkpoint in {out} (1 incomplete)" in line
-    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", out / "checkpoint-4"))
-    assert f"--resume_from_checkpoint '{out / 'checkpoint-4'}': Checkpoint {out / 'checkpoint-4'} is incomplete" in line
+    assert f"--resume_from_checkpoint true: there is no complete checkpoint-* folder in --output_dir '{out}'" in line
 
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", tmp_path / "checkpoint-9"))
     assert f"--resume_from_checkpoint '{tmp_path / 'checkpoint-9'}': checkpoint folder not found" in line
 
+    for step in (2, 10, 4):  # folders without a trainer state: interrupted saves, none to resume from
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
+    assert line.endswith("to resume from (3 incomplete)") and "--output_dir" in line
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", out / "checkpoint-4"))
+    assert f"--resume_from_checkpoint '{out / 'checkpoint-4'}': Checkpoint {out / 'checkpoint-4'} is incomplete" in line
     base = ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(out), *CPU]
-    for flag in ("false", "False"):  # not a folder named "false"
+    for flag in ("false", "False", "none"):  # not a folder named "false"
         args = train_cmd.parse_args([*base, "--resume_from_checkpoint", flag])
         train_cmd.prepare(*args)
         assert args[1].resume_from_checkpoint is None, flag
@@ -146,11 +146,13 @@ def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------------------------- dispatcher, compare
 def test_dispatcher_errors_are_one_line(capsys):
+    from trl_ipo.cli import SUBCOMMANDS
+
     assert trl_ipo_main([]) == 2
     assert capsys.readouterr().err == (
-        "trl-ipo: error: no command given; choose one of train, compare, demo, bandit, plot, example "
-        "(`trl-ipo --help` describes them)\n"
+        f"trl-ipo: error: no command given; choose one of {', '.join(SUBCOMMANDS)} (`trl-ipo --help` describes them)\n"
     )
+    assert "train, compare" in ", ".join(SUBCOMMANDS)
     assert trl_ipo_main(["trian"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown command 'trian' (did you mean train?)" in err

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
+from .dpo_fields import BF16_HELP, apply_field_decisions
 from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
@@ -41,7 +42,8 @@ class IPOLossArguments:
     logp_reduction: str = field(
         default="mean",
         metadata={
-            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
+            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention; the default of "
+            "`trl-ipo train` and `trl-ipo compare`) or 'sum'. The same β sets a different target under each.",
             "choices": list(LOGP_REDUCTIONS),
         },
     )
@@ -82,6 +84,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
             "`loss_weights`). Other DPO loss types belong to trl's DPOTrainer."
         },
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     preference_column: str | None = field(
         default=None,
         metadata={
@@ -98,7 +101,17 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={
+            "help": "Lay each pair out as one sequence [prompt, chosen, rejected]: the prompt is computed once for "
+            "the policy and the reference, the rejected branch never sees the chosen one (docs/performance.md). "
+            "Combines with `padding_free`, which IPOTrainer honours (rows packed without padding)."
+        },
+    )
+
     def __post_init__(self):
+        self._validate_packing_fields()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         check_ipo_config_values(self)
@@ -106,8 +119,14 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
         super().__post_init__()
         check_launch(self)
+
+    def _validate_packing_fields(self) -> None:
+        for name in ("prefix_sharing", "padding_free"):
+            if isinstance(getattr(self, name), str):  # from YAML/CLI strings
+                setattr(self, name, parse_bool(f"IPOConfig.{name}", getattr(self, name)))
 
 
 def parse_bool(name: str, value: str) -> bool:

@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str], parser=None):
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
         message = one_line(err)
-        if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
+        if "bf16" in message and "bf16 false" not in message:  # transformers' own bf16 error: say what to pass
             message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
         raise InputError(message) from None
     if leftover:
@@ -237,17 +237,29 @@ def resolve_resume(training_args) -> None:
     """``--resume_from_checkpoint true`` means the newest complete checkpoint in ``output_dir``, not a folder named
     "true"; ``false``/``none`` means no resume; any other value is a checkpoint folder.
 
-    The flag is normalised to ``True``, ``None`` or a path (``IPOTrainer.train`` resolves it, see
-    :mod:`trl_ipo.checkpoints`), and checked here so that nothing to resume from is reported before training,
-    naming the folder.
+    The flag is normalised to ``True``, ``None`` or a path (``IPOTrainer.train`` resolves ``True`` and warns about
+    incomplete checkpoints, see :mod:`trl_ipo.checkpoints`), and checked here, so that nothing to resume from is
+    reported before training, naming the folder.
     """
     from .. import checkpoints
 
-    value = checkpoints.parse_resume_flag(training_args.resume_from_checkpoint)
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None
+    value = checkpoints.parse_resume_flag(value)
     training_args.resume_from_checkpoint = value
     if value is None:
         return
-    if value is not True and not os.path.isdir(os.path.expanduser(value)):
+    if value is True:
+        folder = training_args.output_dir
+        newest, skipped = checkpoints.newest_complete_checkpoint(folder) if os.path.isdir(folder) else (None, [])
+        if newest is None:
+            found = f" ({len(skipped)} incomplete)" if skipped else ""
+            raise InputError(
+                f"--resume_from_checkpoint true: there is no complete checkpoint-* folder in --output_dir {folder!r} "
+                f"to resume from{found}"
+            )
+    elif not os.path.isdir(os.path.expanduser(value)):
         raise InputError(f"--resume_from_checkpoint {value!r}: checkpoint folder not found")
     try:
         checkpoints.resolve_resume(value, training_args.output_dir, training_args.allow_resume_without_optimizer)
