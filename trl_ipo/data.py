@@ -32,7 +32,7 @@ __all__ = [
 
 
 def check_preference_value(value: Any, where: str) -> float:
-    """Return ``value`` as a float in [0, 1] or raise a ValueError naming ``where`` (column and row) and the value."""
+    """Return ``value`` as a float in [0, 1] or raise an InputError naming ``where`` (column and row) and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(
             f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}."
@@ -242,18 +242,18 @@ def preference_from_votes(wins, losses) -> torch.Tensor:
     wins = torch.as_tensor(wins, dtype=torch.float64)
     losses = torch.as_tensor(losses, dtype=torch.float64)
     if (wins < 0).any() or (losses < 0).any():
-        raise ValueError("Vote counts must be non-negative.")
+        raise InputError("Vote counts must be non-negative.")
     total = wins + losses
     if (total == 0).any():
         row = int(torch.nonzero(total == 0)[0])
-        raise ValueError(f"Row {row} has no votes (wins + losses = 0), so its preference is undefined.")
+        raise InputError(f"Row {row} has no votes (wins + losses = 0), so its preference is undefined.")
     return wins / total
 
 
 def preference_from_scores(chosen_scores, rejected_scores, temperature: float = 1.0) -> torch.Tensor:
     """Bradley–Terry: q = σ((s_chosen − s_rejected) / T)."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise InputError(f"temperature must be > 0, got {temperature!r}")
     chosen_scores = torch.as_tensor(chosen_scores, dtype=torch.float64)
     rejected_scores = torch.as_tensor(rejected_scores, dtype=torch.float64)
     return torch.sigmoid((chosen_scores - rejected_scores) / temperature)
@@ -262,7 +262,7 @@ def preference_from_scores(chosen_scores, rejected_scores, temperature: float = 
 def _require_columns(dataset, columns):
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"Columns {missing} are not in the dataset; its columns are {sorted(dataset.column_names)}.")
+        raise InputError(f"Columns {missing} are not in the dataset; its columns are {sorted(dataset.column_names)}.")
 
 
 def add_preference_from_votes(dataset, wins_column: str, losses_column: str, output_column: str = "preference"):
@@ -302,7 +302,7 @@ class PreferenceCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
         if examples and self.column not in examples[0]:
-            raise ValueError(
+            raise InputError(
                 f"preference_column={self.column!r} is missing from the batch; example keys are {sorted(examples[0])}."
             )
         values = [
