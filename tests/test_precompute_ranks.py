@@ -176,7 +176,7 @@ def test_in_memory_dataset_fails_on_two_ranks_in_stock_trl_for_the_reason_we_fix
 def test_fsdp_on_cpu_ranks_is_refused_instead_of_training_unsharded(monkeypatch):
     """accelerate 1.15 never selects FSDP on CPU ranks (docs/distributed.md), so a launched CPU run asking for it
     stops with a clear error rather than training every rank as unsharded DDP."""
-    import trl_ipo.distributed as distributed
+    import trl_ipo.launch as distributed
 
     monkeypatch.setattr(distributed, "has_accelerator_device", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
-from .distributed import check_launch, prepare_launch
+from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")
@@ -142,3 +142,14 @@ def config_values(args, target_cls, skip=()) -> dict:
         for f in dataclasses.fields(args)
         if f.init and f.name not in skip and f.name in fields and fields[f.name].init
     }
+
+
+def ipo_setting_names(loss_weights: bool = True) -> tuple[str, ...]:
+    """Names of the settings that define an IPO run's objective, in the order model cards and run configs list them.
+
+    β, then the fields of :class:`IPOLossArguments` (the loss form, the target, the log-prob reduction), then
+    :class:`IPOConfig`'s source of q (``preference_column``), its loss terms (``loss_type``) and, unless
+    ``loss_weights=False``, their weights.
+    """
+    names = ("beta", *(f.name for f in fields(IPOLossArguments)), "preference_column", "loss_type")
+    return (*names, "loss_weights") if loss_weights else names

@@ -1,18 +1,18 @@
 """The IPO objective as pure tensor math (no trainer state).
 
-Notation (seed note §3, Azar et al. 2023 §5):
+Notation (Azar et al. 2023 §5; derivation in docs/theory.md):
 
 * log-ratio of a completion y:  ρ(y) = log π_θ(y|x) − log π_ref(y|x), summed over completion tokens or
   averaged per token (``logp_reduction``);
-* margin:  Δ = ρ(y_chosen) − ρ(y_rejected)  (the seed's h_θ divided by β, eq. 5);
+* margin:  Δ = ρ(y_chosen) − ρ(y_rejected)  (Azar et al.'s h_π; β·Δ is DPO's reward margin, Rafailov et al. 2023 eq. 5);
 * q ∈ [0, 1]: probability that the chosen completion is preferred (q = 1 for a hard label, q = ½ for a tie).
 
 Regression target. Without augmentation the pair is regressed in its given order toward the (soft) label,
-seed eq. 10–11 / paper eq. 16::
+Azar et al. eq. 16::
 
     t = q                                  (symmetric=False)
 
-With the symmetric augmentation of seed eq. 11→12 every pair (y₁, y₂, q) also counts swapped as
+With the symmetric augmentation (docs/theory.md §2) every pair (y₁, y₂, q) also counts swapped as
 (y₂, y₁, 1 − q). Its loss is (−Δ − (1 − q)/β)², and
 
     (Δ − q/β)² + (Δ + (1 − q)/β)² = 2 (Δ − (q − ½)/β)² + 1/(2β²),
@@ -26,7 +26,7 @@ which needs no extra forward pass. A tie (q = ½) then has target 0: the pair is
 Loss forms (same minimiser, the scaled one is exactly β² times the paper one)::
 
     paper:   (Δ − t/β)²        Azar et al. eq. 17 with τ = β
-    scaled:  (β·Δ − t)²        seed eq. 12, regressing h_θ = β·Δ
+    scaled:  (β·Δ − t)²        regressing the reward margin β·Δ onto t
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from .distributed import fill_zero3_auto_sizes
 from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
 from .ref_cache import precompute_ref_logps
+from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -267,6 +268,12 @@ class IPOTrainer(DPOTrainer):
         if not records:
             return {}
         return {key: torch.cat([r[key] for r in records]) for key in records[0]}
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Trainer's save, plus the JSON record of the arguments that tools read instead of the pickled
+        ``training_args.bin`` (:mod:`trl_ipo.run_args`)."""
+        super()._save(output_dir, state_dict)
+        save_args_record(self, output_dir)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card (naming IPO and citing Azar et al. 2023) plus the IPO settings section."""
