@@ -137,3 +137,8 @@ def test_modifier_functions_against_hand_formulas():
     weights = wpo_pair_weights(logps, log_sum_sq, mask)
     per_seq = [math.exp(sum(v + 0.5 for v in values[r, 1 : 1 + n].tolist()) / n) for r, n in enumerate(lengths)]
     assert weights.tolist() == pytest.approx([per_seq[0] * per_seq[2], per_seq[1] * per_seq[3]], rel=1e-12)
+
+
+def test_unknown_f_divergence_is_refused_before_training(load_model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"f_divergence_type must be one of \['reverse_kl', .*got 'hellinger'"):
+        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path, f_divergence_type="hellinger")

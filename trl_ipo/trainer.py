@@ -24,7 +24,14 @@ from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, validate_preference_column
 from .distributed import fill_zero3_auto_sizes
-from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
+from .losses import (
+    F_DIVERGENCES,
+    f_divergence_scores,
+    ipo_regression,
+    reduce_logps,
+    sequence_logps,
+    wpo_pair_weights,
+)
 from .model_card import IPO_PAPER, complete_model_card
 from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
@@ -54,6 +61,8 @@ class IPOTrainer(DPOTrainer):
         self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
     ):
         args = _as_ipo_config(args, model)
+        if args.f_divergence_type not in F_DIVERGENCES:  # TRL would only fail at the first loss computation
+            raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {args.f_divergence_type!r}.")
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
