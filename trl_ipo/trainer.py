@@ -111,7 +111,7 @@ class IPOTrainer(DPOTrainer):
         return super().compute_ref_log_probs(model, inputs)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
-    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
 
         ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
@@ -124,7 +124,7 @@ class IPOTrainer(DPOTrainer):
         self.resumed_from = resume_from_checkpoint
         if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
             self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def _resolve_resume(self, value):
         decision = [None]
