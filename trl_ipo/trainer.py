@@ -384,6 +384,7 @@ class IPOTrainer(DPOTrainer):
         """The metrics stock DPOTrainer logs, with the same keys and definitions."""
         gather, gather_m = self.accelerator.gather, self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
+        seq_len = shift_mask.size(1)
         mask = shift_mask.bool()
         chosen_mask, rejected_mask = mask.chunk(2, dim=0)
 
