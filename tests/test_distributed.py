@@ -14,7 +14,6 @@ Every job uses the same global batch (4 pairs), seed and data, and one epoch of 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -316,6 +315,8 @@ def test_resolve_config_by_short_name_file_name_and_path(tmp_path):
     own = tmp_path / "zero3"  # an existing file wins over the short name
     own.write_text("{}")
     assert resolve_config(own) == str(own.resolve())
+    inline = '{"zero_optimization": {"stage": 3}}'  # an inline config passes through unchanged
+    assert resolve_config(inline) is inline
     with pytest.raises(FileNotFoundError, match="zero3, zero3_offload"):
         resolve_config("zero2")
     with pytest.raises(ValueError, match="kind"):
@@ -355,7 +356,7 @@ def test_packaged_accelerate_configs_load_as_deepspeed_zero3():
 
 
 def test_check_launch_stops_a_run_that_would_train_each_rank_alone(monkeypatch):
-    from trl_ipo.distributed import check_launch
+    from trl_ipo.launch import check_launch
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
@@ -365,30 +366,31 @@ def test_check_launch_stops_a_run_that_would_train_each_rank_alone(monkeypatch):
 
 
 def test_prepare_launch_stops_runs_that_would_not_distribute(monkeypatch):
-    import trl_ipo.distributed as distributed
+    import trl_ipo.launch as launch
+    from trl_ipo.distributed import resolve_config
 
-    monkeypatch.setattr(distributed, "has_accelerator_device", lambda: False)
+    monkeypatch.setattr(launch, "has_accelerator_device", lambda: False)
     for var in ("WORLD_SIZE", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     args = SimpleNamespace(deepspeed="zero3", use_cpu=True, ddp_backend=None, ddp_timeout=60)
     with pytest.raises(RuntimeError, match="needs a launcher"):
-        distributed.prepare_launch(args)
-    assert args.deepspeed == distributed.resolve_config("zero3")  # the short name was resolved first
+        launch.prepare_launch(args)
+    assert args.deepspeed == resolve_config("zero3")  # the short name was resolved first
     inline = SimpleNamespace(
         deepspeed='{"zero_optimization": {"stage": 3}}', use_cpu=True, ddp_backend=None, ddp_timeout=60
     )
     with pytest.raises(RuntimeError, match="needs a launcher"):
-        distributed.prepare_launch(inline)
+        launch.prepare_launch(inline)
     assert inline.deepspeed == {"zero_optimization": {"stage": 3}}  # inline JSON is a config, not a name
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # `srun -n 4 python train.py`: four lone trainings
     with pytest.raises(RuntimeError, match="srun started 4 tasks"):
-        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=True, ddp_backend=None, ddp_timeout=60))
+        launch.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=True, ddp_backend=None, ddp_timeout=60))
     monkeypatch.setenv("WORLD_SIZE", "2")  # the same tasks under a launcher are fine (as far as srun is concerned)
     with pytest.raises(ValueError, match="ddp_backend='nccl'"):
-        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend="nccl", ddp_timeout=60))
+        launch.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend="nccl", ddp_timeout=60))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # accelerate launch with a DeepSpeed YAML, no --deepspeed
     with pytest.raises(RuntimeError, match="would not be sharded"):
-        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
+        launch.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
 
 
 def test_launch_script_builds_the_deepspeed_command(tmp_path):

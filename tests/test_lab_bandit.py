@@ -30,8 +30,12 @@ F64 = torch.float64
 @pytest.fixture(scope="module")
 def paper_run():
     """The paper's Figure 1 setting in full: D1, uniform reference, 5 τ, 10 seeds, Adam 0.01, batch 9, 18k steps."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return run_bandit(record_every=1000)
+    try:
+        return run_bandit(record_every=1000)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_paper_setting_ipo_matches_closed_form_and_dpo_goes_deterministic(paper_run):
@@ -96,19 +100,50 @@ def test_student_t_quantiles():
     assert torch.isnan(summarise(one_seed)["ipo"]["ci95"]).all()
 
 
+def _autograd_runs(pairs, reference, taus, seeds, methods, preference, symmetric, steps, batch_size, lr):
+    """Final policies (M, S, T, K), one run at a time: autograd through trl_ipo.losses.ipo_loss (IPO) or the DPO
+    cross-entropy written out, stepped by torch.optim.Adam; the batches drawn as the bandit documents them."""
+    pairs = torch.tensor(pairs)
+    log_ref = torch.log(reference)
+    q_all = None if preference is None else torch.tensor(preference, dtype=F64)
+    final = torch.zeros(len(methods), len(seeds), len(taus), len(reference), dtype=F64)
+    for s, seed in enumerate(seeds):
+        batches = torch.randint(len(pairs), (steps, batch_size), generator=torch.Generator().manual_seed(seed))
+        for m, method in enumerate(methods):
+            for j, tau in enumerate(taus):
+                logits = log_ref.clone().requires_grad_(True)
+                optimiser = torch.optim.Adam([logits], lr=lr)
+                for batch in batches:
+                    logp = torch.log_softmax(logits, 0)
+                    w, l = pairs[batch, 0], pairs[batch, 1]
+                    q = None if q_all is None else q_all[batch]
+                    if method == "ipo":
+                        chosen, rejected = logp[w] - log_ref[w], logp[l] - log_ref[l]
+                        loss = ipo_loss(chosen, rejected, tau, q, symmetric=symmetric).mean()
+                    else:
+                        sig = torch.sigmoid(tau * (logp[w] - logp[l] - log_ref[w] + log_ref[l]))
+                        q = torch.ones_like(sig) if q is None else q
+                        loss = -(q * torch.log(sig) + (1 - q) * torch.log(1 - sig)).mean()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                final[m, s, j] = torch.softmax(logits.detach(), 0)
+    return final
+
+
 @pytest.mark.parametrize("preference, symmetric", [(None, True), ([0.9, 0.6, 0.8], True), ([0.9, 0.6, 0.8], False)])
-def test_analytic_engine_equals_autograd_through_ipo_loss(preference, symmetric):
-    """The fast loop is the same computation as autograd through trl_ipo.losses.ipo_loss (and −log σ for DPO)
-    stepped by torch.optim.Adam, to rounding, over 300 steps for several τ and seeds at once."""
-    kwargs = dict(
-        pairs=D1, reference=torch.tensor([0.5, 0.3, 0.2], dtype=F64), taus=(0.1, 1.0, 10.0), seeds=(0, 1),
-        preference=preference, symmetric=symmetric, steps=150, record_every=50,
+def test_written_out_gradients_equal_autograd_through_ipo_loss(preference, symmetric):
+    """The batched loop with written-out gradients is, to rounding, one autograd run per (method, seed, τ) through
+    trl_ipo.losses.ipo_loss (and the DPO cross-entropy) stepped by torch.optim.Adam, over 150 steps."""
+    reference = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+    taus, seeds, steps = (0.1, 1.0, 10.0), (0, 1), 150
+    recorded, curves = train_softmax_bandit(
+        D1, reference, taus, seeds, preference=preference, symmetric=symmetric, steps=steps, record_every=50
     )
-    steps_a, fast = train_softmax_bandit(engine="analytic", **kwargs)
-    steps_b, slow = train_softmax_bandit(engine="autograd", **kwargs)
-    assert steps_a.tolist() == steps_b.tolist() == [0, 50, 100, 150]
-    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    assert (fast[-1] - fast[0]).abs().max() > 0.05  # the runs moved
+    assert recorded.tolist() == [0, 50, 100, 150]
+    expected = _autograd_runs(D1, reference, taus, seeds, ("ipo", "dpo"), preference, symmetric, steps, 9, 0.01)
+    torch.testing.assert_close(curves[-1], expected, rtol=0, atol=1e-10)
+    assert (curves[-1] - curves[0]).abs().max() > 0.05  # the runs moved
 
 
 def test_bandit_losses_equal_the_written_formulas():

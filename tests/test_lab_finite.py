@@ -12,8 +12,8 @@ from trl_ipo.lab.finite import (
     connected_components,
     ipo_closed_form,
     ipo_logratios,
-    population_loss_eq9,
-    population_loss_eq10,
+    population_loss_score_difference,
+    population_loss_pairwise,
     population_optimum,
     sampled_ipo_loss,
 )
@@ -138,7 +138,7 @@ def test_connected_components_ignore_zero_weight_pairs():
 
 
 def _random_preference_matrix(rng, k):
-    """A random P satisfying seed eq. 8a–8c: entries in [0, 1], P[i, i] = ½, P + Pᵀ = 1."""
+    """A random preference matrix: entries in [0, 1], P[i, i] = ½, P + Pᵀ = 1."""
     upper = rng.uniform(0, 1, size=(k, k))
     p = np.triu(upper, 1)
     p = p + np.tril(1 - p.T, -1)
@@ -163,9 +163,9 @@ def _minimise(objective, k):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_seed_eq9_and_eq10_have_the_same_minimiser(seed):
-    """Must-hold 2: for a random P (eq. 8a–8c) and a random μ, minimising eq. 9 and eq. 10 numerically gives the
-    same policy (1e-4), and it is π* ∝ π_ref·exp(p(y ≻ μ)/β)."""
+def test_score_difference_and_pairwise_regressions_have_the_same_minimiser(seed):
+    """For a random preference matrix P and a random μ, minimising the score-difference and the pairwise
+    regressions numerically gives the same policy (1e-4), and it is π* ∝ π_ref·exp(p(y ≻ μ)/β)."""
     rng = np.random.default_rng(seed)
     k, beta = 5, 0.4
     p = _random_preference_matrix(rng, k)
@@ -175,24 +175,24 @@ def test_seed_eq9_and_eq10_have_the_same_minimiser(seed):
     log_ref = torch.log(reference)
 
     # the policy's log-ratio u = log π − log π_ref; minimising over logits θ with π = softmax(θ)
-    pi9 = _minimise(lambda logp: population_loss_eq9(logp - log_ref, p, mu, beta), k)
-    pi10 = _minimise(lambda logp: population_loss_eq10(logp - log_ref, p, mu, beta), k)
-    assert (pi9 - pi10).abs().max() < 1e-4
+    pi_scores = _minimise(lambda logp: population_loss_score_difference(logp - log_ref, p, mu, beta), k)
+    pi_pairs = _minimise(lambda logp: population_loss_pairwise(logp - log_ref, p, mu, beta), k)
+    assert (pi_scores - pi_pairs).abs().max() < 1e-4
     # independent closed form, written out here: s = P μ, π ∝ π_ref exp(s/β)
     expected = reference.numpy() * np.exp(p @ mu / beta)
     expected /= expected.sum()
-    np.testing.assert_allclose(pi9.numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(pi_scores.numpy(), expected, atol=1e-4)
     np.testing.assert_allclose(population_optimum(p, mu, reference, beta).numpy(), expected, atol=1e-12)
 
 
-def test_seed_lemma_eq9_minus_eq10_is_constant():
-    """Seed Lemma 3.1: eq. 9 and eq. 10 differ by a constant independent of the policy."""
+def test_score_difference_minus_pairwise_regression_is_constant():
+    """The two population regressions differ by a constant independent of the policy (docs/theory.md)."""
     rng = np.random.default_rng(3)
     k = 4
     p = _random_preference_matrix(rng, k)
     mu = rng.dirichlet(np.ones(k))
     u = torch.randn(16, k, dtype=F64, generator=torch.Generator().manual_seed(0)) * 3
-    gap = population_loss_eq9(u, p, mu, 0.8) - population_loss_eq10(u, p, mu, 0.8)
+    gap = population_loss_score_difference(u, p, mu, 0.8) - population_loss_pairwise(u, p, mu, 0.8)
     assert float(gap.max() - gap.min()) < 1e-12
     assert float(gap.abs().max()) > 1e-3  # the objectives themselves differ
 
@@ -202,7 +202,7 @@ def test_seed_lemma_eq9_minus_eq10_is_constant():
     [
         ([[0.5, 1.2], [-0.2, 0.5]], "not a probability"),
         ([[0.4, 0.6], [0.4, 0.6]], "P\\[0, 0\\]"),
-        ([[0.5, 0.7], [0.7, 0.5]], "seed eq. 8c"),
+        ([[0.5, 0.7], [0.7, 0.5]], "must be 1"),
         ([[0.5, 0.5, 0.5]], "square"),
     ],
 )

@@ -6,7 +6,7 @@ trainer's margin is the difference of sequence log-ratios, so full-batch trainin
 whose minimiser is u* = L⁺ b (:func:`trl_ipo.lab.finite.ipo_closed_form`); the model's probabilities of the K
 complete responses, renormalised over the K, must then equal π* ∝ π̃_ref · exp(u*), where π̃_ref is the
 reference model's renormalised probabilities of the same K sequences. TRL's DPO on the same data has no finite
-optimum (σ(βΔ) → 1 needs Δ → ∞, seed note §2.3) and drives the top response towards probability 1.
+optimum (σ(βΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO") and drives the top response towards probability 1.
 """
 
 import copy
@@ -21,7 +21,7 @@ from conftest import cpu_args
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.lab.bandit import D1
 from trl_ipo.lab.finite import ipo_closed_form
-from trl_ipo.lab.single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
+from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo.lab.tiny import build_model
 
 WORDS = ("a", "b", "c")

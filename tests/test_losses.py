@@ -1,4 +1,4 @@
-"""trl_ipo.losses against hand-written formulas and the algebra of the seed note (eq. 10–12)."""
+"""trl_ipo.losses against hand-written formulas and the algebra of Azar et al. 2023 eq. 16–17 (docs/theory.md)."""
 
 import pytest
 import torch
@@ -28,7 +28,7 @@ def test_scaled_form_is_beta_squared_times_paper(pairs):
             paper = ipo_loss(chosen, rejected, beta, q, symmetric=sym, loss_form="paper")
             scaled = ipo_loss(chosen, rejected, beta, q, symmetric=sym, loss_form="scaled")
             torch.testing.assert_close(scaled, beta**2 * paper, rtol=1e-12, atol=0)
-            # scaled regresses h = beta * delta toward t (seed eq. 12)
+            # scaled regresses the reward margin h = beta * delta toward t
             h = beta * (chosen - rejected)
             t = q - 0.5 if sym else q
             torch.testing.assert_close(scaled, (h - t) ** 2, rtol=1e-12, atol=0)

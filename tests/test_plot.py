@@ -144,3 +144,65 @@ def test_plot_cli_and_run_folder_forms(tmp_path, capsys):
         plot([run], tmp_path / "y", labels=["a", "b"])
     with pytest.raises(ValueError, match="Unknown panel"):
         plot([run], tmp_path / "y", panels=["margins"])
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that, when loaded, writes a marker file (as a hostile ``training_args.bin`` could)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_plot_never_unpickles_training_args_bin(tmp_path, capsys):
+    import torch
+
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2, eval_every=2))
+    marker = tmp_path / "code-ran"
+    torch.save(_RunsCodeWhenUnpickled(marker), run / "training_args.bin")
+
+    result = plot([run], tmp_path / "png", panels=["logratios"])
+    assert cli_main(["plot", str(run), "--out", str(tmp_path / "png2")]) == 0
+    capsys.readouterr()
+    assert not marker.exists()  # the pickle was never loaded
+    # β unknown (no JSON record): the panel draws the rewards β·ρ themselves, not ρ
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    assert result.series[("logratios.png", "train", "run", "chosen")][1] == _expected(history, "rewards/chosen")[1]
+
+    # β comes from the JSON record only; a malformed record means "unknown", never an error or a guess
+    for record, expected_scale in (({"beta": 0.2}, 1 / 0.2), ({"beta": "0.2"}, 1.0), ({"beta": float("inf")}, 1.0)):
+        (run / "training_args.json").write_text(json.dumps(record))
+        result = plot([run], tmp_path / "png3", panels=["logratios"])
+        drawn = result.series[("logratios.png", "train", "run", "chosen")][1]
+        assert drawn == pytest.approx([r * expected_scale for r in _expected(history, "rewards/chosen")[1]])
+    (run / "training_args.json").write_text("{not json")
+    result = plot([run], tmp_path / "png4", panels=["logratios"])
+    assert result.series[("logratios.png", "train", "run", "chosen")][1] == _expected(history, "rewards/chosen")[1]
+
+
+def test_trainer_writes_a_json_args_record_without_secrets(tmp_path, load_model, tokenizer):
+    from datasets import Dataset
+
+    from conftest import cpu_args, make_pairs
+    from trl_ipo import IPOConfig, IPOTrainer
+    from trl_ipo.run_args import read_args_record, recorded_beta
+
+    args = IPOConfig(**cpu_args(tmp_path / "out", max_steps=2, save_strategy="steps", save_steps=2, beta=0.3))
+    args.hub_token = "hf_secret_value_123"
+    trainer = IPOTrainer(
+        model=load_model(), args=args, train_dataset=Dataset.from_list(make_pairs(8)), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model()
+    for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-2"):
+        text = (folder / "training_args.json").read_text()
+        assert "hf_secret_value_123" not in text
+        record = read_args_record(folder)
+        assert record["beta"] == 0.3 and record["loss_form"] == "paper" and record["hub_token"] != args.hub_token
+        assert recorded_beta(folder) == 0.3
+    result = plot([tmp_path / "out"], tmp_path / "png", panels=["logratios"])
+    history = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    drawn = result.series[("logratios.png", "train", "out", "chosen")][1]
+    assert drawn == pytest.approx([r / 0.3 for r in _expected(history, "rewards/chosen")[1]])

@@ -4,7 +4,7 @@ IPO regresses, per pair, the log-ratio margin
 
     Δ = ρ(y_w) − ρ(y_l),   ρ(y) = log π_θ(y|x) − log π_ref(y|x)   (per-token mean or sum, ``logp_reduction``)
 
-onto the target t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 17; seed note eq. 10–12). The averages
+onto the target t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 16–17; docs/theory.md). The averages
 (``ipo/delta``, ``ipo/target``, ``ipo/residual``) hide how the pairs spread around the target, so
 :class:`IPOMarginCallback` adds, on the main process only:
 
@@ -23,19 +23,19 @@ forward) and also adds the scalar ``ipo/*`` means to the logs, so DPO and IPO ru
 
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 
 import torch
 from transformers import TrainerCallback
 
+from .config import ipo_setting_names
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS, ipo_regression, reduce_logps
 
 logger = logging.getLogger(__name__)
 
 WANDB_INSTALL_HINT = "pip install trl_ipo[wandb]"
-IPO_SETTINGS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type")
+IPO_SETTINGS = ipo_setting_names(loss_weights=False)
 _MARGINS_KEY = "rewards/margins"  # logged by IPOTrainer and DPOTrainer alike; locates the metric prefix of a log
 
 
@@ -56,12 +56,13 @@ def require_wandb(args=None):
     if args is not None and not wandb_requested(args):
         return None
     try:
-        return importlib.import_module("wandb")
+        import wandb
     except ImportError as err:
         raise ImportError(
             "report_to includes 'wandb' but the wandb package is not installed. Install the extra with "
             f"`{WANDB_INSTALL_HINT}` (or drop 'wandb' from report_to)."
         ) from err
+    return wandb
 
 
 def attach_margin_callback(trainer) -> None:
@@ -144,7 +145,7 @@ class DPOMarginRecorder:
         records, self.pending[mode] = self.pending[mode], []
         for number, record in enumerate(records):
             record["batch"] = torch.full_like(record["delta"], number, dtype=torch.long)
-        return _concat(records)
+        return concat_pair_records(records)
 
     def _recording_compute_loss(self, model, inputs, return_outputs=False):
         captured: list[torch.Tensor] = []
@@ -193,7 +194,12 @@ class DPOMarginRecorder:
         self.pending[mode].append({"delta": delta, "target": target, "preference": torch.ones_like(delta)})
 
 
-def _concat(records: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def concat_pair_records(records: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-pair records (one dict of equal-length tensors per batch) as one tensor per key, in batch order.
+
+    ``{}`` when there are none. Used for the pairs a stock DPOTrainer's recorder caught and, through
+    ``IPOTrainer.last_logged_pairs``, for the pairs an IPOTrainer kept since its previous log.
+    """
     if not records:
         return {}
     return {key: torch.cat([r[key] for r in records]) for key in records[0]}
@@ -302,7 +308,7 @@ class IPOMarginCallback(TrainerCallback):
         run = self._wandb_run(state)
         if run is None:
             return
-        wandb = importlib.import_module("wandb")
+        import wandb
         payload = {
             **means,
             f"{prefix}ipo/delta_hist": wandb.Histogram(delta.numpy(), num_bins=self.num_bins),
@@ -364,7 +370,7 @@ class IPOMarginCallback(TrainerCallback):
         rows = self.worst_fit_rows(pairs, dataset)
         if rows is None:
             return None
-        wandb = importlib.import_module("wandb")
+        import wandb
         columns = ["index", "prompt", "chosen", "rejected", "delta", "target", "residual", "q"]
         return wandb.Table(columns=columns, data=rows)
 
@@ -408,6 +414,7 @@ def _rewrite(logs: dict) -> dict:
 
 def _optional_wandb():
     try:
-        return importlib.import_module("wandb")
+        import wandb
     except ImportError:
         return None
+    return wandb

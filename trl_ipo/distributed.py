@@ -1,42 +1,23 @@
-"""Launched runs that really distribute, and the packaged DeepSpeed / accelerate configs.
-
-Each job a small function:
+"""DeepSpeed / ZeRO-3 helpers: the packaged configs, the reference's ZeRO-3 sizes, checkpoints, parameter shards.
 
 * :func:`resolve_config` turns a short name (``zero3``, ``zero3_offload``; for accelerate ``zero3``,
-  ``zero3_multinode``) or a path into the path of a config file. The packaged files live in ``trl_ipo/configs``.
-* :func:`prepare_launch` runs inside ``IPOConfig.__post_init__``, before ``TrainingArguments`` sets up devices and
-  long before the ``Accelerator`` exists. On a host without GPUs it brings up the process group itself (gloo) so a
-  launched multi-process run (``deepspeed``, ``torchrun``, ``accelerate launch``, each also under ``srun``)
-  distributes for real:
-
-  - DeepSpeed: accelerate 1.15 picks no backend on a CPU host and records one process while DeepSpeed brings up
-    gloo with all of them, which ends in DeepSpeed's ``train_batch_size`` assertion. Here the shared
-    ``PartialState`` is built first with ``backend="gloo"`` and ``ACCELERATE_USE_DEEPSPEED=true``, and the config
-    is told to use it (``accelerator_config.use_configured_state=True``).
-  - Plain DDP: without ``use_cpu=True`` every rank would silently train alone on all the data. The state is built
-    as multi-CPU (gloo) and ``use_cpu`` is set.
-
-  Both honour ``ddp_timeout`` (seconds) as the collective timeout.
-* :func:`check_launch` runs right after the devices are set up and stops with a clear error when the number of
-  processes the trainer will use differs from the number the launcher started — never a silent undistributed run.
-
+  ``zero3_multinode``), a path, or an inline JSON object into what ``TrainingArguments.deepspeed`` (or
+  ``accelerate launch --config_file``) takes. It is the one place where short names are resolved. The packaged
+  files live in ``trl_ipo/configs``; ``python -m trl_ipo.distributed [--kind accelerate] NAME`` prints a path.
 * :func:`fill_zero3_auto_sizes` (called by ``IPOTrainer`` before TRL prepares the reference) gives the reference the
   same hidden-size-based ZeRO-3 sizes as the policy.
 * :func:`last_complete_checkpoint` finds the newest checkpoint that a dying rank did not interrupt.
 * :func:`parameter_shards` reports how a model's parameters are held on this rank (ZeRO-3 partitions or whole
   tensors); the tests and ``scripts/shard_memory.py`` use it.
+
+Bringing up the process group of a launched run is :mod:`trl_ipo.launch`'s job.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -52,10 +33,6 @@ PACKAGED_CONFIGS: dict[str, dict[str, str]] = {
     },
 }
 
-# Environment variables through which launchers announce the world size (torchrun, deepspeed and accelerate set
-# WORLD_SIZE; MPI launchers set their own).
-_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-_CPU_BACKENDS = (None, "gloo", "mpi", "ccl")
 
 
 # ------------------------------------------------------------------------------------------------------ configs
@@ -69,11 +46,14 @@ def resolve_config(name_or_path: str | os.PathLike, kind: str = "deepspeed") -> 
     """Path of a DeepSpeed JSON or accelerate YAML, given a packaged short name or a file path.
 
     An existing file wins over a short name. ``"zero3"``, ``"zero3.json"`` and the packaged file name all name the
-    packaged config. Anything else raises ``FileNotFoundError`` listing the packaged names.
+    packaged config. An inline JSON object (text starting with ``{``, as ``TrainingArguments.deepspeed`` accepts) is
+    returned unchanged. Anything else raises ``FileNotFoundError`` listing the packaged names.
     """
     table = _table(kind)
     if name_or_path is None or not str(name_or_path).strip():
         raise ValueError(f"resolve_config: expected a {kind} config name or path, got {name_or_path!r}.")
+    if isinstance(name_or_path, str) and name_or_path.lstrip().startswith("{"):
+        return name_or_path
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return str(path.resolve())
@@ -93,183 +73,6 @@ def _table(kind: str) -> dict[str, str]:
     if kind not in PACKAGED_CONFIGS:
         raise ValueError(f"Unknown config kind {kind!r}; expected one of {sorted(PACKAGED_CONFIGS)}.")
     return PACKAGED_CONFIGS[kind]
-
-
-# ------------------------------------------------------------------------------------------------------ launches
-def launched_world_size(environ=None) -> int:
-    """Number of processes the launcher started (1 when not launched)."""
-    environ = os.environ if environ is None else environ
-    for var in _WORLD_SIZE_VARS:
-        value = environ.get(var)
-        if value not in (None, ""):
-            try:
-                return int(value)
-            except ValueError as err:
-                raise ValueError(f"Environment variable {var}={value!r} is not an integer world size.") from err
-    return 1
-
-
-def is_launched(environ=None) -> bool:
-    """Whether this process was started by a distributed launcher."""
-    environ = os.environ if environ is None else environ
-    return launched_world_size(environ) > 1 or environ.get("LOCAL_RANK") not in (None, "")
-
-
-def has_accelerator_device() -> bool:
-    """Whether a device backend that accelerate picks on its own (CUDA, XPU, NPU, MLU, MUSA) is present."""
-    import torch
-    from accelerate.utils import is_mlu_available, is_musa_available, is_npu_available, is_xpu_available
-
-    checks = (torch.cuda.is_available, is_xpu_available, is_npu_available, is_mlu_available, is_musa_available)
-    return any(check() for check in checks)
-
-
-def prepare_launch(args) -> None:
-    """Make the run described by ``args`` (a ``TrainingArguments``) distribute for real. Call before device setup.
-
-    * ``args.deepspeed`` given as a short name is resolved to the packaged file.
-    * GPU hosts, and single processes started without a launcher, are left to accelerate — except DeepSpeed on a
-      host without GPUs, which needs a launcher and says so.
-    * CPU hosts: the process group is brought up here with gloo and ``args.ddp_timeout`` — as a DeepSpeed state when
-      ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``.
-    """
-    if isinstance(args.deepspeed, str) and args.deepspeed.strip().startswith("{"):
-        args.deepspeed = json.loads(args.deepspeed)  # an inline JSON config, as TrainingArguments accepts
-    elif isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
-        args.deepspeed = resolve_config(args.deepspeed, "deepspeed")
-    _refuse_bare_srun()
-    if has_accelerator_device() and not args.use_cpu:
-        return
-    if not is_launched() and not args.deepspeed:
-        return  # one plain process: nothing to distribute
-    if args.ddp_backend not in _CPU_BACKENDS:
-        raise ValueError(
-            f"ddp_backend={args.ddp_backend!r} needs GPUs, but this host has none. On CPU ranks use "
-            "ddp_backend='gloo' (or leave it unset)."
-        )
-    if args.deepspeed:
-        _bring_up_deepspeed_on_cpu(args)
-    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise RuntimeError(
-            "accelerate launch asked for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true) on a host without GPUs, but the "
-            "training arguments carry no DeepSpeed config, so the run would not be sharded. Pass --deepspeed zero3 "
-            "(or a config path) to the training script, or launch with `deepspeed --num_gpus N`."
-        )
-    else:
-        _bring_up_ddp_on_cpu(args)
-
-
-def _refuse_bare_srun(environ=None) -> None:
-    """``srun -n N python train.py`` starts N unrelated trainings: no launcher told them about each other."""
-    environ = os.environ if environ is None else environ
-    tasks = environ.get("SLURM_STEP_NUM_TASKS", "")
-    if tasks.isdigit() and int(tasks) > 1 and not is_launched(environ):
-        raise RuntimeError(
-            f"srun started {tasks} tasks of this script without a distributed launcher, so each would train alone on "
-            "all the data. Start one launcher per node instead: srun --ntasks-per-node=1 "
-            "scripts/launch_multinode.sh --node-rank $SLURM_NODEID ... (see scripts/slurm_ipo.sbatch), or torchrun."
-        )
-
-
-def _bring_up_deepspeed_on_cpu(args) -> None:
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType
-
-    if not is_launched():
-        raise RuntimeError(
-            f"deepspeed={args.deepspeed!r} on a host without GPUs needs a launcher that starts the process group, "
-            "e.g. `deepspeed --num_gpus 1 train.py ...` (or --num_gpus 2 for two CPU ranks), or "
-            "scripts/launch_multinode.sh. Without DeepSpeed, a single process trains as usual."
-        )
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    _skip_shm_kernel_build()
-    state = PartialState._shared_state
-    reuse = bool(state) and state.get("distributed_type") == DistributedType.DEEPSPEED
-    # A new config starts a new Accelerator (as TrainingArguments does when it builds its own state); the process
-    # group is kept when it already is the DeepSpeed one.
-    AcceleratorState._reset_state(reset_partial_state=not reuse)
-    if not reuse:
-        PartialState(backend=args.ddp_backend or "gloo", timeout=timedelta(seconds=args.ddp_timeout))
-    _use_configured_state(args)
-    logger.info("DeepSpeed on CPU ranks: process group brought up with gloo (timeout %ss).", args.ddp_timeout)
-
-
-def _bring_up_ddp_on_cpu(args) -> None:
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType
-
-    if not args.use_cpu:
-        logger.info(
-            "No GPU on this host: the %d launched ranks train as CPU DDP (use_cpu=True).",
-            launched_world_size(),
-        )
-        args.use_cpu = True
-    state = PartialState._shared_state
-    reuse = bool(state) and state.get("distributed_type") == DistributedType.MULTI_CPU
-    AcceleratorState._reset_state(reset_partial_state=not reuse)
-    if not reuse:
-        backend = args.ddp_backend if args.ddp_backend in ("gloo", "mpi", "ccl") else None
-        kwargs = {"backend": backend} if backend else {}
-        PartialState(cpu=True, timeout=timedelta(seconds=args.ddp_timeout), **kwargs)
-    _use_configured_state(args)
-
-
-def _skip_shm_kernel_build() -> None:
-    """Keep DeepSpeed's CPU accelerator from JIT-compiling its shared-memory all-reduce kernel at start-up.
-
-    That kernel serves only ``deepspeed.comm.inference_all_reduce``; ZeRO training talks through gloo. Compiling it
-    takes minutes on a small host, on every fresh machine.
-    """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def _use_configured_state(args) -> None:
-    """Tell ``TrainingArguments`` to keep the state built above instead of building (and resetting) its own."""
-    from transformers.trainer_pt_utils import AcceleratorConfig
-
-    config = args.accelerator_config
-    if config is None:
-        args.accelerator_config = {"use_configured_state": True}
-    elif isinstance(config, dict):
-        args.accelerator_config = {**config, "use_configured_state": True}
-    elif isinstance(config, AcceleratorConfig):
-        config.use_configured_state = True
-    elif isinstance(config, str) and config.strip().startswith("{"):  # inline JSON
-        args.accelerator_config = {**json.loads(config), "use_configured_state": True}
-    else:  # a JSON file path
-        with open(config) as handle:
-            args.accelerator_config = {**json.load(handle), "use_configured_state": True}
-
-
-def check_launch(args) -> None:
-    """Stop with a clear error if the trainer would run fewer (or more) processes than the launcher started.
-
-    Call after ``TrainingArguments`` set up its devices (``args.world_size`` is the number of processes the
-    ``Accelerator`` will use). Also checks that a DeepSpeed config really gave a DeepSpeed state.
-    """
-    launched = launched_world_size()
-    if not is_launched():
-        return
-    trained = args.world_size
-    if trained != launched:
-        raise RuntimeError(
-            f"The launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer would run as "
-            f"{trained}: each rank would train alone on all the data. No GPU backend was found "
-            f"(has_accelerator_device()={has_accelerator_device()}); on CPU ranks pass use_cpu=True for DDP, or a "
-            "DeepSpeed config, and let trl_ipo bring up gloo."
-        )
-    if args.deepspeed:
-        from accelerate.utils import DistributedType
-
-        if args.distributed_state.distributed_type != DistributedType.DEEPSPEED:
-            raise RuntimeError(
-                f"deepspeed={args.deepspeed!r} was given but the distributed state is "
-                f"{args.distributed_state.distributed_type}: the model would not be sharded."
-            )
 
 
 _HIDDEN_SIZE_KEYS = (
@@ -321,22 +124,11 @@ def model_hidden_size(model, trust_remote_code: bool = False) -> int | None:
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` that was fully written, or ``None``.
+    """The newest complete ``checkpoint-N`` folder of ``output_dir``, or ``None`` (see :mod:`trl_ipo.checkpoints`)."""
+    from .checkpoints import newest_complete_checkpoint
 
-    ``Trainer`` writes ``trainer_state.json`` last (after the weights, the ZeRO shards, optimizer and RNG states), so
-    a folder without it is a save that a dying rank interrupted; resume from the one this returns.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    complete = [
-        path
-        for path in folder.glob("checkpoint-*")
-        if path.is_dir() and path.name.split("-", 1)[1].isdigit() and (path / "trainer_state.json").is_file()
-    ]
-    if not complete:
-        return None
-    return str(max(complete, key=lambda path: int(path.name.split("-", 1)[1])))
+    info, _ = newest_complete_checkpoint(output_dir)
+    return None if info is None else info.path
 
 
 # ---------------------------------------------------------------------------------------------------- reporting

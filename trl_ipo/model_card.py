@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import textwrap
 
+from .config import ipo_setting_names
+
 __all__ = [
     "IPO_PAPER",
     "IPO_FIELDS",
     "ipo_settings",
     "ipo_settings_section",
     "insert_ipo_settings",
-    "add_ipo_settings",
     "complete_model_card",
 ]
 
@@ -39,7 +40,7 @@ IPO_PAPER = {
 }
 
 # The fields that define the IPO objective (IPOConfig), in the order the card lists them.
-IPO_FIELDS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
+IPO_FIELDS = ipo_setting_names()
 
 SECTION_TITLE = "## IPO settings"
 _INSERT_BEFORE = "### Framework versions"
@@ -55,8 +56,8 @@ def ipo_settings_section(args) -> str:
 
     Per pair, with ρ(y) = log π_θ(y|x) − log π_ref(y|x) (per-token mean or sum, ``logp_reduction``),
     Δ = ρ(y_chosen) − ρ(y_rejected) and q the preference for ``chosen``, the loss is
-    (Δ − t/β)² (``paper``, Azar et al. 2023 eq. 17) or (β·Δ − t)² (``scaled``, seed note eq. 12),
-    with t = q − ½ (``symmetric``, seed note eq. 11→12) or t = q.
+    (Δ − t/β)² (``paper``, Azar et al. 2023 eq. 17) or (β·Δ − t)² (``scaled``, β² times the paper form),
+    with t = q − ½ (``symmetric``, the hard label ½ of eq. 17; docs/theory.md §2) or t = q (eq. 16).
     """
     settings = ipo_settings(args)
     target = "q − ½" if settings["symmetric"] else "q"
@@ -101,14 +102,6 @@ def insert_ipo_settings(card_text: str, args) -> str:
         at = card_text.index(_INSERT_BEFORE)
         return card_text[:at] + section + "\n" + card_text[at:]
     return card_text.rstrip("\n") + "\n\n" + section
-
-
-def add_ipo_settings(readme_path, args) -> None:
-    """Rewrite the model card at ``readme_path`` with the IPO settings section."""
-    with open(readme_path, encoding="utf-8") as f:
-        text = f.read()
-    with open(readme_path, "w", encoding="utf-8") as f:
-        f.write(insert_ipo_settings(text, args))
 
 
 def complete_model_card(trainer) -> None:

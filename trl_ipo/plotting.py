@@ -11,7 +11,9 @@ entries' keys prefixed ``eval_``). :func:`plot_runs` draws, for one or several r
 * ``reward_accuracy.png``: ``rewards/accuracies``, the fraction of pairs with β·ρ_w > β·ρ_l;
 * ``logratios.png``: chosen (solid) and rejected (dashed) log-ratios ρ = log π_θ(y|x) − log π_ref(y|x), summed
   over the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. When β is not known (not given
-  and no ``training_args.bin`` in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
+  and no ``training_args.json`` record in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
+  β is never read from ``training_args.bin``: that file is a pickle, and unpickling can run code
+  (see :mod:`trl_ipo.run_args`).
 
 A stock ``trl.DPOTrainer`` run logs the ``ipo/*`` keys only when it was trained with
 :class:`trl_ipo.callbacks.IPOMarginCallback`; runs lacking a panel's keys are left out of that panel and listed in
@@ -23,6 +25,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .run_args import recorded_beta
 
 STATE_FILE = "trainer_state.json"
 SPLITS = ("train", "eval")
@@ -123,7 +127,7 @@ def find_state_file(run_dir: str | Path) -> Path:
 
 
 def load_run(run_dir: str | Path, label: str | None = None, beta: float | None = None) -> Run:
-    """Read a run's ``log_history``; β from ``beta`` or else the run's ``training_args.bin`` (when present)."""
+    """Read a run's ``log_history``; β from ``beta`` or else the run's ``training_args.json`` (when present)."""
     state_file = find_state_file(run_dir)
     with open(state_file) as handle:
         state = json.load(handle)
@@ -131,23 +135,9 @@ def load_run(run_dir: str | Path, label: str | None = None, beta: float | None =
         raise ValueError(f"{state_file} has no log_history; is it a Trainer state file?")
     folder = state_file.parent
     if beta is None:
-        beta = _beta_from_training_args(folder) or _beta_from_training_args(Path(run_dir))
+        beta = recorded_beta(folder) or (recorded_beta(run_dir) if Path(run_dir).is_dir() else None)
     name = label or (Path(run_dir).name if Path(run_dir).is_dir() else folder.name)
     return Run(label=name, path=folder, log_history=state["log_history"], beta=beta)
-
-
-def _beta_from_training_args(folder: Path) -> float | None:
-    path = folder / "training_args.bin"
-    if not path.is_file():
-        return None
-    try:
-        import torch
-
-        args = torch.load(path, weights_only=False)  # the run's own TrainingArguments, saved by Trainer
-    except Exception:  # noqa: BLE001 — an unreadable file only means β is unknown
-        return None
-    beta = getattr(args, "beta", None)
-    return float(beta) if isinstance(beta, (int, float)) else None
 
 
 def plot_runs(
@@ -160,7 +150,7 @@ def plot_runs(
     """Render the panels of :data:`PANELS` for ``run_dirs`` into ``out_dir`` (one PNG per panel, all runs on it).
 
     ``labels`` names the runs in the legends (default: folder names); ``betas`` gives each run's β for the
-    log-ratio panel (default: read from ``training_args.bin``); ``panels`` picks panels by file name or stem
+    log-ratio panel (default: read from ``training_args.json``); ``panels`` picks panels by file name or stem
     (default: all). Returns a :class:`PlotResult`.
     """
     if not run_dirs:

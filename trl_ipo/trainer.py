@@ -10,19 +10,36 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import warnings
 
 import torch
-from datasets import Dataset
+from accelerate.utils import broadcast_object_list, is_peft_model
+from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
 
+from . import checkpoints
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
-from .data import PreferenceCollator, validate_preference_column
+from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
-from .losses import ipo_regression, reduce_logps
+from .errors import InputError
+from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
+from .packed_forward import (
+    DENSE_MASK_BACKENDS,
+    attn_implementation,
+    check_packing_support,
+    install_packed_forward,
+    layout_attention_mask,
+)
+from .packing import build_layout, scatter_scored
+from .ref_cache import precompute_ref_logps
+from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -45,17 +62,29 @@ class IPOTrainer(DPOTrainer):
     _name = "IPO"
     _paper = IPO_PAPER
 
-    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+    def __init__(
+        self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
+    ):
         args = _as_ipo_config(args, model)
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
-        if args.preference_column is not None:
-            _validate_datasets(args.preference_column, train_dataset, eval_dataset)
+        # Packed / prefix-shared layout (trl_ipo.packing). TRL 1.16 switches its own padding_free off with a warning
+        # that does not apply here, so it is kept aside while TRL initialises.
+        self._padding_free = bool(args.padding_free)
+        self._packing_enabled = bool(args.prefix_sharing or args.padding_free)
+        check_packing_support(model, args, kw.get("peft_config"))
+        args.padding_free = False
+        self.row_checks = _validate_datasets(args.preference_column, train_dataset, eval_dataset)
         if ref_model is None and _needs_in_memory_reference(model, args, kw.get("peft_config")):
             # TRL reloads the reference from the model's path; a model built in memory has none, so copy it.
             ref_model = copy.deepcopy(model).eval()
-        super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        try:
+            super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        finally:
+            args.padding_free = self._padding_free
+        if self._packing_enabled:
+            self._ensure_packed_forward()
         if args.preference_column is not None:
             self.data_collator = PreferenceCollator(self.data_collator, args.preference_column)
         # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
@@ -65,11 +94,18 @@ class IPOTrainer(DPOTrainer):
 
     # ----------------------------------------------------------------------------------------------- data plumbing
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        checks = self.__dict__.setdefault("row_checks", {})
+        if dataset_name not in checks or checks[dataset_name].source is not dataset:  # e.g. evaluate(new_dataset)
+            checks.update(_validate_datasets(args.preference_column, {dataset_name: dataset}))
+        if isinstance(dataset, IterableDataset):
+            return self._prepare_stream(dataset, processing_class, args, dataset_name, checks[dataset_name])
         before = len(dataset) if isinstance(dataset, Dataset) else None
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if before is not None and len(dataset) < before:
             dropped = before - len(dataset)
             self.dropped_rows[dataset_name] = dropped
+            if dropped == before:
+                raise InputError(_all_dropped(f"all {before} rows of the {dataset_name} dataset", args))
             warnings.warn(
                 f"{dropped} of {before} rows of the {dataset_name} dataset were dropped because their prompt alone "
                 f"is at least max_length={args.max_length} tokens (no completion token would be left). Raise "
@@ -79,15 +115,75 @@ class IPOTrainer(DPOTrainer):
             )
         return dataset
 
+    def _prepare_stream(self, dataset, processing_class, args, dataset_name, checker):
+        """A streamed dataset: rows checked as they arrive (by stream index), rows dropped by length counted."""
+        dataset = dataset.map(checker.check_streamed, with_indices=True)
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            checker.reset()
+            return dataset
+        # TRL drops rows whose prompt fills max_length with a silent filter; filter here instead, counting them.
+        unfiltered = copy.copy(args)
+        unfiltered.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        counter = _StreamDropCounter(self.dropped_rows, dataset_name, args.max_length)
+        dataset = dataset.filter(counter, with_indices=True)
+        with warnings.catch_warnings():  # the peek below re-reads the start of the stream; training warns again
+            warnings.simplefilter("ignore")
+            first = next(iter(dataset), None)
+        if first is None:
+            raise InputError(_all_dropped(f"all {counter.seen} rows of the streamed {dataset_name} dataset", args))
+        counter.reset()
+        checker.reset()
+        return dataset
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         column = self.args.preference_column
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
-    def compute_ref_log_probs(self, model, inputs):
-        inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
-        return super().compute_ref_log_probs(model, inputs)
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
+
+        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
+        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
+        """
+        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
+            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        else:
+            resume_from_checkpoint = None
+        self.resumed_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
+            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _resolve_resume(self, value):
+        decision = [None]
+        if self.accelerator.is_main_process:
+            try:
+                decision[0] = ("ok", *checkpoints.resolve_resume(
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                ))
+            except ValueError as err:
+                decision[0] = ("error", str(err), [])
+        decision = broadcast_object_list(decision, from_process=0)[0]
+        status, result, messages = decision
+        if status == "error":
+            raise ValueError(result)
+        if self.accelerator.is_main_process:
+            checkpoints.warn_all(messages)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
@@ -95,16 +191,10 @@ class IPOTrainer(DPOTrainer):
         args = self.args
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
-        seq_len = shift_mask.size(1)
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
-        if self.aux_loss_enabled:
-            model_kwargs["output_router_logits"] = True
-
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        outputs = self._policy_forward(model, inputs)
+        per_token_logps = outputs.log_probs  # [2B, L-1], zero outside the completion
+        # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
+        chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -116,13 +206,18 @@ class IPOTrainer(DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
-        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
-        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        f_div, f_alpha, reduction = args.f_divergence_type, args.f_alpha_divergence_coef, args.logp_reduction
+        chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+        rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
         preference = inputs.get(PreferenceCollator.key)
         margin, target = ipo_regression(
             chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
         )
         per_pair_loss = (margin - target) ** 2
+        weights = None
+        if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs, shift_mask)
+            per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
@@ -136,15 +231,131 @@ class IPOTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
-        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**model_kwargs)
+                outputs = model(**self._model_kwargs(inputs))
         return (loss, outputs) if return_outputs else loss
 
+    # ------------------------------------------------------------------------------------------- forward seams
+    def _model_kwargs(self, inputs):
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        return model_kwargs
+
+    def _policy_forward(self, model, inputs):
+        """The policy's per-token outputs in the padded layout: ``log_probs``, ``entropy``, ``mean_logits`` and
+        ``is_top1`` of shape ``[2B, L-1]`` (zero outside the completions), and ``aux_loss``. With ``prefix_sharing``
+        or ``padding_free`` the forward runs on the packed layout and its results are scattered back here."""
+        if self._packing_enabled:
+            return self._packed_forward(model, inputs, with_metrics=True)
+        seq_len = inputs["completion_mask"].size(1) - 1
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        outputs = model(**self._model_kwargs(inputs), labels=labels, fused_lm_head=True)
+        for name in ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"):
+            value = getattr(outputs, name, None)
+            if value is not None:  # prompt-learning PEFT prepends virtual tokens: keep the real positions
+                setattr(outputs, name, value[:, -seq_len:])
+        return outputs
+
+    def _packed_forward(self, model, inputs, with_metrics):
+        layout = self._build_layout(inputs)
+        device = inputs["input_ids"].device
+        dtype = self._compute_dtype(model)
+        packed_kwargs = {
+            "input_ids": layout.input_ids,
+            "position_ids": layout.position_ids,
+            "attention_mask": layout_attention_mask(model, layout, dtype),
+            "use_cache": False,
+        }
+        if self.aux_loss_enabled and with_metrics:
+            packed_kwargs["output_router_logits"] = True
+        outputs = model(**packed_kwargs, packed_layout=layout)
+        score_mask = layout.score_mask.to(device)
+        for name in ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"):
+            value = getattr(outputs, name)
+            if value is not None:
+                setattr(outputs, name, scatter_scored(value, score_mask))
+        return outputs
+
+    def _build_layout(self, inputs):
+        args = self.args
+        # Dense masks cost rows × length²: pack rows no longer than the longest segment. Flex and FlashAttention
+        # skip what the segments hide, so everything goes into one row.
+        capacity = 0 if attn_implementation(self.model) in DENSE_MASK_BACKENDS else None
+        layout = build_layout(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["completion_mask"],
+            prefix_sharing=args.prefix_sharing,
+            padding_free=self._padding_free,
+            capacity=capacity,
+        )
+        if layout.unshared_pairs:
+            self._warn_unshared(layout.unshared_pairs)
+        return layout.to(inputs["input_ids"].device)
+
+    def _compute_dtype(self, model):
+        """dtype of the additive mask: the autocast dtype, else the model's floating-point parameters'."""
+        device_type = self.accelerator.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """Reference ``(chosen, rejected)`` summed log-probs of a padded batch (training and precompute)."""
+        inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
+        if not self._packing_enabled:
+            return super().compute_ref_log_probs(model, inputs)
+        self._ensure_packed_forward()
+        adapter_context = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter_context,
+            self.accelerator.autocast(),
+        ):
+            per_token = self._packed_forward(model, inputs, with_metrics=False).log_probs
+        return sequence_logps(per_token, inputs["completion_mask"][..., 1:], self.args.ld_alpha).chunk(2, dim=0)
+
+    def _ensure_packed_forward(self):
+        """Check the model takes the layout and wrap the policy's and the reference's forwards (once)."""
+        if getattr(self, "_packed_forward_ready", False):
+            return
+        check_packing_support(self.model, self.args, getattr(self.model, "peft_config", None))
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+        if getattr(self, "use_weighting", False):
+            outputs += ("log_sum_sq_probs",)
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        install_packed_forward(policy, outputs=outputs)
+        if self.ref_model is not None:
+            install_packed_forward(getattr(self.ref_model, "module", self.ref_model))
+        self._packed_forward_ready = True
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
+        if self._packing_enabled:
+            self._ensure_packed_forward()
+        return precompute_ref_logps(self, dataset, name, batch_size)
+
+    def _warn_unshared(self, count):
+        warnings.warn(
+            f"prefix_sharing: {count} pair(s) in this batch carry different prompt tokens in their chosen and "
+            "rejected rows (truncation_mode='keep_end' cut the prompt differently), so their prompt is computed "
+            "once per completion for them; their loss is unchanged.",
+            UserWarning,
+            stacklevel=3,
+        )
+
     # --------------------------------------------------------------------------------------------------- metrics
-    def _log_ipo_metrics(self, mode, margin, target, preference):
+    def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
         gather = self.accelerator.gather
         margin, target = gather(margin).float(), gather(target).float()
         residual = margin - target
@@ -153,6 +364,8 @@ class IPOTrainer(DPOTrainer):
         metrics["ipo/target"].append(target.mean().item())
         metrics["ipo/residual"].append(residual.mean().item())
         metrics["ipo/sq_error"].append((residual**2).mean().item())
+        if weights is not None:  # use_weighting: the IPO term is the weighted mean, sq_error the unweighted one
+            metrics["ipo/wpo_weight"].append(gather(weights.detach()).float().mean().item())
         q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
         self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
 
@@ -209,6 +422,12 @@ class IPOTrainer(DPOTrainer):
             return {}
         return {key: torch.cat([r[key] for r in records]) for key in records[0]}
 
+    def _save(self, output_dir=None, state_dict=None):
+        """Trainer's save, plus the JSON record of the arguments that tools read instead of the pickled
+        ``training_args.bin`` (:mod:`trl_ipo.run_args`)."""
+        super()._save(output_dir, state_dict)
+        save_args_record(self, output_dir)
+
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card (naming IPO and citing Azar et al. 2023) plus the IPO settings section."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
@@ -244,11 +463,63 @@ def _needs_in_memory_reference(model, args, peft_config) -> bool:
     return not getattr(model.config, "_name_or_path", "")
 
 
-def _validate_datasets(column, train_dataset, eval_dataset):
-    if train_dataset is not None:
-        validate_preference_column(train_dataset, column, "train")
+def _validate_datasets(column, train_dataset, eval_dataset=None) -> dict:
+    """Check the datasets before TRL reads them: ``{name: RowChecker}``.
+
+    In-memory datasets are checked row by row now (warnings for signal-free pairs included). Streamed ones must
+    yield a first row; their rows are checked as they arrive (see :meth:`IPOTrainer._prepare_stream`).
+    """
+    named = dict(train_dataset) if isinstance(train_dataset, dict) else {"train": train_dataset}
     if isinstance(eval_dataset, dict):
-        for name, dataset in eval_dataset.items():
-            validate_preference_column(dataset, column, name)
+        named.update(eval_dataset)
     elif eval_dataset is not None:
-        validate_preference_column(eval_dataset, column, "eval")
+        named["eval"] = eval_dataset
+    checks = {}
+    for name, dataset in named.items():
+        if dataset is None:
+            continue
+        if isinstance(dataset, IterableDataset):
+            if next(iter(dataset), None) is None:
+                raise InputError(f"the streamed {name} dataset has no rows.")
+            checker = RowChecker(name, column, streamed=True)
+        elif isinstance(dataset, Dataset):
+            checker = validate_preference_rows(dataset, name, column)
+        else:  # a torch Dataset or a list of rows: TRL's own checks apply
+            continue
+        checker.source = dataset
+        checks[name] = checker
+    return checks
+
+
+def _all_dropped(rows: str, args) -> str:
+    return (
+        f"{rows} were dropped because their prompt alone is at least max_length={args.max_length} tokens, leaving "
+        "nothing to train on. Raise max_length or shorten the prompts."
+    )
+
+
+class _StreamDropCounter:
+    """``IterableDataset.filter`` predicate: keep rows whose prompt fits; count (and warn once about) the others."""
+
+    def __init__(self, dropped_rows: dict, dataset_name: str, max_length: int):
+        self.dropped_rows, self.name, self.max_length = dropped_rows, dataset_name, max_length
+        self.seen = 0
+
+    def reset(self):
+        self.seen = 0
+        self.dropped_rows.pop(self.name, None)
+
+    def __call__(self, example, index) -> bool:
+        self.seen += 1
+        if len(example["prompt_ids"]) < self.max_length:
+            return True
+        self.dropped_rows[self.name] = self.dropped_rows.get(self.name, 0) + 1
+        if self.dropped_rows[self.name] == 1:
+            warnings.warn(
+                f"row {index} of the streamed {self.name} dataset was dropped because its prompt alone is at least "
+                f"max_length={self.max_length} tokens (no completion token would be left); further drops are counted "
+                f"in trainer.dropped_rows[{self.name!r}]. Raise max_length or shorten those prompts to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return False

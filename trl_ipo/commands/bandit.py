@@ -63,10 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="ipo,dpo", help="comma-separated subset of ipo,dpo (default both)")
     parser.add_argument("--record-every", type=int, default=100, help="steps between learning-curve points")
     parser.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
-    parser.add_argument(
-        "--engine", choices=("analytic", "autograd"), default="analytic",
-        help="analytic gradients (fast, default) or autograd through trl_ipo.losses.ipo_loss + torch.optim.Adam",
-    )
     return parser
 
 
@@ -89,23 +85,26 @@ def main(argv: list[str]) -> int:
             raise ValueError(
                 f"--reference has {len(args.reference)} values but --pairs names {len(actions)} actions {actions}"
             )
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead
         started = time.perf_counter()
-        result = run_bandit(
-            pairs=pairs,
-            actions=actions,
-            reference=args.reference,
-            taus=args.taus,
-            seeds=tuple(range(args.seeds)),
-            methods=methods,
-            preference=args.preference,
-            symmetric=args.symmetric,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            record_every=args.record_every,
-            engine=args.engine,
-        )
+        try:
+            result = run_bandit(
+                pairs=pairs,
+                actions=actions,
+                reference=args.reference,
+                taus=args.taus,
+                seeds=tuple(range(args.seeds)),
+                methods=methods,
+                preference=args.preference,
+                symmetric=args.symmetric,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                record_every=args.record_every,
+            )
+        finally:
+            torch.set_num_threads(threads)
     except ValueError as err:
         print(f"trl-ipo bandit: {err}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", action="append", metavar="NAME", help="legend name of a run, once per run, in order")
     parser.add_argument(
         "--beta", action="append", type=float, metavar="B",
-        help="β of a run for the log-ratio panel, once per run or once for all (default: from training_args.bin)",
+        help="β of a run for the log-ratio panel, once per run or once for all (default: from the run's training_args.json)",
     )
     parser.add_argument(
         "--panel", action="append", metavar="NAME",

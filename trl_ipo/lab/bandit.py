@@ -3,12 +3,12 @@ and the table / learning-curve rendering behind ``trl-ipo bandit``.
 
 Policy: π_θ = softmax(θ) over K actions, θ initialised at log π_ref, so u = log π_θ − log π_ref starts at 0.
 Each step draws a batch of ``batch_size`` pairs from the dataset uniformly with replacement and takes one Adam step
-on the batch-mean loss, with Δ = u(y_w) − u(y_l) and τ the regularisation strength (the seed note's β):
+on the batch-mean loss, with Δ = u(y_w) − u(y_l) and τ the regularisation strength (``IPOConfig.beta``):
 
-* IPO (paper eq. 17, seed eq. 12):  (Δ − t/τ)²  with t from :func:`trl_ipo.losses.ipo_target` — t = ½ for a hard
+* IPO (Azar et al. 2023 eq. 17):  (Δ − t/τ)²  with t from :func:`trl_ipo.losses.ipo_target` — t = ½ for a hard
   label with the symmetric augmentation, t = q − ½ for a soft label q; computed by :func:`trl_ipo.losses.ipo_loss`
   (a single action has one "token", so the log-prob reduction plays no role);
-* DPO (Rafailov et al. 2023, seed eq. 6):  −q·log σ(τΔ) − (1 − q)·log σ(−τΔ)  (q = 1 for hard labels).
+* DPO (Rafailov et al. 2023 eq. 7):  −q·log σ(τΔ) − (1 − q)·log σ(−τΔ)  (q = 1 for hard labels).
 
 All runs — every seed, every τ, both losses — are one (S, M, T, K) parameter tensor under a single Adam optimiser.
 Adam acts element-wise, so this is exactly M·S·T independent Adam runs, only batched. Seed s fixes the sequence of
@@ -16,13 +16,14 @@ sampled batches (the same for every τ and both losses, i.e. common random numbe
 
 The paper's Figure 1 setting: D1 = {(a, b), (b, c), (a, c)}, uniform π_ref, τ ∈ {0.1, 0.5, 1, 2, 10}, Adam with
 learning rate 0.01, batch 9, 18,000 steps. There the sampled IPO loss has the closed form u* = (1/(3τ), 0, −1/(3τ))
-(:mod:`trl_ipo.lab.finite`), while DPO drives π(a) → 1 whatever τ (seed note §2.3: σ(τΔ) → 1 needs Δ → ∞).
+(:mod:`trl_ipo.lab.finite`), while DPO drives π(a) → 1 whatever τ (σ(τΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO").
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -93,28 +94,6 @@ def _difference_operators(pairs: torch.Tensor, batch: torch.Tensor, num_actions:
     return ops
 
 
-class _Adam:
-    """Adam (Kingma & Ba 2015; default β₁ = 0.9, β₂ = 0.999, ε = 1e-8, no weight decay) on one tensor, in place:
-
-        m ← β₁ m + (1 − β₁) g,   v ← β₂ v + (1 − β₂) g²,
-        x ← x − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε),
-
-    the update ``torch.optim.Adam`` performs, without its per-step bookkeeping.
-    """
-
-    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
-
-    def step(self, grad: torch.Tensor) -> None:
-        beta1, beta2 = self.betas
-        self.t += 1
-        self.m.lerp_(grad, 1 - beta1)
-        self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.v.sqrt() / math.sqrt(1 - beta2**self.t)).add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - beta1**self.t))
-
-
 def train_softmax_bandit(
     pairs,
     reference,
@@ -127,7 +106,6 @@ def train_softmax_bandit(
     batch_size: int = 9,
     lr: float = 0.01,
     record_every: int = 100,
-    engine: str = "analytic",
 ):
     """Train softmax policies with IPO and/or DPO for every (method, seed, τ) at once.
 
@@ -135,13 +113,10 @@ def train_softmax_bandit(
     shift). The margin of a pair needs no normaliser: u = x − log Σ_k π_ref(k) e^{x_k}, so Δ = u_w − u_l = x_w − x_l,
     computed for the whole batch as one product x @ E (see ``_difference_operators``).
 
-    ``engine``:
-
-    * ``"autograd"``: the batch-mean losses :func:`ipo_bandit_loss` (i.e. :func:`trl_ipo.losses.ipo_loss`) and
-      :func:`dpo_bandit_loss`, differentiated by autograd and stepped by ``torch.optim.Adam``;
-    * ``"analytic"`` (default, several times faster): the same gradients written out, ∂/∂Δ of the batch mean is
-      2(Δ − t/τ)/B for IPO and τ(σ(τΔ) − q)/B for DPO, then ∂/∂x = (∂/∂Δ) @ Eᵀ, stepped by the same Adam update.
-      The two engines agree to rounding (tested).
+    The gradients are written out: ∂/∂Δ of the batch mean is 2(Δ − t/τ)/B for IPO (the derivative of
+    :func:`ipo_bandit_loss`) and τ(σ(τΔ) − q)/B for DPO (of :func:`dpo_bandit_loss`), then ∂/∂x = (∂/∂Δ) @ Eᵀ, and
+    ``torch.optim.Adam`` takes the step. Without autograd's bookkeeping a step costs about a third as much; the
+    tests check the result against autograd through :func:`trl_ipo.losses.ipo_loss`.
 
     Returns ``(recorded_steps, curves)``: ``curves`` has shape (R, M, S, T, K) with the policy after each
     recorded step (step 0 = the reference; the last entry is the final policy).
@@ -160,21 +135,14 @@ def train_softmax_bandit(
         raise ValueError(f"steps, batch_size and record_every must be >= 1; got {steps}, {batch_size}, {record_every}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    if engine not in ("analytic", "autograd"):
-        raise ValueError(f"engine must be 'analytic' or 'autograd', got {engine!r}")
     q = None if preference is None else torch.as_tensor(preference, dtype=DTYPE)
     if q is not None and (q.shape != (pairs.shape[0],) or not ((q >= 0) & (q <= 1)).all()):
         raise ValueError(f"preference must hold one q in [0, 1] per pair ({pairs.shape[0]}); got {q.tolist()}")
 
-    settings = (pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every, engine)
-    if engine == "autograd":
-        return _train(*settings)
-    with torch.inference_mode():  # no autograd bookkeeping: about half the time per step
-        recorded_steps, curves = _train(*settings)
-    return recorded_steps.clone(), curves.clone()  # ordinary tensors again
+    return _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every)
 
 
-def _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every, engine):
+def _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_size, lr, record_every):
     """The training loop of :func:`train_softmax_bandit` on validated inputs."""
     num_actions = reference.shape[0]
     n_m, n_s, n_t = len(methods), len(seeds), len(taus)
@@ -183,19 +151,12 @@ def _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_si
     x = torch.zeros(n_s, n_m, n_t, num_actions, dtype=DTYPE)
     tau_col = torch.tensor([float(t) for t in taus], dtype=DTYPE)[:, None]  # (T, 1), broadcasts over (S, T, B)
     batches = _sample_batches(pairs.shape[0], seeds, steps, batch_size)  # (steps, S, B)
-    if engine == "autograd":
-        x.requires_grad_(True)
-        optimiser = torch.optim.Adam([x], lr=lr)
-    else:
-        optimiser = _Adam(x, lr)
+    optimiser = torch.optim.Adam([x], lr=lr, foreach=False)
     chunk = 1000
     dpo_scale = tau_col / batch_size
 
     def policy() -> torch.Tensor:  # (M, S, T, K)
-        return torch.softmax(log_ref + x.detach(), -1).permute(1, 0, 2, 3).clone()
-
-    def margins(ops: torch.Tensor) -> torch.Tensor:  # Δ = x @ E per seed, (S, M, T, B)
-        return torch.bmm(x.reshape(n_s, n_m * n_t, num_actions), ops).view(n_s, n_m, n_t, batch_size)
+        return torch.softmax(log_ref + x, -1).permute(1, 0, 2, 3).clone()
 
     recorded_steps, curves = [0], [policy()]
     for start in range(0, steps, chunk):
@@ -207,32 +168,21 @@ def _train(pairs, reference, taus, seeds, methods, q, symmetric, steps, batch_si
         ipo_shift = ipo_shift / tau_col
         for offset in range(index.shape[0]):
             q_batch = None if q_chunk is None else q_chunk[offset]
-            if engine == "autograd":
-                delta = margins(ops[offset])
-                total = 0.0
-                for m, method in enumerate(methods):
-                    if method == "ipo":
-                        per_pair = ipo_bandit_loss(delta[:, m], tau_col, q_batch, symmetric)
-                    else:
-                        per_pair = dpo_bandit_loss(delta[:, m], tau_col, q_batch)
-                    total = total + per_pair.mean(-1).sum()  # runs are independent: the sum keeps them apart
-                optimiser.zero_grad(set_to_none=True)
-                total.backward()
-                optimiser.step()
-            else:
-                delta = margins(ops[offset])
-                grads = []
-                for m, method in enumerate(methods):
-                    if method == "ipo":
-                        grads.append((delta[:, m] - ipo_shift[offset]).mul_(2.0 / batch_size))
-                    elif q_batch is None:
-                        grads.append(torch.sigmoid(delta[:, m] * -tau_col).mul_(dpo_scale).neg_())
-                    else:
-                        scaled = tau_col * delta[:, m]
-                        g = (1 - q_batch) * torch.sigmoid(scaled) - q_batch * torch.sigmoid(-scaled)
-                        grads.append(g.mul_(dpo_scale))
-                grad_delta = torch.stack(grads, dim=1).view(n_s, n_m * n_t, batch_size)
-                optimiser.step(torch.bmm(grad_delta, ops[offset].mT).view_as(x))
+            # Δ = x @ E per seed, (S, M, T, B)
+            delta = torch.bmm(x.view(n_s, n_m * n_t, num_actions), ops[offset]).view(n_s, n_m, n_t, batch_size)
+            grads = []
+            for m, method in enumerate(methods):
+                if method == "ipo":
+                    grads.append((delta[:, m] - ipo_shift[offset]).mul_(2.0 / batch_size))
+                elif q_batch is None:
+                    grads.append(torch.sigmoid(delta[:, m] * -tau_col).mul_(dpo_scale).neg_())
+                else:
+                    scaled = tau_col * delta[:, m]
+                    g = (1 - q_batch) * torch.sigmoid(scaled) - q_batch * torch.sigmoid(-scaled)
+                    grads.append(g.mul_(dpo_scale))
+            grad_delta = torch.stack(grads, dim=1).view(n_s, n_m * n_t, batch_size)
+            x.grad = torch.bmm(grad_delta, ops[offset].mT).view_as(x)
+            optimiser.step()
             step = start + offset + 1
             if step % record_every == 0 or step == steps:
                 recorded_steps.append(step)
@@ -307,7 +257,6 @@ def run_bandit(
     batch_size: int = 9,
     lr: float = 0.01,
     record_every: int = 100,
-    engine: str = "analytic",
 ) -> BanditResult:
     """The paper's bandit experiment (defaults: Figure 1, D1) plus the exact IPO policy for every τ."""
     actions = tuple(actions)
@@ -316,7 +265,7 @@ def run_bandit(
     reference = check_distribution(reference, len(actions))
     pairs_t = as_pairs(pairs, len(actions))
     recorded, curves = train_softmax_bandit(
-        pairs_t, reference, taus, seeds, methods, preference, symmetric, steps, batch_size, lr, record_every, engine
+        pairs_t, reference, taus, seeds, methods, preference, symmetric, steps, batch_size, lr, record_every
     )
     closed = torch.stack(
         [ipo_closed_form(pairs_t, reference, tau, preference, symmetric).policy for tau in taus]
@@ -401,16 +350,15 @@ def render_table(result: BanditResult) -> str:
 def plot_curves(result: BanditResult, path, dpi: int = 90) -> None:
     """One panel per τ: π(action) against the step, IPO solid and DPO dashed (mean over seeds, 95% CI band),
     the exact IPO policy dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
     summary = summarise(result, curves=True)
     steps = result.recorded_steps.numpy()
     n_t = len(result.taus)
-    fig, axes = plt.subplots(1, n_t, figsize=(3.2 * n_t, 3.0), sharey=True, squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(3.2 * n_t, 3.0))
+    axes = fig.subplots(1, n_t, sharey=True, squeeze=False)
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"ipo": "-", "dpo": "--"}
     for j, tau in enumerate(result.taus):
         ax = axes[0, j]
@@ -435,7 +383,6 @@ def plot_curves(result: BanditResult, path, dpi: int = 90) -> None:
     fig.suptitle(f"{lines} on {{{data}}}; dotted: exact IPO policy", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def parse_pairs(text: str) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
@@ -457,8 +404,6 @@ def parse_pairs(text: str) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]
 
 def write_outputs(result: BanditResult, out_dir, plot: bool = True) -> dict:
     """Write ``bandit_table.md``, ``bandit_results.json`` and (optionally) ``bandit_curves.png``; return the paths."""
-    from pathlib import Path
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table": out / "bandit_table.md", "json": out / "bandit_results.json"}

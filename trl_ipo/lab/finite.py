@@ -1,11 +1,11 @@
 """Exact IPO on a finite action set: the sampled loss as least squares on the comparison graph, and the
-population optimum of seed note eq. 9.
+population optimum of the identity-preference objective (docs/theory.md, "From RLHF to IPO").
 
 Setting (one prompt, Azar et al. 2023 §5.4). Actions y_1..y_K, a reference policy π_ref with full support, and
 log-ratios u(y) = log π(y) − log π_ref(y). A dataset is a list of pairs (w, l) — "w was labelled over l" — with an
 optional soft label q ∈ [0, 1] per pair (q = 1 hard, q = ½ tie) and any multiplicity (repeat a pair, or give it a
 weight). With β the regularisation strength (the paper's τ) and t the target of :func:`trl_ipo.losses.ipo_target`
-(t = q − ½ with the symmetric augmentation, t = q without), the sampled IPO loss (paper eq. 17, seed eq. 12) is
+(t = q − ½ with the symmetric augmentation, t = q without), the sampled IPO loss (Azar et al. 2023 eq. 17) is
 
     J(u) = Σ_p  m_p · (u_{w_p} − u_{l_p} − t_p/β)².
 
@@ -26,19 +26,20 @@ sum of logit shifts over each component stays at its initial value 0. (Adaptive 
 coordinates separately, so with a disconnected graph they may settle on another per-component offset; the
 differences inside a component are the same.)
 
-Population optimum. For a preference matrix P (P[i, j] = p(y_i ≻ y_j), seed eq. 8a–8c) and a behaviour policy μ,
-the score of seed eq. 7 is s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j. The regression of seed eq. 9,
+Population optimum. For a preference matrix P (P[i, j] = p(y_i ≻ y_j): entries in [0, 1], P[i, i] = ½,
+P + Pᵀ = 1) and a behaviour policy μ, the score is s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j. The score-difference
+regression
 
     E_{y1, y2 ~ μ} [ (β(u(y1) − u(y2)) − (s(y1) − s(y2)))² ],
 
-and the one of seed eq. 10 (regress onto P[y1, y2] instead) differ by a constant (seed Lemma 3.1), and are minimised
-by β u = s + const on the support of μ, i.e. π* ∝ π_ref · exp(p(y ≻ μ)/β) (Azar et al. eq. 7 with τ = β).
+and the pairwise one (regress onto P[y1, y2] instead, Azar et al. eq. 13) differ by a constant (derived in
+docs/theory.md), and are minimised by β u = s + const on the support of μ, i.e. π* ∝ π_ref · exp(p(y ≻ μ)/β)
+(Azar et al. eq. 7 with τ = β).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -57,8 +58,8 @@ __all__ = [
     "check_distribution",
     "check_preference_matrix",
     "preference_against",
-    "population_loss_eq9",
-    "population_loss_eq10",
+    "population_loss_score_difference",
+    "population_loss_pairwise",
     "population_optimum",
 ]
 
@@ -224,40 +225,40 @@ def sampled_ipo_loss(logratio: torch.Tensor, pairs, beta: float, preference=None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Population level: a full preference matrix and a behaviour policy μ (seed note eq. 7–10).
+# Population level: a full preference matrix and a behaviour policy μ (Azar et al. 2023 §5; docs/theory.md).
 
 
 def check_preference_matrix(preference_matrix, atol: float = 1e-9) -> torch.Tensor:
-    """Return P as float64 after checking seed eq. 8a (entries in [0, 1]), 8b (diagonal ½), 8c (P + Pᵀ = 1)."""
+    """Return P as float64 after checking that it is a preference matrix: entries in [0, 1], diagonal ½, P + Pᵀ = 1."""
     p = torch.as_tensor(preference_matrix, dtype=DTYPE)
     if p.ndim != 2 or p.shape[0] != p.shape[1]:
         raise ValueError(f"preference matrix must be square (K, K); got shape {tuple(p.shape)}")
     bad = ~((p >= 0) & (p <= 1))
     if bad.any():
         i, j = torch.nonzero(bad)[0].tolist()
-        raise ValueError(f"P[{i}, {j}] = {float(p[i, j])!r} is not a probability (seed eq. 8a)")
+        raise ValueError(f"P[{i}, {j}] = {float(p[i, j])!r} is not a probability")
     diag = (torch.diagonal(p) - 0.5).abs() > atol
     if diag.any():
         i = int(torch.nonzero(diag)[0])
-        raise ValueError(f"P[{i}, {i}] = {float(p[i, i])!r}; an action ties with itself, P[i, i] = 0.5 (seed eq. 8b)")
+        raise ValueError(f"P[{i}, {i}] = {float(p[i, i])!r}; an action ties with itself, P[i, i] = 0.5")
     asym = (p + p.T - 1).abs() > atol
     if asym.any():
         i, j = torch.nonzero(asym)[0].tolist()
         raise ValueError(
-            f"P[{i}, {j}] + P[{j}, {i}] = {float(p[i, j] + p[j, i])!r}; must be 1 (seed eq. 8c)"
+            f"P[{i}, {j}] + P[{j}, {i}] = {float(p[i, j] + p[j, i])!r}; must be 1 (p(y ≻ y′) + p(y′ ≻ y) = 1)"
         )
     return p
 
 
 def preference_against(preference_matrix, behaviour) -> torch.Tensor:
-    """s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j (seed eq. 7)."""
+    """s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j, the identity-preference reward of Azar et al. eq. 6."""
     p = check_preference_matrix(preference_matrix)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False)
     return p @ mu
 
 
-def population_loss_eq9(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
-    """Seed eq. 9: E_{y1,y2~μ}[(β(u(y1) − u(y2)) − E_{y~μ}[v(y1, y) − v(y2, y)])²] (the score-difference regression)."""
+def population_loss_score_difference(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
+    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − E_{y~μ}[v(y1, y) − v(y2, y)])²], regression (A) of docs/theory.md."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     score = p @ mu
@@ -266,8 +267,8 @@ def population_loss_eq9(logratio: torch.Tensor, preference_matrix, behaviour, be
     return ((h - target) ** 2 * (mu[:, None] * mu[None, :])).sum((-2, -1))
 
 
-def population_loss_eq10(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
-    """Seed eq. 10: E_{y1,y2~μ}[(β(u(y1) − u(y2)) − v(y1, y2))²] (regress onto the pairwise preference itself)."""
+def population_loss_pairwise(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
+    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − v(y1, y2))²], onto the pairwise preference (Azar et al. eq. 13, times β²)."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     h = beta * (logratio[..., :, None] - logratio[..., None, :])
@@ -275,7 +276,8 @@ def population_loss_eq10(logratio: torch.Tensor, preference_matrix, behaviour, b
 
 
 def population_optimum(preference_matrix, behaviour, reference, tau: float) -> torch.Tensor:
-    """π*(y) ∝ π_ref(y) · exp(p(y ≻ μ)/τ): the minimiser of seed eq. 9/10 and of Azar et al. eq. 6 (τ = β)."""
+    """π*(y) ∝ π_ref(y) · exp(p(y ≻ μ)/τ): the minimiser of both population regressions and the optimum of the
+    identity-preference objective, Azar et al. eq. 6–7 (τ = β)."""
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau!r}")
     score = preference_against(preference_matrix, behaviour)

@@ -10,8 +10,8 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
     from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..config import IPOLossArguments
-from ..distributed import check_launch, prepare_launch
 from ..dpo_fields import BF16_HELP, apply_field_decisions
+from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
 
@@ -24,7 +24,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
     (``mixture_coef=0``, online IPO) or the normalised token-level geometric mixture π_θ^(1−λ)·π_ref^λ
     (``mixture_coef=λ>0``, IPO-MD) — labels them with q = P(y_a ≻ y_b | x) and minimises the same per-pair loss
     as the offline [`trl_ipo.IPOTrainer`]: ``(Δ − t/β)²`` with Δ the log-ratio margin and t = q − ½
-    (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17).
+    (``symmetric``) or t = q (Azar et al. 2023 eq. 16–17; Calandriello et al. 2024 for the online form).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):

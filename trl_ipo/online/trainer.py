@@ -34,6 +34,7 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
 
 from ..config import config_values
 from ..losses import ipo_regression, reduce_logps
+from ..run_args import save_args_record
 from .config import OnlineIPOConfig
 from .judges import preference_from_judge, preference_from_rewards
 from .sampling import build_logits_warpers, completion_logps, sample_completions
@@ -314,6 +315,11 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         for key, value in values.items():
             self.stats[key].append(value.item())
         self.stats["beta"].append(self.beta)
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Trainer's save, plus the JSON record of the arguments (:mod:`trl_ipo.run_args`)."""
+        super()._save(output_dir, state_dict)
+        save_args_record(self, output_dir)
 
     def log(self, logs, start_time=None):
         # Ratio of sums over the window: the averaged counts have the same ratio.
