@@ -244,13 +244,15 @@ def run_shell(code: str, folder: Path, where: str) -> None:
         if pending:
             done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(pending)], cwd=folder, env=shell_env(),
                                   capture_output=True, text=True, timeout=300)
-            assert done.returncode == 0, f"{where} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, f"{where} exited {done.returncode}:\n{output}"
             pending.clear()
 
     for command in shell_commands(code):
-        if IN_PROCESS.match(command) and not re.search(r"[|;&<>`$]", command):
+        bare = re.sub(r"\s+#.*$", "", command) if "\n" not in command else command  # a trailing comment
+        if IN_PROCESS.match(bare) and not re.search(r"[|;&<>`$'\"]", bare):
             flush()
-            argv = shlex.split(command, comments=True)
+            argv = shlex.split(bare)
             argv = argv[1:] if argv[0] == "trl-ipo" else argv[3:]
             try:
                 rc = main(argv)
