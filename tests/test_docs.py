@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,10 @@ def page_state(page: str, tmp_path_factory, tiny_dir) -> tuple[dict, Path]:
         for name in ("scripts", "tests", "docs"):  # snippets name repository files relatively
             (folder / name).symlink_to(ROOT / name)
         (folder / "my_ds.json").write_text((ROOT / "trl_ipo" / "configs" / "zero3.json").read_text())
-        _PAGE_STATE[page] = ({"__name__": "__docs__", **reader_names(tiny_dir)}, folder)
+        module = types.ModuleType("docs_" + re.sub(r"\W", "_", page))  # dataclasses look their module up
+        sys.modules[module.__name__] = module
+        module.__dict__.update(reader_names(tiny_dir))
+        _PAGE_STATE[page] = (module.__dict__, folder)
     return _PAGE_STATE[page]
 
 
