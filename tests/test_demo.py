@@ -240,10 +240,10 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing_file", "file not found"),
-        ("wrong_columns", "lacks the column"),
+        ("missing_file", "Dataset file or folder not found"),
+        ("wrong_columns", "missing column(s) ['chosen', 'rejected']"),
         ("empty_split", "empty"),
-        ("missing_model", "no such model folder"),
+        ("missing_model", "model folder not found"),
         ("soft_without_column", "needs --preference_column"),
         ("bad_q", "outside [0, 1]"),
     ],
@@ -271,5 +271,7 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
         extra = ["--methods", "ipo_soft", "--preference_column", "q"]
     out = tmp_path / "out"
     assert compare.main(["--model", model, "--dataset", dataset, "--output_dir", str(out), *extra]) == 2
-    assert message in capsys.readouterr().out
+    err = capsys.readouterr().err  # (after any progress bars of `datasets`)
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert err.splitlines()[-1].startswith("trl-ipo compare: error: ") and message in err.splitlines()[-1]
     assert not out.exists()  # nothing trained, nothing written

@@ -6,8 +6,11 @@ subcommand that needs it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+
+from .errors import exit_on_input_error, report
 
 SUBCOMMANDS = {
     "train": ("trl_ipo.commands.train", "train with IPO; same arguments as `trl dpo` plus the IPO fields"),
@@ -29,21 +32,24 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(_usage())
-        if argv and argv[0] in ("-h", "--help", "help"):
-            _print_ipo_flags()
-        return 0 if argv else 2
+        _print_ipo_flags()
+        return 0
+    commands = ", ".join(SUBCOMMANDS)
+    if not argv:
+        return report("trl-ipo", f"no command given; choose one of {commands} (`trl-ipo --help` describes them)")
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"trl-ipo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return report("trl-ipo", f"unknown command {name!r}{hint}; the commands are {commands}")
     try:
         module = importlib.import_module(SUBCOMMANDS[name][0])
     except ModuleNotFoundError as err:
-        print(f"trl-ipo {name}: this command is unavailable ({err}).", file=sys.stderr)
-        return 2
-    return int(module.main(rest) or 0)
+        return report(f"trl-ipo {name}", f"this command is unavailable ({err})")
+    # Every subcommand's user errors end here as one line on stderr with exit status 2.
+    return exit_on_input_error(f"trl-ipo {name}", lambda: module.main(rest))
 
 
 def _print_ipo_flags() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
+from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 
@@ -45,12 +48,9 @@ class IPOLossArguments:
 
     def _validate_ipo_loss_fields(self) -> None:
         name = type(self).__name__
-        if self.loss_form not in LOSS_FORMS:
-            raise ValueError(f"{name}.loss_form must be one of {list(LOSS_FORMS)}, got {self.loss_form!r}.")
-        if self.logp_reduction not in LOGP_REDUCTIONS:
-            raise ValueError(f"{name}.logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {self.logp_reduction!r}.")
         if isinstance(self.symmetric, str):  # from YAML/CLI strings
             self.symmetric = parse_bool(f"{name}.symmetric", self.symmetric)
+        check_ipo_loss_values(self, name)
 
 
 @dataclass
@@ -90,29 +90,19 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    allow_resume_without_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that has no optimizer or scheduler state (e.g. save_only_model=True), "
+            "restarting them with a loud warning. By default such a resume stops with an error."
+        },
+    )
+
     def __post_init__(self):
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
-        unknown = [t for t in self.loss_type if t not in SUPPORTED_LOSS_TYPES]
-        if unknown or "ipo" not in self.loss_type:
-            raise ValueError(
-                f"IPOConfig.loss_type={self.loss_type!r}: IPOTrainer supports ['ipo'] or ['ipo', 'sft']. "
-                "For other DPO loss types use trl's DPOTrainer."
-            )
-        if not self.beta > 0:
-            raise ValueError(f"IPOConfig.beta must be > 0 (it is the regularisation strength τ), got {self.beta!r}.")
+        check_ipo_config_values(self)
         self._validate_ipo_loss_fields()
-        if self.preference_column is not None and not str(self.preference_column).strip():
-            raise ValueError("IPOConfig.preference_column must be a column name or None, got an empty string.")
-        # DPO-variant knobs that have no meaning for the exact IPO objective.
-        if self.ld_alpha is not None:
-            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
-            )
-        if self.use_weighting:
-            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
@@ -127,7 +117,71 @@ def parse_bool(name: str, value: str) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise InputError(f"{name} must be true or false, got {value!r}.")
+
+
+# ------------------------------------------------------------------------------------------------ value checks
+def _described(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
+    """β (or, with ``per_epoch_list``, each β of a list) is a finite real number > 0; bools and strings are refused.
+
+    A non-finite β trains with zero loss and zero gradient (the target t/β vanishes and (β·Δ − t)² overflows).
+    """
+    values = beta if per_epoch_list and isinstance(beta, (list, tuple)) else [beta]
+    if not values:
+        raise InputError(f"{name}.beta must be a number > 0, got an empty list.")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}.")
+        if not math.isfinite(value):
+            raise InputError(f"{name}.beta must be a finite number > 0 (the regularisation strength τ), got {value!r}.")
+        if not value > 0:
+            raise InputError(f"{name}.beta must be > 0 (it is the regularisation strength τ), got {value!r}.")
+
+
+def check_ipo_loss_values(config, name: str) -> None:
+    """Type and range of the fields every IPO config shares (offline and online); errors name the field."""
+    for field_name, choices in (("loss_form", LOSS_FORMS), ("logp_reduction", LOGP_REDUCTIONS)):
+        value = getattr(config, field_name)
+        if not isinstance(value, str) or value not in choices:
+            raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
+    if not isinstance(config.symmetric, bool):
+        raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
+    check_beta(name, config.beta, per_epoch_list=not isinstance(config, DPOConfig))  # online: one β per epoch
+
+
+def check_ipo_config_values(config) -> None:
+    """The fields only the offline :class:`IPOConfig` has: ``loss_type``, ``loss_weights``, ``preference_column``."""
+    loss_type = config.loss_type
+    if not isinstance(loss_type, (list, tuple)) or not all(isinstance(t, str) for t in loss_type):
+        raise InputError(f"IPOConfig.loss_type must be a list of names, got {_described(loss_type)}.")
+    unknown = [t for t in loss_type if t not in SUPPORTED_LOSS_TYPES]
+    if unknown or "ipo" not in loss_type:
+        raise InputError(
+            f"IPOConfig.loss_type={list(loss_type)!r}: IPOTrainer supports ['ipo'] or ['ipo', 'sft']. "
+            "For other DPO loss types use trl's DPOTrainer."
+        )
+    repeated = sorted({t for t in loss_type if loss_type.count(t) > 1})
+    if repeated:  # each term would be added twice
+        raise InputError(f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once.")
+    weights = config.loss_weights
+    if weights is not None:
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(loss_type):
+            raise InputError(
+                f"IPOConfig.loss_weights must be a list of {len(loss_type)} number(s), one per loss_type "
+                f"{list(loss_type)!r}, got {_described(weights)}."
+            )
+        for term, weight in zip(loss_type, weights):
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+                raise InputError(
+                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, got {_described(weight)}."
+                )
+    column = config.preference_column
+    if column is not None and (not isinstance(column, str) or not column.strip()):
+        raise InputError(f"IPOConfig.preference_column must be a column name or None, got {_described(column)}.")
 
 
 def config_values(args, target_cls, skip=()) -> dict:
@@ -154,3 +208,20 @@ def ipo_setting_names(loss_weights: bool = True) -> tuple[str, ...]:
     """
     names = ("beta", *(f.name for f in fields(IPOLossArguments)), "preference_column", "loss_type")
     return (*names, "loss_weights") if loss_weights else names
+
+
+def move_hub_token_to_env(args) -> bool:
+    """Blank ``args.hub_token`` so that ``Trainer`` does not pickle it into ``training_args.bin``.
+
+    ``Trainer`` saves the whole ``TrainingArguments`` object, ``hub_token`` included, with every checkpoint and at the
+    end of training. The token is moved to the ``HF_TOKEN`` environment variable of this process (unless one is
+    already set), where ``huggingface_hub`` finds it for ``push_to_hub``. Returns whether a token was moved.
+    """
+    import os
+
+    token = getattr(args, "hub_token", None)
+    if not token:
+        return False
+    os.environ.setdefault("HF_TOKEN", token)
+    args.hub_token = None
+    return True

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import torch
 
+from .errors import InputError
+
 __all__ = [
     "check_preference_value",
     "validate_preference_column",
+    "validate_preference_rows",
+    "RowChecker",
     "preference_from_votes",
     "preference_from_scores",
     "add_preference_from_votes",
@@ -29,12 +34,12 @@ __all__ = [
 def check_preference_value(value: Any, where: str) -> float:
     """Return ``value`` as a float in [0, 1] or raise a ValueError naming ``where`` (column and row) and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}.")
+        raise InputError(f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}.")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"Preference value is NaN at {where}; q must be a number in [0, 1].")
+        raise InputError(f"Preference value is NaN at {where}; q must be a number in [0, 1].")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"Preference value {value!r} at {where} is outside [0, 1].")
+        raise InputError(f"Preference value {value!r} at {where} is outside [0, 1].")
     return value
 
 
@@ -48,11 +53,183 @@ def validate_preference_column(dataset, column: str, split: str = "train") -> No
     if names is None:  # IterableDataset without known features: checked in the collator
         return
     if column not in names:
-        raise ValueError(
+        raise InputError(
             f"preference_column={column!r} is not a column of the {split} dataset; its columns are {sorted(names)}."
         )
     for row, value in enumerate(dataset[column]):
         check_preference_value(value, f"column {column!r}, row {row} of the {split} dataset")
+
+
+# ------------------------------------------------------------------------------------------------- row checks
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+COMPLETION_COLUMNS = ("chosen", "rejected")
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _value_kind(value, where: str) -> str:
+    """``"plain"`` for text, ``"conversational"`` for a valid list of chat messages; anything else is an error."""
+    if isinstance(value, str):
+        return "plain"
+    if not isinstance(value, list):
+        raise InputError(
+            f"{where} holds {type(value).__name__} {_short(value)}; expected text or a list of chat messages "
+            "({'role': ..., 'content': ...})."
+        )
+    if not value:
+        raise InputError(f"{where} holds an empty list; expected text or a non-empty list of chat messages.")
+    for i, message in enumerate(value):
+        at = f"message {i} of {where}"
+        if not isinstance(message, dict):
+            raise InputError(f"{at} is {type(message).__name__} {_short(message)}; a chat message is a mapping "
+                             "with 'role' and 'content'.")
+        if "role" not in message or message["role"] is None:
+            raise InputError(f"{at} has no 'role' (keys {sorted(message)}); expected one of {list(MESSAGE_ROLES)}.")
+        if message["role"] not in MESSAGE_ROLES:
+            raise InputError(f"{at} has the unknown role {_short(message['role'])}; expected one of {list(MESSAGE_ROLES)}.")
+        content = message.get("content")
+        if content is None and not message.get("tool_calls"):
+            raise InputError(f"{at} (role {message['role']!r}) has no 'content'.")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InputError(
+                f"{at} has content of type {type(content).__name__} {_short(content)}; expected text or a list of parts."
+            )
+    return "conversational"
+
+
+def _is_empty(value) -> bool:
+    if isinstance(value, str):
+        return value == ""
+    return all(not message.get("content") for message in value)
+
+
+class RowChecker:
+    """Checks preference rows one at a time, in memory or as a stream delivers them, by their absolute index.
+
+    Per row: ``chosen`` and ``rejected`` (and ``prompt`` when present) are text or well-formed chat messages, all of
+    one kind, and of the same kind as the first row; the preference value (if a column is named) is in [0, 1].
+    Errors are :class:`~trl_ipo.errors.InputError` naming the column, the row and the value. Rows that carry no
+    signal — ``chosen`` identical to ``rejected``, or an empty completion — are counted (``identical``, ``empty``)
+    and reported by :meth:`warn`.
+    """
+
+    def __init__(self, split: str = "train", preference_column: str | None = None, streamed: bool = False):
+        self.split = split
+        self.preference_column = preference_column
+        self.streamed = streamed
+        self.source = None  # the dataset checked (set by the trainer)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the rows seen (a stream is re-read from its start when training begins)."""
+        self.rows = 0
+        self.kind: str | None = None
+        self.kind_row: int | None = None
+        self.identical: list[int] = []
+        self.empty: list[int] = []
+
+    @property
+    def label(self) -> str:
+        return f"{'streamed ' if self.streamed else ''}{self.split} dataset"
+
+    def where(self, column: str, index: int) -> str:
+        return f"column {column!r}, row {index} of the {self.label}"
+
+    def __call__(self, row: dict, index: int) -> None:
+        kinds = {}
+        for column in TEXT_COLUMNS:
+            if column not in row:
+                if column != "prompt":
+                    raise InputError(f"{self.where(column, index)}: the column is missing (row keys {sorted(row)}).")
+                continue
+            kinds[column] = _value_kind(row[column], self.where(column, index))
+        if len(set(kinds.values())) > 1:
+            described = ", ".join(f"{c!r} is {k}" for c, k in kinds.items())
+            raise InputError(
+                f"row {index} of the {self.label} mixes conversational and plain values ({described}); "
+                "a row's prompt, chosen and rejected must all be text or all be chat messages."
+            )
+        kind = next(iter(kinds.values()))
+        if self.kind is None:
+            self.kind, self.kind_row = kind, index
+        elif kind != self.kind:
+            raise InputError(
+                f"row {index} of the {self.label} is {kind} but row {self.kind_row} is {self.kind}; a dataset "
+                "must be all text or all chat messages (plain rows in a conversational dataset would get no "
+                "end-of-sequence token)."
+            )
+        if self.preference_column is not None:
+            if self.preference_column not in row:
+                raise InputError(
+                    f"preference_column={self.preference_column!r} is missing from row {index} of the {self.label}; "
+                    f"its keys are {sorted(row)}."
+                )
+            check_preference_value(row[self.preference_column], self.where(self.preference_column, index))
+        if row["chosen"] == row["rejected"]:
+            self.identical.append(index)
+        if _is_empty(row["chosen"]) or _is_empty(row["rejected"]):
+            self.empty.append(index)
+        self.rows += 1
+
+    def check_streamed(self, row: dict, index: int) -> dict:
+        """For ``IterableDataset.map(..., with_indices=True)``: check the row as it arrives, warn once per kind."""
+        before = {"identical": bool(self.identical), "empty": bool(self.empty)}
+        self(row, index)
+        self.warn([name for name, seen in before.items() if not seen and getattr(self, name)])
+        return {}
+
+    def warn(self, kinds=("identical", "empty")) -> None:
+        """One warning per kind of signal-free pair, with its count (so far, for a stream) and first rows."""
+        so_far = " so far (the stream is checked as it is read)" if self.streamed else ""
+        for name, what in (
+            ("identical", "have 'chosen' identical to 'rejected'"),
+            ("empty", "have an empty 'chosen' or 'rejected' completion"),
+        ):
+            rows = getattr(self, name)
+            if rows and name in kinds:
+                warnings.warn(
+                    f"{len(rows)} of {self.rows} pairs of the {self.label} {what}{so_far} (rows "
+                    f"{rows[:5]}{' ...' if len(rows) > 5 else ''}); they carry no preference signal but count with "
+                    "full weight in the loss.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+
+def validate_preference_rows(dataset, split: str = "train", preference_column: str | None = None, warn: bool = True):
+    """Check every row of an in-memory dataset (see :class:`RowChecker`); returns the checker with its counts.
+
+    An empty dataset, a missing ``chosen``/``rejected`` column or a bad row is an :class:`InputError`. Rows with
+    ``chosen == rejected`` or an empty completion are counted and, with ``warn``, reported in one warning each.
+    """
+    names = list(dataset.column_names)
+    missing = [c for c in COMPLETION_COLUMNS if c not in names]
+    if preference_column is not None and preference_column not in names:
+        raise InputError(
+            f"preference_column={preference_column!r} is not a column of the {split} dataset; its columns are "
+            f"{sorted(names)}."
+        )
+    if missing:
+        raise InputError(
+            f"the {split} dataset is missing column(s) {missing}; its columns are {sorted(names)}. A preference "
+            "dataset needs 'chosen' and 'rejected' (and optionally 'prompt')."
+        )
+    if len(dataset) == 0:
+        raise InputError(f"the {split} dataset has no rows.")
+    checker = RowChecker(split, preference_column)
+    columns = [c for c in (*TEXT_COLUMNS, preference_column) if c is not None and c in names]
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):
+        for values in zip(*(batch[c] for c in columns)):
+            checker(dict(zip(columns, values)), index)
+            index += 1
+    if warn:
+        checker.warn()
+    return checker
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def preference_from_votes(wins, losses) -> torch.Tensor:

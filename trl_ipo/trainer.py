@@ -11,18 +11,23 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
-from datasets import Dataset
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
 
+from . import checkpoints
 from .callbacks import attach_margin_callback, require_wandb
 from .config import IPOConfig, config_values
-from .data import PreferenceCollator, validate_preference_column
+from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
-from .losses import ipo_regression, reduce_logps
+from .errors import InputError
+from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
+from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
@@ -46,13 +51,14 @@ class IPOTrainer(DPOTrainer):
     _name = "IPO"
     _paper = IPO_PAPER
 
-    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+    def __init__(
+        self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
+    ):
         args = _as_ipo_config(args, model)
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
-        if args.preference_column is not None:
-            _validate_datasets(args.preference_column, train_dataset, eval_dataset)
+        self.row_checks = _validate_datasets(args.preference_column, train_dataset, eval_dataset)
         if ref_model is None and _needs_in_memory_reference(model, args, kw.get("peft_config")):
             # TRL reloads the reference from the model's path; a model built in memory has none, so copy it.
             ref_model = copy.deepcopy(model).eval()
@@ -66,11 +72,18 @@ class IPOTrainer(DPOTrainer):
 
     # ----------------------------------------------------------------------------------------------- data plumbing
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        checks = self.__dict__.setdefault("row_checks", {})
+        if dataset_name not in checks or checks[dataset_name].source is not dataset:  # e.g. evaluate(new_dataset)
+            checks.update(_validate_datasets(args.preference_column, {dataset_name: dataset}))
+        if isinstance(dataset, IterableDataset):
+            return self._prepare_stream(dataset, processing_class, args, dataset_name, checks[dataset_name])
         before = len(dataset) if isinstance(dataset, Dataset) else None
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if before is not None and len(dataset) < before:
             dropped = before - len(dataset)
             self.dropped_rows[dataset_name] = dropped
+            if dropped == before:
+                raise InputError(_all_dropped(f"all {before} rows of the {dataset_name} dataset", args))
             warnings.warn(
                 f"{dropped} of {before} rows of the {dataset_name} dataset were dropped because their prompt alone "
                 f"is at least max_length={args.max_length} tokens (no completion token would be left). Raise "
@@ -80,15 +93,84 @@ class IPOTrainer(DPOTrainer):
             )
         return dataset
 
+    def _prepare_stream(self, dataset, processing_class, args, dataset_name, checker):
+        """A streamed dataset: rows checked as they arrive (by stream index), rows dropped by length counted."""
+        dataset = dataset.map(checker.check_streamed, with_indices=True)
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            checker.reset()
+            return dataset
+        # TRL drops rows whose prompt fills max_length with a silent filter; filter here instead, counting them.
+        unfiltered = copy.copy(args)
+        unfiltered.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        counter = _StreamDropCounter(self.dropped_rows, dataset_name, args.max_length)
+        dataset = dataset.filter(counter, with_indices=True)
+        with warnings.catch_warnings():  # the peek below re-reads the start of the stream; training warns again
+            warnings.simplefilter("ignore")
+            first = next(iter(dataset), None)
+        if first is None:
+            raise InputError(_all_dropped(f"all {counter.seen} rows of the streamed {dataset_name} dataset", args))
+        counter.reset()
+        checker.reset()
+        return dataset
+
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         column = self.args.preference_column
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
+        return precompute_ref_logps(self, dataset, name, batch_size)
+
     def compute_ref_log_probs(self, model, inputs):
         inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
         return super().compute_ref_log_probs(model, inputs)
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
+
+        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
+        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
+        """
+        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
+            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        else:
+            resume_from_checkpoint = None
+        self.resumed_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
+            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _resolve_resume(self, value):
+        decision = [None]
+        if self.accelerator.is_main_process:
+            try:
+                decision[0] = ("ok", *checkpoints.resolve_resume(
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                ))
+            except ValueError as err:
+                decision[0] = ("error", str(err), [])
+        decision = broadcast_object_list(decision, from_process=0)[0]
+        status, result, messages = decision
+        if status == "error":
+            raise ValueError(result)
+        if self.accelerator.is_main_process:
+            checkpoints.warn_all(messages)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
@@ -105,7 +187,8 @@ class IPOTrainer(DPOTrainer):
 
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
+        chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -117,13 +200,18 @@ class IPOTrainer(DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
-        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
-        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        f_div, f_alpha, reduction = args.f_divergence_type, args.f_alpha_divergence_coef, args.logp_reduction
+        chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+        rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
         preference = inputs.get(PreferenceCollator.key)
         margin, target = ipo_regression(
             chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
         )
         per_pair_loss = (margin - target) ** 2
+        weights = None
+        if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs[:, -seq_len:], shift_mask)
+            per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
@@ -137,7 +225,7 @@ class IPOTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
-        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:
             with torch.no_grad():
@@ -145,7 +233,7 @@ class IPOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     # --------------------------------------------------------------------------------------------------- metrics
-    def _log_ipo_metrics(self, mode, margin, target, preference):
+    def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
         gather = self.accelerator.gather
         margin, target = gather(margin).float(), gather(target).float()
         residual = margin - target
@@ -154,6 +242,8 @@ class IPOTrainer(DPOTrainer):
         metrics["ipo/target"].append(target.mean().item())
         metrics["ipo/residual"].append(residual.mean().item())
         metrics["ipo/sq_error"].append((residual**2).mean().item())
+        if weights is not None:  # use_weighting: the IPO term is the weighted mean, sq_error the unweighted one
+            metrics["ipo/wpo_weight"].append(gather(weights.detach()).float().mean().item())
         q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
         self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
 
@@ -238,11 +328,63 @@ def _needs_in_memory_reference(model, args, peft_config) -> bool:
     return not getattr(model.config, "_name_or_path", "")
 
 
-def _validate_datasets(column, train_dataset, eval_dataset):
-    if train_dataset is not None:
-        validate_preference_column(train_dataset, column, "train")
+def _validate_datasets(column, train_dataset, eval_dataset=None) -> dict:
+    """Check the datasets before TRL reads them: ``{name: RowChecker}``.
+
+    In-memory datasets are checked row by row now (warnings for signal-free pairs included). Streamed ones must
+    yield a first row; their rows are checked as they arrive (see :meth:`IPOTrainer._prepare_stream`).
+    """
+    named = dict(train_dataset) if isinstance(train_dataset, dict) else {"train": train_dataset}
     if isinstance(eval_dataset, dict):
-        for name, dataset in eval_dataset.items():
-            validate_preference_column(dataset, column, name)
+        named.update(eval_dataset)
     elif eval_dataset is not None:
-        validate_preference_column(eval_dataset, column, "eval")
+        named["eval"] = eval_dataset
+    checks = {}
+    for name, dataset in named.items():
+        if dataset is None:
+            continue
+        if isinstance(dataset, IterableDataset):
+            if next(iter(dataset), None) is None:
+                raise InputError(f"the streamed {name} dataset has no rows.")
+            checker = RowChecker(name, column, streamed=True)
+        elif isinstance(dataset, Dataset):
+            checker = validate_preference_rows(dataset, name, column)
+        else:  # a torch Dataset or a list of rows: TRL's own checks apply
+            continue
+        checker.source = dataset
+        checks[name] = checker
+    return checks
+
+
+def _all_dropped(rows: str, args) -> str:
+    return (
+        f"{rows} were dropped because their prompt alone is at least max_length={args.max_length} tokens, leaving "
+        "nothing to train on. Raise max_length or shorten the prompts."
+    )
+
+
+class _StreamDropCounter:
+    """``IterableDataset.filter`` predicate: keep rows whose prompt fits; count (and warn once about) the others."""
+
+    def __init__(self, dropped_rows: dict, dataset_name: str, max_length: int):
+        self.dropped_rows, self.name, self.max_length = dropped_rows, dataset_name, max_length
+        self.seen = 0
+
+    def reset(self):
+        self.seen = 0
+        self.dropped_rows.pop(self.name, None)
+
+    def __call__(self, example, index) -> bool:
+        self.seen += 1
+        if len(example["prompt_ids"]) < self.max_length:
+            return True
+        self.dropped_rows[self.name] = self.dropped_rows.get(self.name, 0) + 1
+        if self.dropped_rows[self.name] == 1:
+            warnings.warn(
+                f"row {index} of the streamed {self.name} dataset was dropped because its prompt alone is at least "
+                f"max_length={self.max_length} tokens (no completion token would be left); further drops are counted "
+                f"in trainer.dropped_rows[{self.name!r}]. Raise max_length or shorten those prompts to keep them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return False

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
 
-HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
+from ..datasets_io import check_writable_folder
+from ..errors import InputError, exit_on_input_error
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
+PROG = "trl-ipo compare"
+
 METHODS = ("dpo", "ipo", "ipo_soft")
 SUMMARY_COLUMNS = [
     ("label", "method"),
@@ -40,80 +44,14 @@ SUMMARY_COLUMNS = [
 ]
 
 
-class InputError(ValueError):
-    """Bad input to ``trl-ipo compare``, reported before any training."""
-
-
 # ----------------------------------------------------------------------------------------------------- input checks
-def load_preference_dataset(spec: str, config: str | None = None, split: str = "train"):
-    """A local JSONL/JSON/Parquet/CSV file (any split name is ignored) or a hub dataset's ``split``."""
-    from datasets import load_dataset
-
-    path = Path(spec)
-    suffix = path.suffix.lower()
-    if suffix in LOCAL_FORMATS or path.exists():
-        if not path.exists():
-            raise InputError(f"--dataset {spec}: file not found.")
-        if path.is_dir():
-            raise InputError(f"--dataset {spec} is a folder; give a .jsonl, .json, .parquet or .csv file.")
-        if suffix not in LOCAL_FORMATS:
-            raise InputError(f"--dataset {spec}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_FORMATS)}.")
-        try:
-            return load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
-        except Exception as err:  # parse errors of every kind
-            raise InputError(f"--dataset {spec}: could not read it as {LOCAL_FORMATS[suffix]} ({err}).") from err
-    try:
-        return load_dataset(spec, config, split=split)
-    except Exception as err:
-        raise InputError(
-            f"--dataset {spec!r} is neither an existing local file nor a loadable hub dataset split {split!r} ({err})."
-        ) from err
-
-
-def check_preference_rows(dataset, split: str, preference_column: str | None = None) -> None:
-    """Columns chosen/rejected present (prompt optional: implicit-prompt format), no empty rows, q valid; else InputError."""
-    from ..data import validate_preference_column
-
-    columns = list(dataset.column_names)
-    missing = [c for c in ("chosen", "rejected") if c not in columns]
-    if missing:
-        raise InputError(
-            f"the {split} split lacks the column(s) {missing}; a preference dataset needs 'chosen' and 'rejected' "
-            f"(and optionally 'prompt'). Its columns are {sorted(columns)}."
-        )
-    if len(dataset) == 0:
-        raise InputError(f"the {split} split is empty.")
-    for column in [c for c in ("prompt", "chosen", "rejected") if c in columns]:
-        for row, value in enumerate(dataset[column]):
-            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
-                raise InputError(f"column {column!r} is empty at row {row} of the {split} split.")
-            if not isinstance(value, (str, list)):
-                raise InputError(
-                    f"column {column!r} at row {row} of the {split} split holds {type(value).__name__} {value!r}; "
-                    "expected text or a list of chat messages."
-                )
-    if preference_column is not None:
-        try:
-            validate_preference_column(dataset, preference_column, split)
-        except ValueError as err:
-            raise InputError(str(err)) from err
-
-
-def check_model(model: str) -> None:
-    """The model folder exists (for a path) and its config loads; else InputError."""
-    from transformers import AutoConfig
-
-    looks_local = model.startswith((".", "/", "~")) or os.path.exists(model)
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise InputError(f"--model {model}: no such model folder.")
-    try:
-        AutoConfig.from_pretrained(os.path.expanduser(model))
-    except Exception as err:
-        raise InputError(f"--model {model!r}: could not load its config as a local folder or hub id ({err}).") from err
-
-
 def prepare_inputs(args):
-    """Load and check everything; returns (train split, held-out split, held-out prompts for KL) or raises InputError."""
+    """Load and check everything; returns (train split, held-out split) or raises :class:`InputError`.
+
+    The data and the model go through the loader of ``trl-ipo train`` (:mod:`trl_ipo.datasets_io`).
+    """
+    from ..datasets_io import check_model, check_preference_columns, load_preference_dataset, select_split
+
     if not args.methods:
         raise InputError("--methods is empty; choose from " + ", ".join(METHODS))
     unknown = [m for m in args.methods if m not in METHODS]
@@ -121,17 +59,19 @@ def prepare_inputs(args):
         raise InputError(f"--methods {unknown}: unknown; choose from {list(METHODS)}.")
     if "ipo_soft" in args.methods and not args.preference_column:
         raise InputError("--methods ipo_soft needs --preference_column (the column holding q in [0, 1]).")
-    if not args.beta > 0:
-        raise InputError(f"--beta must be > 0, got {args.beta}.")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise InputError(f"--beta must be a finite number > 0, got {args.beta}.")
     if not 0 < args.eval_fraction < 1:
         raise InputError(f"--eval_fraction must be in (0, 1), got {args.eval_fraction}.")
-    check_model(args.model)
-    data = load_preference_dataset(args.dataset, args.dataset_config, args.split)
+    check_model(args.model, flag="--model")
+    data = load_preference_dataset(args.dataset, args.dataset_config)
+    column = args.preference_column
     if args.eval_split:
-        train = data
-        held_out = load_preference_dataset(args.dataset, args.dataset_config, args.eval_split)
+        train = select_split(data, args.split, args.dataset)
+        held_out = select_split(data, args.eval_split, args.dataset, purpose="evaluation")
     else:
-        check_preference_rows(data, args.split, args.preference_column)
+        data = select_split(data, args.split, args.dataset)
+        check_preference_columns(data, f"split {args.split!r}", column)
         n_eval = int(len(data) * args.eval_fraction)
         if n_eval < 1 or len(data) - n_eval < 1:
             raise InputError(
@@ -140,8 +80,9 @@ def prepare_inputs(args):
             )
         parts = data.train_test_split(test_size=n_eval, seed=args.seed)
         train, held_out = parts["train"], parts["test"]
-    check_preference_rows(train, "training", args.preference_column)
-    check_preference_rows(held_out, "held-out", args.preference_column)
+    check_preference_columns(train, "training", column)
+    check_preference_columns(held_out, "held-out", column)
+    check_writable_folder(args.output_dir, "--output_dir")
     return train, held_out
 
 
@@ -281,8 +222,13 @@ def run_compare(args) -> dict:
     return results
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line (no usage block), exit status 2, like every other input error
+        raise InputError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trl-ipo compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="local model folder or hub id (also the reference policy)")
     p.add_argument("--dataset", required=True, help="local .jsonl/.json/.parquet/.csv file or hub dataset name")
     p.add_argument("--dataset_config", default=None, help="hub dataset configuration name")
@@ -312,11 +258,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    """Returns 0 on success, 2 on bad input (one line on stderr, nothing trained or written)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    args = _parser().parse_args(argv)
-    try:
+
+    def body():
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exit_:  # --help
+            return int(exit_.code or 0)
         run_compare(args)
-    except InputError as err:
-        print(f"trl-ipo compare: error: {err}")
-        return 2
-    return 0
+        return 0
+
+    return exit_on_input_error(PROG, body)

@@ -5,26 +5,33 @@ quantisation) and ``DatasetMixtureConfig`` (the ``datasets:`` YAML list) — wit
 in place of ``DPOConfig``, parsed by TRL's ``TrlParser``: ``--config run.yaml`` sets values, flags on the command line
 override them. So a ``trl dpo`` command line or YAML runs unchanged, except where it selects a DPO-only loss.
 
-Everything a user can get wrong — flags, YAML fields, field values, the model path, the dataset path, its splits,
-columns and preference values — is checked before training and reported as one line naming the problem, with exit
-status 2 and no traceback. :func:`run` (the training itself) is shared with ``scripts/train_ipo.py``.
+Everything a user can get wrong — flags, YAML fields and their types, field values, the model path, the dataset
+path, its splits, columns, rows and preference values, the output folder, the checkpoint to resume from — is checked
+before training and reported as one line naming the problem, with exit status 2 and no traceback
+(:mod:`trl_ipo.errors`). A bad row of a streamed dataset is reported the same way when it arrives.
+:func:`run` (the training itself) is shared with ``scripts/train_ipo.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import numbers
 import os
 import sys
 from collections.abc import Sequence
 
 from ..datasets_io import (
-    DatasetInputError,
+    check_model as check_model_reference,
+)
+from ..datasets_io import (
     check_preference_columns,
+    check_writable_folder,
     is_local_reference,
     load_preference_dataset,
     select_split,
 )
+from ..errors import InputError, one_line, report
 
 HELP = "train with IPO; same arguments as `trl dpo` plus the IPO fields"
 
@@ -34,17 +41,13 @@ PROG = "trl-ipo train"
 IPO_FLAGS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
 
 
-class UsageError(Exception):
-    """Bad input found before training; reported as one line, exit status 2."""
-
-
 def _parser_class():
-    """TRL's ``TrlParser`` with errors raised as :class:`UsageError` and ``--deepspeed`` short names resolved."""
+    """TRL's ``TrlParser`` with errors raised as :class:`InputError` and ``--deepspeed`` short names resolved."""
     from trl import TrlParser
 
     class _Parser(TrlParser):
         def error(self, message):  # argparse's error() prints the whole usage (hundreds of flags) and exits
-            raise UsageError(message)
+            raise InputError(message)
 
         def set_defaults_with_config(self, **kwargs):
             if isinstance(kwargs.get("deepspeed"), str):
@@ -92,14 +95,12 @@ def resolve_launch_config(value: str, kind: str) -> str:
     """A packaged DeepSpeed/accelerate config's short name (e.g. ``zero3``) → its path; paths pass unchanged."""
     if not value or os.path.isfile(value) or value.lstrip().startswith("{"):
         return value
-    try:
-        from ..distributed import resolve_config
-    except ImportError:
-        return value
+    from ..distributed import resolve_config
+
     try:
         return str(resolve_config(value, kind))
     except (FileNotFoundError, ValueError, KeyError) as err:
-        raise UsageError(f"--{kind} {value!r}: {err}") from None
+        raise InputError(f"--{kind} {value!r}: {err}") from None
 
 
 def _resolve_deepspeed_flag(argv: list[str]) -> list[str]:
@@ -113,7 +114,7 @@ def _resolve_deepspeed_flag(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str], parser=None):
-    """``(script_args, training_args, model_args, dataset_args)`` from ``argv``, or :class:`UsageError`.
+    """``(script_args, training_args, model_args, dataset_args)`` from ``argv``, or :class:`InputError`.
 
     Unknown flags and unknown YAML fields are reported (with the nearest known name) before any dataclass is built,
     so a typo is never hidden behind a later validation error.
@@ -123,27 +124,29 @@ def parse_args(argv: Sequence[str], parser=None):
     config_path = _config_path(argv)
     known = _known_options(parser)
     if config_path is not None:
-        unknown_fields = [key for key in _read_config(config_path) if key != "env" and key not in known]
+        values = _read_config(config_path)
+        unknown_fields = [key for key in values if key != "env" and key not in known]
         if unknown_fields:
-            raise UsageError(_unknown(f"unknown fields in {config_path}", unknown_fields, known, dashes=""))
+            raise InputError(_unknown(f"unknown fields in {config_path}", unknown_fields, known, dashes=""))
+        _check_config_types(parser, values, config_path)
     command_line = list(argv)
     if config_path is not None:
         at = command_line.index("--config")
         del command_line[at : at + 2]
     _, unknown_flags = argparse.ArgumentParser.parse_known_args(parser, command_line)
     if unknown_flags:
-        raise UsageError(_unknown("unrecognized arguments", unknown_flags, known, dashes="--"))
+        raise InputError(_unknown("unrecognized arguments", unknown_flags, known, dashes="--"))
     try:
         *parsed, leftover = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    except UsageError:
+    except InputError:
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
-        message = _one_line(err)
+        message = one_line(err)
         if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
             message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
-        raise UsageError(message) from None
+        raise InputError(message) from None
     if leftover:
-        raise UsageError(_unknown("unrecognized arguments", leftover, known, dashes="--"))
+        raise InputError(_unknown("unrecognized arguments", leftover, known, dashes="--"))
     return tuple(parsed)
 
 
@@ -151,22 +154,48 @@ def _read_config(config_path: str) -> dict:
     import yaml
 
     if not os.path.isfile(config_path):
-        raise UsageError(f"config file not found: {config_path!r}")
+        raise InputError(f"config file not found: {config_path!r}")
     try:
         with open(config_path) as f:
             values = yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise UsageError(f"config file {config_path!r} is not valid YAML: {_one_line(err)}") from None
+        raise InputError(f"config file {config_path!r} is not valid YAML: {one_line(err)}") from None
     if not isinstance(values, dict):
-        raise UsageError(f"config file {config_path!r} must hold a YAML mapping of field: value")
+        raise InputError(f"config file {config_path!r} must hold a YAML mapping of field: value")
     return values
+
+
+def _check_config_types(parser, values: dict, config_path: str) -> None:
+    """A YAML value of the wrong type for a number or true/false field (a list where a number belongs) is an error
+    naming the file and the field. argparse converts only string defaults; anything else would reach the
+    dataclasses as is and fail late, or never.
+    """
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or value is None or isinstance(value, str):
+            continue  # strings are converted (and checked) by argparse itself
+        takes_list = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 0
+        for element in value if takes_list and isinstance(value, list) else [value]:
+            if action.type in (int, float) and (isinstance(element, bool) or not isinstance(element, numbers.Real)):
+                expected = "a number" if action.type is float else "a whole number"
+            elif action.type is int and not float(element).is_integer():
+                expected = "a whole number"
+            elif getattr(action.type, "__name__", "") == "string_to_bool" and not isinstance(element, bool):
+                expected = "true or false"
+            else:
+                continue
+            raise InputError(
+                f"config file {config_path!r}: field {key!r} must be {expected}"
+                f"{' (one per list item)' if takes_list else ''}, got {type(element).__name__} {element!r}"
+            )
 
 
 def _config_path(argv: list[str]) -> str | None:
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise UsageError("--config needs the path of a YAML file")
+            raise InputError("--config needs the path of a YAML file")
         return argv[i + 1]
     return None
 
@@ -188,26 +217,44 @@ def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
     return f"{what}: {', '.join(described)}"
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
 # ----------------------------------------------------------------------------------------------- checking
 def check_model(model_args, training_args) -> None:
     """Fail early, with the path or hub id, when the model cannot be found."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise UsageError("no model given: pass --model_name_or_path (a local model folder or a hub id)")
-    if is_local_reference(name) and not os.path.isdir(os.path.expanduser(name)):
-        raise UsageError(f"model folder not found: {name!r}")
-    from transformers import AutoConfig
+    check_model_reference(
+        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code, "--model_name_or_path"
+    )
 
-    try:
-        AutoConfig.from_pretrained(
-            name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {name!r}: {_one_line(err)}") from None
+
+def check_output_dir(training_args) -> None:
+    """The output folder exists or can be created, and a file can be written in it."""
+    check_writable_folder(training_args.output_dir, "--output_dir")
+
+
+def resolve_resume(training_args) -> None:
+    """``--resume_from_checkpoint true`` means the latest checkpoint in ``output_dir`` (as ``Trainer.train(True)``).
+
+    ``false``/``none`` means no resume; any other value must be a checkpoint folder. Resolved to a path here, so a
+    missing checkpoint is reported before training, naming the folder.
+    """
+    value = training_args.resume_from_checkpoint
+    if value is None or isinstance(value, bool) and not value:
+        training_args.resume_from_checkpoint = None
+        return
+    lowered = value.strip().lower() if isinstance(value, str) else value
+    if lowered in ("false", "no", "none", "0", ""):
+        training_args.resume_from_checkpoint = None
+    elif value is True or lowered in ("true", "yes", "1"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = training_args.output_dir
+        latest = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+        if latest is None:
+            raise InputError(
+                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to resume from"
+            )
+        training_args.resume_from_checkpoint = latest
+    elif not os.path.isdir(os.path.expanduser(value)):
+        raise InputError(f"--resume_from_checkpoint {value!r}: checkpoint folder not found")
 
 
 def load_datasets(script_args, training_args, dataset_args):
@@ -226,7 +273,7 @@ def load_datasets(script_args, training_args, dataset_args):
         try:
             dataset = get_dataset(dataset_args)
         except (OSError, ValueError) as err:
-            raise DatasetInputError(f"cannot load the `datasets` mixture: {_one_line(err)}") from None
+            raise InputError(f"cannot load the `datasets` mixture: {one_line(err)}") from None
         source = "the `datasets` mixture"
     else:
         dataset = load_preference_dataset(
@@ -247,10 +294,9 @@ def load_datasets(script_args, training_args, dataset_args):
 def prepare(script_args, training_args, model_args, dataset_args):
     """Check the model and load the data; every input problem is raised here, before training."""
     check_model(model_args, training_args)
-    try:
-        train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
-    except DatasetInputError as err:
-        raise UsageError(str(err)) from None
+    resolve_resume(training_args)
+    train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
+    check_output_dir(training_args)
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
@@ -273,10 +319,13 @@ def run(script_args, training_args, model_args, dataset_args, train_dataset=None
     from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
+    from ..config import move_hub_token_to_env
     from ..trainer import IPOTrainer
 
     if train_dataset is None:
         train_dataset, eval_dataset = prepare(script_args, training_args, model_args, dataset_args)
+    # Trainer pickles its arguments into training_args.bin; a --hub_token must not end up there in clear.
+    move_hub_token_to_env(training_args)
 
     trainer = IPOTrainer(
         model=model_args.model_name_or_path,
@@ -320,18 +369,16 @@ def _model_name(training_args) -> str:
 
 # ----------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Parse, check, train. Returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    """Parse, check, train. Returns 0 on success, 2 on bad input (one line on stderr, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv, make_parser(prog))
         datasets = prepare(*args)
-    except UsageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        print(f"Run `{prog} --help` for the options.", file=sys.stderr)
-        return 2
+        run(*args, *datasets)  # a bad row of a streamed dataset surfaces here, as it is read
+    except InputError as err:
+        return report(prog, err)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    run(*args, *datasets)
     return 0
 
 

@@ -19,9 +19,12 @@ completion up (TRL's online DPO labels r_a ≥ r_b as a win for a).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
+
+from ..errors import InputError
 
 REWARD_TO_PREFERENCE = ("hard", "bradley_terry")
 
@@ -55,23 +58,47 @@ def preference_from_judge(
 ) -> torch.Tensor:
     """Call ``judge(prompts, completions_a, completions_b)`` and check that it returned one q ∈ [0, 1] per pair."""
     verdicts = judge(prompts, completions_a, completions_b)
-    if isinstance(verdicts, torch.Tensor):
-        verdicts = verdicts.detach().flatten().tolist()
-    try:
-        values = [float(v) for v in verdicts]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"the judge must return a list of floats (q = P(a ≻ b)), got {verdicts!r}") from err
-    if len(values) != len(prompts):
-        raise ValueError(
-            f"the judge returned {len(values)} preferences for {len(prompts)} pairs; it must return one per pair"
-        )
+    values = judge_values(verdicts, len(prompts))
     for i, q in enumerate(values):
         if not (math.isfinite(q) and 0.0 <= q <= 1.0):
-            raise ValueError(
+            raise InputError(
                 f"the judge returned q={q!r} for pair {i} (prompt {_short(prompts[i])}); "
                 "q = P(a ≻ b) must lie in [0, 1]"
             )
     return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def judge_values(verdicts, num_pairs: int) -> list[float]:
+    """The judge's output as one float per pair, or an error saying what was returned instead.
+
+    Accepted: a list or tuple of real numbers, or a 1-D tensor/array of them, of length ``num_pairs``. Refused by
+    name: a mapping (its keys would be read as q), a string, a scalar, a nested or 2-D result, non-numbers.
+    """
+    if hasattr(verdicts, "detach"):  # torch.Tensor
+        verdicts = verdicts.detach().cpu()
+    if hasattr(verdicts, "ndim") and hasattr(verdicts, "tolist"):  # torch.Tensor, numpy.ndarray
+        if verdicts.ndim != 1:
+            raise InputError(
+                f"the judge returned a {verdicts.ndim}-D {type(verdicts).__name__} of shape {tuple(verdicts.shape)}; "
+                f"it must return one number per pair ({num_pairs} pairs), e.g. a list of floats"
+            )
+        verdicts = verdicts.tolist()
+    if not isinstance(verdicts, (list, tuple)):
+        raise InputError(
+            f"the judge returned {type(verdicts).__name__} {_short(verdicts)}; it must return a list (or 1-D "
+            f"tensor/array) of {num_pairs} numbers, q = P(a ≻ b) per pair"
+        )
+    for i, value in enumerate(verdicts):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(
+                f"the judge returned {type(value).__name__} {_short(value)} for pair {i}; q = P(a ≻ b) must be a "
+                "number in [0, 1]"
+            )
+    if len(verdicts) != num_pairs:
+        raise InputError(
+            f"the judge returned {len(verdicts)} preferences for {num_pairs} pairs; it must return one per pair"
+        )
+    return [float(v) for v in verdicts]
 
 
 def _short(value, limit: int = 60) -> str:

@@ -1,0 +1,168 @@
+"""The CLI's error contract: every user error is one line on stderr naming the file, line, field or row; exit 2."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_pairs
+from trl_ipo.cli import main as trl_ipo_main
+from trl_ipo.commands import compare
+from trl_ipo.commands import train as train_cmd
+
+ROWS = make_pairs(8, seed=2)
+CPU = ["--use_cpu", "--bf16", "false", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def error_line(capsys, rc, prog="trl-ipo train"):
+    """The error line (after any progress bars `datasets` draws on stderr), checked to be the only one."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    line = err.rstrip("\n").splitlines()[-1]
+    assert line.startswith(f"{prog}: error: "), err
+    return line
+
+
+def train(tiny_dir, dataset, out, *extra):
+    return train_cmd.main(["--model_name_or_path", tiny_dir, "--dataset_name", str(dataset), "--output_dir", str(out),
+                           *CPU, *[str(e) for e in extra]])
+
+
+# ------------------------------------------------------------------------------------------------------ data files
+def test_malformed_jsonl_line_names_file_and_line(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    lines = [json.dumps(r) for r in ROWS]
+    lines[2] = lines[2][:-1]  # the closing brace lost
+    path.write_text("\n".join(lines) + "\n")
+    line = error_line(capsys, train(tiny_dir, path, tmp_path / "out"))
+    assert f"Dataset file '{path}': line 3 is not valid JSON" in line
+
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps([ROWS[1]]) + "\n")
+    line = error_line(capsys, train(tiny_dir, path, tmp_path / "out"))
+    assert f"Dataset file '{path}': line 2 holds a JSON list" in line
+
+
+def test_malformed_json_array_names_the_line(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "pairs.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in ROWS[:3]) + ",\n]\n")  # trailing comma on line 4
+    line = error_line(capsys, train(tiny_dir, path, tmp_path / "out"))
+    assert f"Dataset file '{path}': line 5 is not valid JSON" in line
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet", ".json"])
+def test_empty_data_file(tiny_dir, tmp_path, capsys, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_text("")
+    line = error_line(capsys, train(tiny_dir, path, tmp_path / "out"))
+    assert f"Dataset file '{path}' is empty." in line
+
+
+def test_blank_lines_only(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "blank.jsonl"
+    path.write_text("\n  \n")
+    line = error_line(capsys, train(tiny_dir, path, tmp_path / "out"))
+    assert f"Dataset file '{path}' has no rows" in line
+
+
+def test_bad_rows_through_the_cli(tiny_dir, tmp_path, capsys):
+    rows = [dict(r) for r in ROWS]
+    del rows[5]["rejected"]  # JSON Lines: a key missing on one line reads as null
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "a.jsonl", rows), tmp_path / "out"))
+    assert "column 'rejected', row 5 of the train (split 'train') dataset holds NoneType None" in line
+
+    rows = [{**r, "chosen": [{"content": r["chosen"]}]} for r in ROWS]
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "b.jsonl", rows), tmp_path / "out"))
+    assert "message 0 of column 'chosen', row 0 of the train (split 'train') dataset has no 'role'" in line
+
+
+# ------------------------------------------------------------------------------------------------------- YAML types
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("learning_rate", [1e-3, 1e-4], "field 'learning_rate' must be a number, got list [0.001, 0.0001]"),
+        ("beta", [0.1], "field 'beta' must be a number, got list [0.1]"),
+        ("max_steps", 1.5, "field 'max_steps' must be a whole number, got float 1.5"),
+        ("bf16", [False], "field 'bf16' must be true or false, got list [False]"),
+        ("loss_weights", [1, "high"], "field 'loss_weights' must be a number (one per list item), got str 'high'"),
+    ],
+)
+def test_yaml_value_of_the_wrong_type(tiny_dir, tmp_path, capsys, field, value, expected):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": tiny_dir, "output_dir": str(tmp_path), field: value}))
+    line = error_line(capsys, train_cmd.main(["--config", str(config)]))
+    assert f"config file '{config}': {expected}" in line
+
+
+# ------------------------------------------------------------------------------------------------ output, resume
+def test_output_folder_that_cannot_be_written(tiny_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, blocker / "out"))
+    assert f"--output_dir '{blocker / 'out'}' cannot be written" in line
+
+
+def test_resume_from_checkpoint_true_means_the_latest_checkpoint(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    out = tmp_path / "out"
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
+    assert f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir '{out}'" in line
+
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", tmp_path / "checkpoint-9"))
+    assert f"--resume_from_checkpoint '{tmp_path / 'checkpoint-9'}': checkpoint folder not found" in line
+
+    for step in (2, 10, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    base = ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(out), *CPU]
+    for flag, expected in (("true", str(out / "checkpoint-10")), ("True", str(out / "checkpoint-10")), ("false", None)):
+        args = train_cmd.parse_args([*base, "--resume_from_checkpoint", flag])
+        train_cmd.prepare(*args)
+        assert args[1].resume_from_checkpoint == expected, flag
+
+
+# --------------------------------------------------------------------------------------------------------- secrets
+def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    token = "hf_" + "q4" * 14
+    out = tmp_path / "run"
+    rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, "--hub_token", token, "--max_steps", "1",
+               "--per_device_train_batch_size", "4", "--save_strategy", "no", "--gradient_checkpointing", "false")
+    assert rc == 0
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert out / "training_args.bin" in written  # pickled by Trainer; read here as bytes, never unpickled
+    leaking = [str(p) for p in written if token.encode() in p.read_bytes()]
+    assert leaking == []
+
+
+# ---------------------------------------------------------------------------------------------- dispatcher, compare
+def test_dispatcher_errors_are_one_line(capsys):
+    assert trl_ipo_main([]) == 2
+    assert capsys.readouterr().err == (
+        "trl-ipo: error: no command given; choose one of train, compare, demo, bandit, plot, example "
+        "(`trl-ipo --help` describes them)\n"
+    )
+    assert trl_ipo_main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown command 'trian' (did you mean train?)" in err
+
+
+def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
+    rc = compare.main(["--dataset", "x.jsonl"])
+    line = error_line(capsys, rc, "trl-ipo compare")
+    assert "the following arguments are required: --model" in line
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n{oops\n")
+    rc = compare.main(["--model", tiny_dir, "--dataset", str(path), "--output_dir", str(tmp_path / "cmp")])
+    line = error_line(capsys, rc, "trl-ipo compare")
+    assert f"Dataset file '{path}': line 2 is not valid JSON" in line
+    assert not (tmp_path / "cmp").exists()
+
+    rc = trl_ipo_main(["compare", "--model", tiny_dir, "--dataset", str(path), "--beta", "inf"])
+    assert "--beta must be a finite number > 0, got inf" in error_line(capsys, rc, "trl-ipo compare")

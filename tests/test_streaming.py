@@ -1,0 +1,88 @@
+"""Streamed (IterableDataset) preference data: rows checked as they arrive, by their index in the stream."""
+
+import warnings
+
+import pytest
+from datasets import IterableDataset
+
+from conftest import cpu_args, make_pairs
+from trl_ipo import IPOConfig, IPOTrainer
+from trl_ipo.errors import InputError
+
+ROWS = make_pairs(12, seed=4, preference=True)
+
+
+def stream(rows):
+    def generate():
+        yield from rows
+
+    return IterableDataset.from_generator(generate)
+
+
+def _trainer(load_model, tokenizer, tmp_path, dataset, **overrides):
+    return IPOTrainer(
+        model=load_model(),
+        args=IPOConfig(**cpu_args(tmp_path, per_device_train_batch_size=2, max_steps=100, **overrides)),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+
+
+def read_all(trainer):
+    """One pass over the training stream, as the training loop reads it."""
+    return sum(len(batch["input_ids"]) // 2 for batch in trainer.get_train_dataloader())
+
+
+def test_empty_stream(load_model, tokenizer, tmp_path):
+    with pytest.raises(InputError, match=r"^the streamed train dataset has no rows\.$"):
+        _trainer(load_model, tokenizer, tmp_path, stream([]))
+
+
+def test_bad_preference_is_reported_by_its_index_in_the_stream(load_model, tokenizer, tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[9]["q"] = 3.0
+    trainer = _trainer(load_model, tokenizer, tmp_path, stream(rows), preference_column="q")  # row 0 is fine
+    with pytest.raises(InputError, match=r"Preference value 3\.0 at column 'q', row 9 of the streamed train dataset"):
+        read_all(trainer)
+
+
+def test_plain_row_in_a_conversational_stream(load_model, tokenizer, tmp_path):
+    chat = {"prompt": [{"role": "user", "content": "the cat"}], "chosen": [{"role": "assistant", "content": "sat"}],
+            "rejected": [{"role": "assistant", "content": "ran"}]}
+    plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
+    trainer = _trainer(load_model, tokenizer, tmp_path, stream([plain] * 5 + [chat]))
+    with pytest.raises(InputError, match=r"row 5 of the streamed train dataset is conversational but row 0 is plain"):
+        read_all(trainer)
+
+
+def test_rows_dropped_by_length_are_counted_and_warned(load_model, tokenizer, tmp_path):
+    max_length = 4
+    long_prompts = [i for i, r in enumerate(ROWS) if len(tokenizer(r["prompt"])["input_ids"]) >= max_length]
+    assert 0 < len(long_prompts) < len(ROWS)  # the fixture exercises the filter
+    trainer = _trainer(load_model, tokenizer, tmp_path, stream(ROWS), max_length=max_length)
+    assert trainer.dropped_rows == {}  # nothing read yet (the start-up peek is not counted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = read_all(trainer)
+    assert kept == len(ROWS) - len(long_prompts)
+    assert trainer.dropped_rows == {"train": len(long_prompts)}
+    messages = [str(w.message) for w in caught]
+    assert any(f"row {long_prompts[0]} of the streamed train dataset was dropped" in m and "max_length=4" in m
+               for m in messages), messages
+
+
+def test_every_streamed_row_dropped_is_an_error_before_training(load_model, tokenizer, tmp_path):
+    with pytest.raises(InputError, match=r"all 12 rows of the streamed train dataset were dropped .* max_length=1"):
+        _trainer(load_model, tokenizer, tmp_path, stream(ROWS), max_length=1)
+
+
+def test_identical_pairs_in_a_stream_are_warned(load_model, tokenizer, tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[7]["rejected"] = rows[7]["chosen"]
+    trainer = _trainer(load_model, tokenizer, tmp_path, stream(rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_all(trainer)
+    assert any("streamed train dataset have 'chosen' identical to 'rejected'" in str(w.message)
+               and "[7]" in str(w.message) for w in caught)
+    assert trainer.row_checks["train"].identical == [7]
