@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
+from .dpo_fields import BF16_HELP, apply_field_decisions
 from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
@@ -26,8 +27,8 @@ class IPOLossArguments:
     loss_form: str = field(
         default="paper",
         metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
-            "β² times the paper form). Same minimiser.",
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² "
+            "(β² times the paper form). Same minimiser.",
             "choices": list(LOSS_FORMS),
         },
     )
@@ -41,7 +42,8 @@ class IPOLossArguments:
     logp_reduction: str = field(
         default="mean",
         metadata={
-            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
+            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention; the default of "
+            "`trl-ipo train` and `trl-ipo compare`) or 'sum'. The same β sets a different target under each.",
             "choices": list(LOGP_REDUCTIONS),
         },
     )
@@ -59,11 +61,11 @@ class IPOConfig(IPOLossArguments, DPOConfig):
 
     The per-pair loss is ``(Δ − t/β)²`` (``loss_form="paper"``) where Δ is the log-ratio margin between the chosen
     and rejected completions and t = q − ½ (``symmetric=True``) or t = q (``symmetric=False``), q being the
-    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17; seed note eq. 10–12).
+    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):
-            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², the seed note's eq. 12 form (β² times the paper form).
+            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², β² times the paper form (same minimiser).
         symmetric (`bool`, defaults to `True`):
             Count each pair also swapped with probability 1 − q, computed analytically (no extra forward pass).
             Target t = q − ½ (0.5 for hard labels, 0 for a tie). With `False`, t = q (order as given).
@@ -82,6 +84,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
             "`loss_weights`). Other DPO loss types belong to trl's DPOTrainer."
         },
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     preference_column: str | None = field(
         default=None,
         metadata={
@@ -106,6 +109,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
         super().__post_init__()
         check_launch(self)
 

@@ -286,9 +286,11 @@ class IPOTrainer(DPOTrainer):
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
-        # Callbacks (on_log) read the pairs behind this log entry from `last_logged_pairs`.
-        self._last_logged_pairs[mode] = self.pair_records[mode]
-        self.pair_records[mode] = []
+        # Callbacks (on_log) read the pairs behind this log entry from `last_logged_pairs`. A log with no new pairs
+        # (the summary after train(), or after evaluate()) keeps the latest ones.
+        if self.pair_records[mode]:
+            self._last_logged_pairs[mode] = self.pair_records[mode]
+            self.pair_records[mode] = []
         super().log(logs, start_time)
 
     def last_logged_pairs(self, mode: str = "train") -> dict[str, torch.Tensor]:
@@ -316,7 +318,18 @@ def _as_ipo_config(args, model) -> IPOConfig:
     if args is None:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
         return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
-    # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO with its own defaults.
+    # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO. Keep an IPO-compatible choice, else say so.
+    loss_type = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
+    if "ipo" in loss_type and set(loss_type) <= {"ipo", "sft"}:
+        return IPOConfig(**config_values(args, IPOConfig))
+    dropped = f"loss_type={loss_type!r}" + (f" and loss_weights={args.loss_weights!r}" if args.loss_weights else "")
+    warnings.warn(
+        f"{type(args).__name__} {dropped} replaced by IPOConfig's loss_type=['ipo'] (loss_weights=None): an "
+        "IPOTrainer always trains IPO. Your config object still holds the old values; log trainer.args instead. "
+        "Pass an IPOConfig (or loss_type='ipo') to silence this warning.",
+        UserWarning,
+        stacklevel=3,
+    )
     return IPOConfig(**config_values(args, IPOConfig, skip={"loss_type", "loss_weights"}))
 
 

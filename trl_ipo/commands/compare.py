@@ -31,6 +31,11 @@ from ..errors import InputError, exit_on_input_error
 HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
 PROG = "trl-ipo compare"
 
+_REDUCTION_NOTE = {
+    "mean": "per-token mean log-ratios, the default of `trl-ipo train` and IPOConfig",
+    "sum": "summed log-ratios; `trl-ipo train` and IPOConfig default to the per-token mean, so the same β there "
+    "sets a different target",
+}
 METHODS = ("dpo", "ipo", "ipo_soft")
 SUMMARY_COLUMNS = [
     ("label", "method"),
@@ -204,7 +209,7 @@ def run_compare(args) -> dict:
     intro = (
         f"Model `{args.model}`, dataset `{args.dataset}`: {len(train)} training pairs, {len(held_out)} held-out pairs; "
         f"{args.max_steps} steps of {args.batch_size} pairs per method, β = {args.beta:g}, lr {args.learning_rate:g}, "
-        f"IPO logp_reduction={args.logp_reduction}. KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
+        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
         "Δ > 0 means the policy moved its log-ratio toward the chosen response."
     )
     written = write_report(out, "trl-ipo compare: DPO vs IPO", intro, runs, SUMMARY_COLUMNS)
@@ -238,7 +243,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["dpo", "ipo"], help=f"any of {', '.join(METHODS)} (default: dpo ipo)")
     p.add_argument("--preference_column", default=None, help="column holding q in [0, 1] (needed by ipo_soft)")
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--logp_reduction", choices=["sum", "mean"], default="sum", help="IPO's Δ: summed or per-token mean log-probs")
+    p.add_argument(
+        "--logp_reduction", choices=["sum", "mean"], default="mean",
+        help="IPO's Δ: per-token mean (default, as in `trl-ipo train` and IPOConfig) or summed log-probs. The same β "
+        "means a different target under each (see docs/choosing-beta.md)",
+    )
     p.add_argument("--max_steps", type=int, default=100)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=5e-6)

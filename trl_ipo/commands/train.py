@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str], parser=None):
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
         message = one_line(err)
-        if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
+        if "bf16" in message and "bf16 false" not in message:  # transformers' own bf16 error: say what to pass
             message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
         raise InputError(message) from None
     if leftover:
@@ -231,10 +231,10 @@ def check_output_dir(training_args) -> None:
 
 
 def resolve_resume(training_args) -> None:
-    """``--resume_from_checkpoint true`` means the latest checkpoint in ``output_dir`` (as ``Trainer.train(True)``).
+    """``--resume_from_checkpoint true`` means the newest complete checkpoint in ``output_dir`` (as ``train(True)``).
 
-    ``false``/``none`` means no resume; any other value must be a checkpoint folder. Resolved to a path here, so a
-    missing checkpoint is reported before training, naming the folder.
+    ``false``/``none`` means no resume; any other value must be a checkpoint folder. Checked here, so a missing
+    checkpoint is reported before training, naming the folder.
     """
     value = training_args.resume_from_checkpoint
     if value is None or isinstance(value, bool) and not value:
@@ -244,15 +244,18 @@ def resolve_resume(training_args) -> None:
     if lowered in ("false", "no", "none", "0", ""):
         training_args.resume_from_checkpoint = None
     elif value is True or lowered in ("true", "yes", "1"):
-        from transformers.trainer_utils import get_last_checkpoint
+        from ..checkpoints import newest_complete_checkpoint
 
         folder = training_args.output_dir
-        latest = get_last_checkpoint(folder) if os.path.isdir(folder) else None
-        if latest is None:
+        newest, skipped = newest_complete_checkpoint(folder) if os.path.isdir(folder) else (None, [])
+        if newest is None:
+            found = f" ({len(skipped)} incomplete)" if skipped else ""
             raise InputError(
-                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to resume from"
+                f"--resume_from_checkpoint true: there is no complete checkpoint-* folder in --output_dir {folder!r} "
+                f"to resume from{found}"
             )
-        training_args.resume_from_checkpoint = latest
+        # IPOTrainer.train resolves True to the newest complete checkpoint and warns about incomplete ones.
+        training_args.resume_from_checkpoint = True
     elif not os.path.isdir(os.path.expanduser(value)):
         raise InputError(f"--resume_from_checkpoint {value!r}: checkpoint folder not found")
 

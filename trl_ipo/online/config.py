@@ -10,6 +10,7 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
     from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..config import IPOLossArguments
+from ..dpo_fields import BF16_HELP, apply_field_decisions
 from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
@@ -53,6 +54,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         default="ipo",
         metadata={"help": "Only 'ipo'. Other loss types belong to trl's OnlineDPOTrainer.", "choices": ["ipo"]},
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     temperature: float = field(
         default=1.0,
         metadata={"help": "Sampling temperature; 1 (default) samples on-policy."},
@@ -112,6 +114,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device
         super().__post_init__()
         check_launch(self)
         if self.eval_strategy != "no":
