@@ -101,7 +101,17 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         },
     )
 
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={
+            "help": "Lay each pair out as one sequence [prompt, chosen, rejected]: the prompt is computed once for "
+            "the policy and the reference, the rejected branch never sees the chosen one (docs/performance.md). "
+            "Combines with `padding_free`, which IPOTrainer honours (rows packed without padding)."
+        },
+    )
+
     def __post_init__(self):
+        self._validate_packing_fields()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         check_ipo_config_values(self)
@@ -112,6 +122,11 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
         super().__post_init__()
         check_launch(self)
+
+    def _validate_packing_fields(self) -> None:
+        for name in ("prefix_sharing", "padding_free"):
+            if isinstance(getattr(self, name), str):  # from YAML/CLI strings
+                setattr(self, name, parse_bool(f"IPOConfig.{name}", getattr(self, name)))
 
 
 def parse_bool(name: str, value: str) -> bool:

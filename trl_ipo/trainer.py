@@ -10,14 +10,17 @@ from ``DPOTrainer.compute_ref_log_probs`` or from the precomputed columns. The m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
 
 from . import checkpoints
 from .callbacks import attach_margin_callback, require_wandb
@@ -27,6 +30,14 @@ from .distributed import fill_zero3_auto_sizes
 from .errors import InputError
 from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
 from .model_card import IPO_PAPER, complete_model_card
+from .packed_forward import (
+    DENSE_MASK_BACKENDS,
+    attn_implementation,
+    check_packing_support,
+    install_packed_forward,
+    layout_attention_mask,
+)
+from .packing import build_layout, scatter_scored
 from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
 
@@ -58,11 +69,22 @@ class IPOTrainer(DPOTrainer):
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
+        # Packed / prefix-shared layout (trl_ipo.packing). TRL 1.16 switches its own padding_free off with a warning
+        # that does not apply here, so it is kept aside while TRL initialises.
+        self._padding_free = bool(args.padding_free)
+        self._packing_enabled = bool(args.prefix_sharing or args.padding_free)
+        check_packing_support(model, args, kw.get("peft_config"))
+        args.padding_free = False
         self.row_checks = _validate_datasets(args.preference_column, train_dataset, eval_dataset)
         if ref_model is None and _needs_in_memory_reference(model, args, kw.get("peft_config")):
             # TRL reloads the reference from the model's path; a model built in memory has none, so copy it.
             ref_model = copy.deepcopy(model).eval()
-        super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        try:
+            super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        finally:
+            args.padding_free = self._padding_free
+        if self._packing_enabled:
+            self._ensure_packed_forward()
         if args.preference_column is not None:
             self.data_collator = PreferenceCollator(self.data_collator, args.preference_column)
         # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
@@ -121,15 +143,6 @@ class IPOTrainer(DPOTrainer):
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
-        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
-        return precompute_ref_logps(self, dataset, name, batch_size)
-
-    def compute_ref_log_probs(self, model, inputs):
-        inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
-        return super().compute_ref_log_probs(model, inputs)
-
     # ------------------------------------------------------------------------------------------------- checkpoints
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
@@ -179,14 +192,8 @@ class IPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
         seq_len = shift_mask.size(1)
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
-        if self.aux_loss_enabled:
-            model_kwargs["output_router_logits"] = True
-
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        per_token_logps = outputs.log_probs[:, -seq_len:]  # zero outside the completion
+        outputs = self._policy_forward(model, inputs)
+        per_token_logps = outputs.log_probs  # [2B, L-1], zero outside the completion
         # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
         chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
@@ -210,7 +217,7 @@ class IPOTrainer(DPOTrainer):
         per_pair_loss = (margin - target) ** 2
         weights = None
         if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
-            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs[:, -seq_len:], shift_mask)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs, shift_mask)
             per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
@@ -229,8 +236,124 @@ class IPOTrainer(DPOTrainer):
 
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**model_kwargs)
+                outputs = model(**self._model_kwargs(inputs))
         return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------- forward seams
+    def _model_kwargs(self, inputs):
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        return model_kwargs
+
+    def _policy_forward(self, model, inputs):
+        """The policy's per-token outputs in the padded layout: ``log_probs``, ``entropy``, ``mean_logits`` and
+        ``is_top1`` of shape ``[2B, L-1]`` (zero outside the completions), and ``aux_loss``. With ``prefix_sharing``
+        or ``padding_free`` the forward runs on the packed layout and its results are scattered back here."""
+        if self._packing_enabled:
+            return self._packed_forward(model, inputs, with_metrics=True)
+        seq_len = inputs["completion_mask"].size(1) - 1
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        outputs = model(**self._model_kwargs(inputs), labels=labels, fused_lm_head=True)
+        for name in ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"):
+            value = getattr(outputs, name, None)
+            if value is not None:  # prompt-learning PEFT prepends virtual tokens: keep the real positions
+                setattr(outputs, name, value[:, -seq_len:])
+        return outputs
+
+    def _packed_forward(self, model, inputs, with_metrics):
+        layout = self._build_layout(inputs)
+        device = inputs["input_ids"].device
+        dtype = self._compute_dtype(model)
+        packed_kwargs = {
+            "input_ids": layout.input_ids,
+            "position_ids": layout.position_ids,
+            "attention_mask": layout_attention_mask(model, layout, dtype),
+            "use_cache": False,
+        }
+        if self.aux_loss_enabled and with_metrics:
+            packed_kwargs["output_router_logits"] = True
+        outputs = model(**packed_kwargs, packed_layout=layout)
+        score_mask = layout.score_mask.to(device)
+        for name in ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"):
+            value = getattr(outputs, name)
+            if value is not None:
+                setattr(outputs, name, scatter_scored(value, score_mask))
+        return outputs
+
+    def _build_layout(self, inputs):
+        args = self.args
+        # Dense masks cost rows × length²: pack rows no longer than the longest segment. Flex and FlashAttention
+        # skip what the segments hide, so everything goes into one row.
+        capacity = 0 if attn_implementation(self.model) in DENSE_MASK_BACKENDS else None
+        layout = build_layout(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["completion_mask"],
+            prefix_sharing=args.prefix_sharing,
+            padding_free=self._padding_free,
+            capacity=capacity,
+        )
+        if layout.unshared_pairs:
+            self._warn_unshared(layout.unshared_pairs)
+        return layout.to(inputs["input_ids"].device)
+
+    def _compute_dtype(self, model):
+        """dtype of the additive mask: the autocast dtype, else the model's floating-point parameters'."""
+        device_type = self.accelerator.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """Reference ``(chosen, rejected)`` summed log-probs of a padded batch (training and precompute)."""
+        inputs = {k: v for k, v in inputs.items() if k != PreferenceCollator.key}
+        if not self._packing_enabled:
+            return super().compute_ref_log_probs(model, inputs)
+        self._ensure_packed_forward()
+        adapter_context = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter_context,
+            self.accelerator.autocast(),
+        ):
+            per_token = self._packed_forward(model, inputs, with_metrics=False).log_probs
+        return sequence_logps(per_token, inputs["completion_mask"][..., 1:], self.args.ld_alpha).chunk(2, dim=0)
+
+    def _ensure_packed_forward(self):
+        """Check the model takes the layout and wrap the policy's and the reference's forwards (once)."""
+        if getattr(self, "_packed_forward_ready", False):
+            return
+        check_packing_support(self.model, self.args, getattr(self.model, "peft_config", None))
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+        if getattr(self, "use_weighting", False):
+            outputs += ("log_sum_sq_probs",)
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        install_packed_forward(policy, outputs=outputs)
+        if self.ref_model is not None:
+            install_packed_forward(getattr(self.ref_model, "module", self.ref_model))
+        self._packed_forward_ready = True
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
+        if self._packing_enabled:
+            self._ensure_packed_forward()
+        return precompute_ref_logps(self, dataset, name, batch_size)
+
+    def _warn_unshared(self, count):
+        warnings.warn(
+            f"prefix_sharing: {count} pair(s) in this batch carry different prompt tokens in their chosen and "
+            "rejected rows (truncation_mode='keep_end' cut the prompt differently), so their prompt is computed "
+            "once per completion for them; their loss is unchanged.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     # --------------------------------------------------------------------------------------------------- metrics
     def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
