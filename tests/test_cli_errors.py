@@ -80,6 +80,12 @@ def test_bad_rows_through_the_cli(tiny_dir, tmp_path, capsys):
     line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "b.jsonl", rows), tmp_path / "out"))
     assert "message 0 of column 'chosen', row 0 of the train (split 'train') dataset has no 'role'" in line
 
+    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}]} for r in ROWS]
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "c.jsonl", chat[:4] + ROWS[4:5] + chat[5:]),
+                                    tmp_path / "out"))
+    assert "row 4 of the train (split 'train') dataset is plain but row 0 is conversational" in line
+
 
 # ------------------------------------------------------------------------------------------------------- YAML types
 @pytest.mark.parametrize(

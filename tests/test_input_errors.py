@@ -86,13 +86,13 @@ def test_bad_chat_messages(load_model, tokenizer, tmp_path, message, expected):
     with pytest.raises(InputError, match=expected):
         validate_preference_rows(_ListDataset(rows), "train")
     if "content" in message and not isinstance(message["content"], str):
-        return  # Arrow cannot hold an int content next to text ones
+        return  # Dataset.from_list cannot type an int content next to text ones
     with pytest.raises(InputError, match=expected):
         _trainer(load_model, tokenizer, tmp_path, Dataset.from_list(rows))
 
 
 def test_mixed_conversational_and_plain_rows():
-    # (Arrow cannot hold such rows in one in-memory table; streams can: see test_streaming.py.)
+    # Hand-built rows here; a JSON Lines file below, and streams in test_streaming.py.
     plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
     with pytest.raises(InputError, match=r"row 3 of the eval dataset is plain but row 0 is conversational"):
         validate_preference_rows(_ListDataset([CHAT_ROW, CHAT_ROW, CHAT_ROW, plain]), "eval")
@@ -102,7 +102,7 @@ def test_mixed_conversational_and_plain_rows():
 
 
 class _ListDataset:
-    """Rows of mixed types, which an Arrow table cannot hold; the checker only needs these three methods."""
+    """Rows of mixed types, which a typed Arrow column may not hold; the checker only needs these three methods."""
 
     def __init__(self, rows):
         self.rows = rows
@@ -167,3 +167,18 @@ def test_judge_sequences_tensors_and_arrays_are_read_in_order():
     for returned in ([0.25, 1], (0.25, 1.0), torch.tensor([0.25, 1.0]), np.array([0.25, 1.0]), [np.float32(0.25), 1]):
         q = preference_from_judge(lambda p, a, b, r=returned: r, ["p0", "p1"], ["a0", "a1"], ["b0", "b1"])
         assert q.tolist() == [0.25, 1.0], returned
+
+
+def test_mixed_rows_of_a_json_lines_file_fail_in_the_trainer(load_model, tokenizer, tmp_path):
+    import json
+
+    from datasets import load_dataset
+
+    plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [CHAT_ROW, CHAT_ROW, CHAT_ROW, plain, CHAT_ROW]))
+    dataset = load_dataset("json", data_files=str(path), split="train")  # one JSON-typed column holds both kinds
+    assert dataset[3] == plain and dataset[0] == CHAT_ROW
+    with pytest.raises(InputError, match=r"row 3 of the train dataset is plain but row 0 is conversational; .* no "
+                                         r"end-of-sequence token"):
+        _trainer(load_model, tokenizer, tmp_path, dataset)
