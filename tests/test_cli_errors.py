@@ -186,7 +186,8 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
     [
         (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
         (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
-        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"], "the weight of 'sft' must be a finite number >= 0"),
+        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"],
+         "the weight of 'sft' must be a finite number >= 0"),
     ],
     ids=["beta-inf", "loss-type-twice", "negative-weight"],
 )
