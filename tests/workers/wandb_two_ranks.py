@@ -95,7 +95,8 @@ def main(model_dir: str, out_dir: str) -> None:
         def on_log(self, args, state, control, logs=None, **kwargs):
             mode = "train" if trainer.model.training else "eval"
             pairs = trainer.last_logged_pairs(mode)
-            if pairs:
+            # Only the metric logs: the summary log after train() keeps the latest pairs but adds none.
+            if pairs and any(key.endswith("rewards/margins") for key in logs or {}):
                 logged.append({"mode": mode, "step": state.global_step, **{k: v.tolist() for k, v in pairs.items()}})
 
     trainer.add_callback(Spy())
