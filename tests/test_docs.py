@@ -10,7 +10,9 @@ The files are found by glob, so a new page is covered as soon as it exists. The 
 * ``bash``/``sh``/``shell`` blocks run with ``bash -eo pipefail`` in the same folder, the virtualenv first on
   ``PATH``; an unlabelled block whose first command is a known command line (``python``, ``trl-ipo``, ...) is shell.
 * The text ``path/or/model`` stands for a model folder and ``path/to/pairs.jsonl`` for a preference file; both are
-  replaced by a tiny model and 32 rows built locally (what ``trl-ipo tiny-model DIR --pairs 32`` writes).
+  replaced by a tiny model and 32 rows built locally (what ``trl-ipo tiny-model DIR --pairs 32`` writes). A file a
+  snippet presents as the reader's own DeepSpeed config, ``my_ds.json``, exists in the working folder.
+* ``trl-ipo`` command lines run in the test's own process (TRL is imported once), everything else in bash.
 * A ``yaml`` block must parse; one whose first line is ``# NAME.yaml`` is written to NAME.yaml in the page's folder.
 * In a ``diff`` block, the added ``import`` lines run.
 * A snippet that cannot run here says so in its first line: ``# docs-test: skip (reason)``; it is skipped with that
@@ -25,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,7 @@ COMMANDS = ("python ", "python3 ", "trl-ipo", "bash ", "pip ", "accelerate ", "d
 UNMARKED_ELSEWHERE = {
     ("docs/distributed.md", "# one node, 8 GPUs;"): "GPUs and several nodes",
     ("docs/results.md", "trl-ipo demo "): "the full demo (minutes); tests/test_demo.py runs it on a toy budget",
+    ("docs/distributed.md", "python scripts/shard_memory.py"): "DeepSpeed on 1 and 2 CPU ranks, about a minute",
 }
 
 
@@ -158,7 +162,11 @@ def page_state(page: str, tmp_path_factory, tiny_dir) -> tuple[dict, Path]:
         folder = tmp_path_factory.mktemp("page-" + re.sub(r"\W", "-", page))
         for name in ("scripts", "tests", "docs"):  # snippets name repository files relatively
             (folder / name).symlink_to(ROOT / name)
-        _PAGE_STATE[page] = ({"__name__": "__docs__", **reader_names(tiny_dir)}, folder)
+        (folder / "my_ds.json").write_text((ROOT / "trl_ipo" / "configs" / "zero3.json").read_text())
+        module = types.ModuleType("docs_" + re.sub(r"\W", "_", page))  # dataclasses look their module up
+        sys.modules[module.__name__] = module
+        module.__dict__.update(reader_names(tiny_dir))
+        _PAGE_STATE[page] = (module.__dict__, folder)
     return _PAGE_STATE[page]
 
 
@@ -200,9 +208,64 @@ def test_snippet_runs(page, line, kind, body, placeholders, tiny_dir, tmp_path_f
             assert isinstance(values, dict), f"{where}: {m.group(1)} is not a mapping"
             (folder / m.group(1)).write_text(code)
     else:
-        done = subprocess.run(["bash", "-eo", "pipefail", "-c", code], cwd=folder, env=shell_env(),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"{where} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        run_shell(code, folder, where)
+
+
+def shell_commands(code: str) -> list[str]:
+    """The snippet's commands: backslash continuations joined, a here-document kept with its command."""
+    commands, lines, i = [], code.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        while line.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        heredoc = re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line)
+        if heredoc:
+            body = []
+            while i + 1 < len(lines) and lines[i + 1].strip() != heredoc.group(1):
+                i += 1
+                body.append(lines[i])
+            i += 1
+            line = "\n".join([line, *body, heredoc.group(1)])
+        if line.strip() and not line.strip().startswith("#"):
+            commands.append(line)
+        i += 1
+    return commands
+
+
+IN_PROCESS = re.compile(r"^(trl-ipo|python -m trl_ipo)\s")
+
+
+def run_shell(code: str, folder: Path, where: str) -> None:
+    """``trl-ipo`` command lines run in this process (the libraries are imported once); the rest in bash."""
+    import shlex
+
+    from trl_ipo.cli import main
+
+    pending: list[str] = []
+
+    def flush():
+        if pending:
+            done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(pending)], cwd=folder, env=shell_env(),
+                                  capture_output=True, text=True, timeout=300)
+            output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, f"{where} exited {done.returncode}:\n{output}"
+            pending.clear()
+
+    for command in shell_commands(code):
+        bare = re.sub(r"\s+#.*$", "", command) if "\n" not in command else command  # a trailing comment
+        if IN_PROCESS.match(bare) and not re.search(r"[|;&<>`$'\"]", bare):
+            flush()
+            argv = shlex.split(bare)
+            argv = argv[1:] if argv[0] == "trl-ipo" else argv[3:]
+            try:
+                rc = main(argv)
+            except SystemExit as exit_:
+                rc = exit_.code or 0
+            assert rc == 0, f"{where}: `{command}` returned {rc}"
+        else:
+            pending.append(command)
+    flush()
 
 
 # -------------------------------------------------------------------------------------------- the convention
