@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-
 from conftest import make_pairs
+
 from trl_ipo.cli import main as trl_ipo_main
 from trl_ipo.commands import compare
 from trl_ipo.commands import train as train_cmd
@@ -30,8 +30,18 @@ def error_line(capsys, rc, prog="trl-ipo train"):
 
 
 def train(tiny_dir, dataset, out, *extra):
-    return train_cmd.main(["--model_name_or_path", tiny_dir, "--dataset_name", str(dataset), "--output_dir", str(out),
-                           *CPU, *[str(e) for e in extra]])
+    return train_cmd.main(
+        [
+            "--model_name_or_path",
+            tiny_dir,
+            "--dataset_name",
+            str(dataset),
+            "--output_dir",
+            str(out),
+            *CPU,
+            *[str(e) for e in extra],
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ data files
@@ -80,10 +90,17 @@ def test_bad_rows_through_the_cli(tiny_dir, tmp_path, capsys):
     line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "b.jsonl", rows), tmp_path / "out"))
     assert "message 0 of column 'chosen', row 0 of the train (split 'train') dataset has no 'role'" in line
 
-    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": "a"}],
-             "rejected": [{"role": "assistant", "content": "b"}]} for r in ROWS]
-    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "c.jsonl", chat[:4] + ROWS[4:5] + chat[5:]),
-                                    tmp_path / "out"))
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        }
+        for r in ROWS
+    ]
+    line = error_line(
+        capsys, train(tiny_dir, jsonl(tmp_path / "c.jsonl", chat[:4] + ROWS[4:5] + chat[5:]), tmp_path / "out")
+    )
     assert "row 4 of the train (split 'train') dataset is plain but row 0 is conversational" in line
 
 
@@ -141,8 +158,21 @@ def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypat
     monkeypatch.delenv("HF_TOKEN", raising=False)
     token = "hf_" + "q4" * 14
     out = tmp_path / "run"
-    rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, "--hub_token", token, "--max_steps", "1",
-               "--per_device_train_batch_size", "4", "--save_strategy", "no", "--gradient_checkpointing", "false")
+    rc = train(
+        tiny_dir,
+        jsonl(tmp_path / "pairs.jsonl", ROWS),
+        out,
+        "--hub_token",
+        token,
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--gradient_checkpointing",
+        "false",
+    )
     assert rc == 0
     written = [p for p in out.rglob("*") if p.is_file()]
     assert out / "training_args.bin" in written  # pickled by Trainer; read here as bytes, never unpickled
@@ -186,8 +216,10 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
     [
         (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
         (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
-        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"],
-         "the weight of 'sft' must be a finite number >= 0"),
+        (
+            ["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"],
+            "the weight of 'sft' must be a finite number >= 0",
+        ),
     ],
     ids=["beta-inf", "loss-type-twice", "negative-weight"],
 )
@@ -207,8 +239,24 @@ def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, 
     rows = make_pairs(12, seed=6, preference=True)
     rows[5]["q"] = -2.0
     data = jsonl(tmp_path / "pairs.jsonl", rows)
-    rc = train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true", "--preference_column", "q",
-               "--max_steps", "6", "--per_device_train_batch_size", "2", "--save_strategy", "no",
-               "--gradient_checkpointing", "false", "--max_length", "64")
+    rc = train(
+        tiny_dir,
+        data,
+        tmp_path / "out",
+        "--dataset_streaming",
+        "true",
+        "--preference_column",
+        "q",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_strategy",
+        "no",
+        "--gradient_checkpointing",
+        "false",
+        "--max_length",
+        "64",
+    )
     line = error_line(capsys, rc)
     assert "Preference value -2.0 at column 'q', row 5 of the streamed train dataset is outside [0, 1]" in line

@@ -216,7 +216,7 @@ def check_ipo_config_values(config) -> None:
                 f"IPOConfig.loss_weights must be a list of {len(loss_type)} number(s), one per loss_type "
                 f"{list(loss_type)!r}, got {_described(weights)}."
             )
-        for term, weight in zip(loss_type, weights):
+        for term, weight in zip(loss_type, weights, strict=True):
             number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
             if not number or not math.isfinite(weight) or weight < 0:
                 raise InputError(
