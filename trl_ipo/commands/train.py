@@ -21,9 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..datasets_io import (
-    check_model as check_model_reference,
-)
+from .. import datasets_io
 from ..datasets_io import (
     check_preference_columns,
     check_writable_folder,
@@ -220,7 +218,7 @@ def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
 # ----------------------------------------------------------------------------------------------- checking
 def check_model(model_args, training_args) -> None:
     """Fail early, with the path or hub id, when the model cannot be found."""
-    check_model_reference(
+    datasets_io.check_model(
         model_args.model_name_or_path,
         model_args.model_revision,
         training_args.trust_remote_code,
