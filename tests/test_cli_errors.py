@@ -260,3 +260,9 @@ def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, 
     )
     line = error_line(capsys, rc)
     assert "Preference value -2.0 at column 'q', row 5 of the streamed train dataset is outside [0, 1]" in line
+
+
+def test_every_row_dropped_by_max_length_is_one_line(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--max_length", "1", "--max_steps", "1"))
+    assert f"all {len(ROWS)} rows of the train dataset were dropped" in line and "max_length=1" in line
