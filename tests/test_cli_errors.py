@@ -154,29 +154,29 @@ def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_pa
 
 
 # --------------------------------------------------------------------------------------------------------- secrets
-def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypatch):
+def test_hub_token_is_in_no_file_a_run_writes(tiny_dir, tmp_path, monkeypatch):
+    """training_args.bin, training_args.json, the model card and the wandb run files, scanned as bytes."""
+    import wandb
+
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
     token = "hf_" + "q4" * 14
     out = tmp_path / "run"
-    rc = train(
-        tiny_dir,
-        jsonl(tmp_path / "pairs.jsonl", ROWS),
-        out,
-        "--hub_token",
-        token,
-        "--max_steps",
-        "1",
-        "--per_device_train_batch_size",
-        "4",
-        "--save_strategy",
-        "no",
-        "--gradient_checkpointing",
-        "false",
-    )
+    extra = ["--hub_token", token, "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no"]
+    try:
+        rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, *extra, "--report_to", "wandb")
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
     assert rc == 0
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert out / "training_args.bin" in written  # pickled by Trainer; read here as bytes, never unpickled
-    leaking = [str(p) for p in written if token.encode() in p.read_bytes()]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "pairs.jsonl"]
+    assert {out / "training_args.bin", out / "training_args.json", out / "README.md"} <= set(written)
+    run_files = [p for p in written if "wandb" in p.parts]  # the offline run and wandb's logs of its config
+    assert any(b"hub_token" in p.read_bytes() for p in run_files)  # the run config was written and is scanned
+    leaking = [str(p) for p in written if token.encode() in p.read_bytes()]  # bytes: nothing is unpickled
     assert leaking == []
 
 
