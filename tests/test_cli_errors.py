@@ -235,6 +235,12 @@ def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
     assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
 
 
+def test_streamed_data_without_max_steps(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true"))
+    assert "a streamed dataset (--dataset_streaming true) has no length: set --max_steps" in line
+
+
 def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, tmp_path, capsys):
     rows = make_pairs(12, seed=6, preference=True)
     rows[5]["q"] = -2.0

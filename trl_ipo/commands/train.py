@@ -305,6 +305,8 @@ def prepare(script_args, training_args, model_args, dataset_args):
     check_model(model_args, training_args)
     resolve_resume(training_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
+    if not hasattr(train_dataset, "__len__") and training_args.max_steps <= 0:  # a stream has no length
+        raise InputError("a streamed dataset (--dataset_streaming true) has no length: set --max_steps")
     check_output_dir(training_args)
     model_init_kwargs = dict(
         revision=model_args.model_revision,
