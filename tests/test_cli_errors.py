@@ -235,6 +235,31 @@ def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
     assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
 
 
+def test_chat_rows_with_a_tokenizer_without_chat_template(tiny_dir, tmp_path, capsys):
+    import shutil
+
+    plain_model = tmp_path / "no-template"
+    shutil.copytree(tiny_dir, plain_model)
+    (plain_model / "chat_template.jinja").unlink()
+    config = json.loads((plain_model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain_model / "tokenizer_config.json").write_text(json.dumps(config))
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        }
+    ] * 4
+    data = jsonl(tmp_path / "chat.jsonl", chat)
+    line = error_line(capsys, train(str(plain_model), data, tmp_path / "out"))
+    assert f"the tokenizer of --model_name_or_path '{plain_model}' has no chat template" in line
+    args = train_cmd.parse_args(
+        ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(tmp_path / "out"), *CPU]
+    )
+    train_cmd.prepare(*args)  # the same rows pass with a tokenizer that has one
+
+
 def test_streamed_data_without_max_steps(tiny_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true"))

@@ -226,6 +226,26 @@ def check_model(model_args, training_args) -> None:
     )
 
 
+def check_chat_template(model_args, training_args, dataset) -> None:
+    """Chat-message rows need a tokenizer with a chat template (TRL would fail on the first row, with a traceback)."""
+    from trl.data_utils import is_conversational
+
+    first = next(iter(dataset), None)
+    if first is None or not is_conversational(first):
+        return
+    from transformers import AutoTokenizer
+
+    name = model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InputError(
+            f"the dataset holds chat messages but the tokenizer of --model_name_or_path {name!r} has no chat template; "
+            "use a chat model's tokenizer, or plain-text prompt/chosen/rejected columns"
+        )
+
+
 def check_output_dir(training_args) -> None:
     """The output folder exists or can be created, and a file can be written in it."""
     check_writable_folder(training_args.output_dir, "--output_dir")
@@ -307,6 +327,7 @@ def prepare(script_args, training_args, model_args, dataset_args):
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
     if not hasattr(train_dataset, "__len__") and training_args.max_steps <= 0:  # a stream has no length
         raise InputError("a streamed dataset (--dataset_streaming true) has no length: set --max_steps")
+    check_chat_template(model_args, training_args, train_dataset)
     check_output_dir(training_args)
     model_init_kwargs = dict(
         revision=model_args.model_revision,
