@@ -28,7 +28,14 @@ from .config import IPOConfig, config_values
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
 from .errors import InputError
-from .losses import f_divergence_scores, ipo_regression, reduce_logps, sequence_logps, wpo_pair_weights
+from .losses import (
+    F_DIVERGENCES,
+    f_divergence_scores,
+    ipo_regression,
+    reduce_logps,
+    sequence_logps,
+    wpo_pair_weights,
+)
 from .model_card import IPO_PAPER, complete_model_card
 from .packed_forward import (
     DENSE_MASK_BACKENDS,
@@ -66,6 +73,8 @@ class IPOTrainer(DPOTrainer):
         self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
     ):
         args = _as_ipo_config(args, model)
+        if args.f_divergence_type not in F_DIVERGENCES:  # TRL would only fail at the first loss computation
+            raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {args.f_divergence_type!r}.")
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
@@ -144,7 +153,7 @@ class IPOTrainer(DPOTrainer):
             self._signature_columns = [*self._signature_columns, column]
 
     # ------------------------------------------------------------------------------------------------- checkpoints
-    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
 
         ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
@@ -157,7 +166,7 @@ class IPOTrainer(DPOTrainer):
         self.resumed_from = resume_from_checkpoint
         if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
             self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def _resolve_resume(self, value):
         decision = [None]
