@@ -290,7 +290,10 @@ def test_unmarked_skips_still_match_a_snippet():
     """Each entry of UNMARKED_ELSEWHERE names a snippet that exists (drop it once the page carries the marker)."""
     firsts = {(c.values[0], next(ln for ln in c.values[3].splitlines() if ln.strip()).strip()) for c in CASES}
     for page, start in UNMARKED_ELSEWHERE:
-        assert any(p == page and f.startswith(start) for p, f in firsts), (page, start)
+        assert any(p == page and f.startswith(start) for p, f in firsts), (
+            f"no snippet of {page} starts with {start!r} any more: if it now carries the `# docs-test: skip (...)` "
+            "marker, remove its entry from UNMARKED_ELSEWHERE"
+        )
 
 
 def test_marked_python_snippets_parse():
