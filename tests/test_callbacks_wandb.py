@@ -63,7 +63,7 @@ class PairSpy(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         mode = "train" if model.training else "eval"
-        pairs = self.trainer.last_logged_pairs(mode)
+        pairs = self.trainer.pairs_behind_log(mode)
         if pairs:
             self.pairs[(mode, state.global_step)] = {k: v.clone() for k, v in pairs.items()}
 
