@@ -15,7 +15,7 @@ The files are found by glob, so a new page is covered as soon as it exists. The 
   snippet presents as the reader's own DeepSpeed config, ``my_ds.json``, exists in the working folder.
 * ``trl-ipo`` command lines run in the test's own process (TRL is imported once), everything else in bash.
 * A ``yaml`` block must parse; one whose first line is ``# NAME.yaml`` is written to NAME.yaml in the page's folder.
-* In a ``diff`` block, the added ``import`` lines run.
+* In a ``diff`` block, the ``import`` lines of both sides run.
 * A snippet that cannot run here says so in its first line: ``# docs-test: skip (reason)``; it is skipped with that
   reason.
 """
@@ -189,18 +189,24 @@ def test_snippet_runs(page, line, kind, body, placeholders, tiny_dir, tmp_path_f
     reason = skip_reason(page, body)
     if reason is not None:
         pytest.skip(f"{page}:{line}: {reason}")
+    import torch
+
     namespace, folder = page_state(page, tmp_path_factory, tiny_dir)
     monkeypatch.chdir(folder)
-    code = substitute(body, placeholders)
-    where = f"{page}:{line}"
-    if kind == "python":
-        import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest on one thread
+    try:
+        run_snippet(kind, substitute(body, placeholders), f"{page}:{line}", namespace, folder)
+    finally:
+        torch.set_num_threads(threads)
 
-        torch.set_num_threads(1)
+
+def run_snippet(kind: str, code: str, where: str, namespace: dict, folder: Path) -> None:
+    if kind == "python":
         exec(compile(code, where, "exec"), namespace)  # noqa: S102 — running the documentation is the test
     elif kind == "diff":
-        added = [ln[1:].strip() for ln in code.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-        imports = [ln for ln in added if ln.startswith(("import ", "from "))]
+        changed = [ln[1:].strip() for ln in code.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+        imports = [ln for ln in changed if ln.startswith(("import ", "from "))]  # both sides must import
         for statement in imports:
             exec(compile(statement, where, "exec"), {})  # noqa: S102
     elif kind == "yaml":
