@@ -96,7 +96,9 @@ def test_alpha_coefficient_is_used_with_the_alpha_divergence(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        IPOConfig(output_dir=str(tmp_path), bf16=False, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3)
+        IPOConfig(
+            output_dir=str(tmp_path), bf16=False, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3
+        )
     assert not [w for w in caught if "f_alpha_divergence_coef" in str(w.message)]
 
 

@@ -43,8 +43,12 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "precompute_ref_batch_size": (IMPLEMENTED, "as in TRL."),
     "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
     "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
-    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*)."),
-    "f_divergence_type": (IMPLEMENTED, "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*)."),
+    "ld_alpha": (
+        IMPLEMENTED, "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*)."
+    ),
+    "f_divergence_type": (
+        IMPLEMENTED, "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*)."
+    ),
     "f_alpha_divergence_coef": (
         IMPLEMENTED,
         "used with `f_divergence_type='alpha_divergence'`; with any other type a non-default value is ignored "
@@ -56,7 +60,9 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
         "(`preference_column`).",
     ),
     "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
-    "use_weighting": (IMPLEMENTED, "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*)."),
+    "use_weighting": (
+        IMPLEMENTED, "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*)."
+    ),
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
     "sync_ref_model": (
