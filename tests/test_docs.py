@@ -37,8 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP_MARK = re.compile(r"^\s*#\s*docs-test:\s*skip\s*\((?P<reason>.+)\)\s*$")
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-COMMANDS = ("python ", "python3 ", "trl-ipo", "bash ", "pip ", "accelerate ", "deepspeed ", "torchrun ", "wandb ",
-            "srun ", "sbatch ", ". .venv")
+COMMANDS = (
+    "python ",
+    "python3 ",
+    "trl-ipo",
+    "bash ",
+    "pip ",
+    "accelerate ",
+    "deepspeed ",
+    "torchrun ",
+    "wandb ",
+    "srun ",
+    "sbatch ",
+    ". .venv",
+)
 
 # Snippets on pages this suite may not edit, that cannot run here and do not yet carry the marker: (page, first
 # line) -> reason. Each is reported as a skip with its reason; the page's owner moves it into the page as a marker.
@@ -61,7 +73,7 @@ def fenced_blocks(text: str):
         indent, fence, lang = m.group(1), m.group(2), m.group(3).lower()
         body, j = [], i + 1
         while j < len(lines) and not re.match(rf"^\s*{fence[0]}{{{len(fence)},}}\s*$", lines[j]):
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j].lstrip())
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
             j += 1
         yield i + 1, lang, "\n".join(body) + "\n"
         i = j + 1
@@ -144,7 +156,10 @@ def reader_names(tiny_dir: str) -> dict:
     ds, eval_ds = rows(16, 1), rows(8, 2)
     torch.manual_seed(0)
     return {
-        "ds": ds, "eval_ds": eval_ds, "train": ds, "evaluation": eval_ds,
+        "ds": ds,
+        "eval_ds": eval_ds,
+        "train": ds,
+        "evaluation": eval_ds,
         "tok": AutoTokenizer.from_pretrained(tiny_dir),
         "model": AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
         "lora": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
@@ -176,8 +191,14 @@ def page_state(page: str, tmp_path_factory, tiny_dir) -> tuple[dict, Path]:
 def shell_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", WANDB_MODE="offline", WANDB_SILENT="true",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -257,8 +278,14 @@ def run_shell(code: str, folder: Path, where: str) -> None:
 
     def flush():
         if pending:
-            done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(pending)], cwd=folder, env=shell_env(),
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                ["bash", "-eo", "pipefail", "-c", "\n".join(pending)],
+                cwd=folder,
+                env=shell_env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             assert done.returncode == 0, f"{where} exited {done.returncode}:\n{output}"
             pending.clear()

@@ -44,10 +44,12 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
     "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
     "ld_alpha": (
-        IMPLEMENTED, "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*)."
+        IMPLEMENTED,
+        "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*).",
     ),
     "f_divergence_type": (
-        IMPLEMENTED, "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*)."
+        IMPLEMENTED,
+        "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*).",
     ),
     "f_alpha_divergence_coef": (
         IMPLEMENTED,
@@ -61,7 +63,8 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     ),
     "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
     "use_weighting": (
-        IMPLEMENTED, "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*)."
+        IMPLEMENTED,
+        "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*).",
     ),
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
