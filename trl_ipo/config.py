@@ -119,7 +119,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
-        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields unused by IPO: error or warning
         super().__post_init__()
         check_launch(self)
 

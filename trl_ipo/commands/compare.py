@@ -214,7 +214,8 @@ def run_compare(args) -> dict:
     intro = (
         f"Model `{args.model}`, dataset `{args.dataset}`: {len(train)} training pairs, {len(held_out)} held-out pairs; "
         f"{args.max_steps} steps of {args.batch_size} pairs per method, β = {args.beta:g}, lr {args.learning_rate:g}, "
-        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
+        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). "
+        f"KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
         "Δ > 0 means the policy moved its log-ratio toward the chosen response."
     )
     written = write_report(out, "trl-ipo compare: DPO vs IPO", intro, runs, SUMMARY_COLUMNS)
