@@ -25,10 +25,11 @@ import os
 import time
 from pathlib import Path
 
+from ..cli import command_summary
 from ..datasets_io import check_writable_folder
 from ..errors import InputError, exit_on_input_error
 
-HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
+HELP = command_summary("compare")
 PROG = "trl-ipo compare"
 
 _REDUCTION_NOTE = {

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..cli import command_summary
 from .. import datasets_io
 from ..datasets_io import (
     check_preference_columns,
@@ -31,12 +32,10 @@ from ..datasets_io import (
 )
 from ..errors import InputError, one_line, report
 
-HELP = "train with IPO; same arguments as `trl dpo` plus the IPO fields"
+HELP = command_summary("train")
 
 PROG = "trl-ipo train"
 
-# The fields IPOConfig adds to (or restricts in) DPOConfig; listed first in --help.
-IPO_FLAGS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
 
 
 def _parser_class():
@@ -75,13 +74,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def _description(config_class) -> str:
+    from ..config import ipo_setting_names
+
     fields = config_class.__dataclass_fields__
     lines = [
         "Train a causal LM with IPO (Azar et al. 2023). Takes the arguments of `trl dpo` (script, training, model",
         "and LoRA flags; `--config run.yaml` with command-line overrides) plus the IPO fields:",
         "",
     ]
-    for name in IPO_FLAGS:
+    for name in ipo_setting_names():  # the fields IPOConfig adds to (or restricts in) DPOConfig, listed first
         help_text = " ".join(fields[name].metadata.get("help", "").split())
         lines.append(f"  --{name:<19} {help_text}")
     lines += ["", "--deepspeed also takes a packaged config's short name (e.g. zero3). All options:"]
