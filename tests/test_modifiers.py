@@ -11,7 +11,7 @@ import pytest
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from conftest import make_pairs
+from conftest import cpu_args, make_pairs
 from trainer_utils import assert_grads_close, build, full_batch, loss_and_grads
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.losses import f_divergence_scores, sequence_logps, wpo_pair_weights
@@ -137,3 +137,18 @@ def test_modifier_functions_against_hand_formulas():
     weights = wpo_pair_weights(logps, log_sum_sq, mask)
     per_seq = [math.exp(sum(v + 0.5 for v in values[r, 1 : 1 + n].tolist()) / n) for r, n in enumerate(lengths)]
     assert weights.tolist() == pytest.approx([per_seq[0] * per_seq[2], per_seq[1] * per_seq[3]], rel=1e-12)
+
+
+def test_unknown_f_divergence_is_refused_before_training(load_model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"f_divergence_type must be one of \['reverse_kl', .*got 'hellinger'"):
+        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path, f_divergence_type="hellinger")
+
+
+def test_model_card_states_the_modifiers(tmp_path):
+    from trl_ipo.model_card import ipo_settings_section
+
+    plain = ipo_settings_section(IPOConfig(**cpu_args(tmp_path)))
+    assert "ld_alpha" not in plain and "Loss modifiers" not in plain
+    card = ipo_settings_section(IPOConfig(**cpu_args(tmp_path, **MODIFIERS["all"])))
+    assert "| `ld_alpha` | `0.6` |" in card and "| `f_divergence_type` | `'forward_kl'` |" in card
+    assert "| `use_weighting` | `True` |" in card and "Loss modifiers from TRL" in card

@@ -176,17 +176,47 @@ def test_in_memory_dataset_fails_on_two_ranks_in_stock_trl_for_the_reason_we_fix
 def test_fsdp_on_cpu_ranks_is_refused_instead_of_training_unsharded(monkeypatch):
     """accelerate 1.15 never selects FSDP on CPU ranks (docs/distributed.md), so a launched CPU run asking for it
     stops with a clear error rather than training every rank as unsharded DDP."""
-    import trl_ipo.distributed as distributed
+    import trl_ipo.launch as launch
 
-    monkeypatch.setattr(distributed, "has_accelerator_device", lambda: False)
+    monkeypatch.setattr(launch, "has_accelerator_device", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     args = SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60, fsdp="full_shard")
     with pytest.raises(RuntimeError, match="does not run FSDP on CPU ranks.*ZeRO-3"):
-        distributed.prepare_launch(args)
+        launch.prepare_launch(args)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp, no fsdp argument
     with pytest.raises(RuntimeError, match="does not run FSDP on CPU ranks"):
-        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
-    assert not distributed._fsdp_requested(SimpleNamespace(fsdp=None), environ={})
-    assert not distributed._fsdp_requested(SimpleNamespace(fsdp=""), environ={"ACCELERATE_USE_FSDP": "false"})
+        launch.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
+    assert not launch._fsdp_requested(SimpleNamespace(fsdp=None), environ={})
+    assert not launch._fsdp_requested(SimpleNamespace(fsdp=""), environ={"ACCELERATE_USE_FSDP": "false"})
+
+
+def test_file_backed_dataset_reuses_its_cache_and_ld_alpha_changes_the_key(load_model, tokenizer, tmp_path):
+    """A dataset loaded from files keeps TRL's cache next to its own Arrow files, written atomically; the cache key
+    includes ld_alpha (TRL's does not, so a run with another ld_alpha would read stale reference log-probs)."""
+    from datasets import load_dataset
+
+    from trl_ipo import IPOConfig, IPOTrainer
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_pairs(6, seed=2)))
+    cache = tmp_path / "hf-cache"
+
+    def build(**overrides):
+        dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache))
+        args = IPOConfig(**cpu_args(tmp_path / "out", precompute_ref_log_probs=True, **overrides))
+        return IPOTrainer(model=load_model(), args=args, train_dataset=dataset, processing_class=tokenizer)
+
+    def cached():
+        return sorted(cache.rglob("cache-ref-logps-*.arrow"))
+
+    first = build()
+    assert len(cached()) == 1 and not list(cache.rglob("*.partial"))
+    stamp = cached()[0].stat().st_mtime_ns
+    second = build()
+    assert cached()[0].stat().st_mtime_ns == stamp  # read back, not recomputed
+    assert second.train_dataset["ref_chosen_logps"] == first.train_dataset["ref_chosen_logps"]
+    third = build(ld_alpha=0.5)
+    assert len(cached()) == 2
+    assert third.train_dataset["ref_chosen_logps"] != first.train_dataset["ref_chosen_logps"]

@@ -101,8 +101,11 @@ def test_missing_optimizer_state_stops_unless_allowed_then_warns(uninterrupted, 
     (out / "checkpoint-2" / MARKER).unlink()  # as a checkpoint from a stock trainer with the file removed by hand
     with pytest.raises(ValueError, match=r"checkpoint-2 has no optimizer state.*allow_resume_without_optimizer=True"):
         _trainer(load_model, tokenizer, out).train(resume_from_checkpoint=True)
+    (out / "checkpoint-2" / "scheduler.pt").unlink()
+    with pytest.raises(ValueError, match=r"has no optimizer and scheduler state"):
+        _trainer(load_model, tokenizer, out).train(resume_from_checkpoint=str(out / "checkpoint-2"))
     trainer = _trainer(load_model, tokenizer, out, allow_resume_without_optimizer=True, max_steps=3)
-    with pytest.warns(UserWarning, match="RESUMING WITHOUT OPTIMIZER STATE"):
+    with pytest.warns(UserWarning, match="RESUMING WITHOUT OPTIMIZER AND SCHEDULER STATE"):
         trainer.train(resume_from_checkpoint="true")
     assert trainer.state.global_step == 3
 

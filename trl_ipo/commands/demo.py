@@ -37,7 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HELP = "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"
+from ..cli import command_summary
+
+HELP = command_summary("demo")
 PROG = "trl-ipo demo"
 
 
