@@ -6,10 +6,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib
+import random
+
+import numpy as np
 import pytest
 import torch
 
-from trl_ipo.lab.tiny import WORDS, make_pairs  # noqa: F401  (tests import them from conftest)
+from trl_ipo.lab.tiny import WORDS, make_pairs
+
+__all__ = ["WORDS", "cpu_args", "make_pairs"]  # tests import these from conftest
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +25,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def global_rng_restored():
+    """Give Python's, numpy's and torch's global random generators back as they were.
+
+    ``Trainer`` reseeds all three (``transformers.set_seed``), and some tests seed torch's themselves.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@pytest.fixture
+def restore_global_rng():
+    """Function-scoped :func:`global_rng_restored`; use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    with global_rng_restored():
+        yield
 
 
 @pytest.fixture(scope="session")

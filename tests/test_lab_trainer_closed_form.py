@@ -18,25 +18,19 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from conftest import cpu_args
+from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.lab.bandit import D1
 from trl_ipo.lab.finite import ipo_closed_form
-from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo.lab.tiny import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the generators
 
 WORDS = ("a", "b", "c")
 BETA = 0.5
 SOFT_Q = (0.8, 0.7, 0.9)
 STEPS = 50
 TOL = 0.02
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ResponseCurve(TrainerCallback):
@@ -88,7 +82,7 @@ def test_ipo_trainer_matches_closed_form(tmp_path, preference):
     pi_ref, pi, curve = _train(IPOTrainer, IPOConfig, tmp_path, preference, logp_reduction="sum", **extra)
     expected = ipo_closed_form(D1, pi_ref, BETA, preference).policy
     torch.testing.assert_close(pi, expected, rtol=0, atol=TOL)
-    # Hand check of the closed form for hard labels: u* = (1/(3β), 0, −1/(3β)) (paper §5.4).
+    # Hand check of the closed form for hard labels: u* = (1/(3β), 0, −1/(3β)) (D1 of paper §5.4).
     if preference is None:
         u = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64) / (3 * BETA)
         torch.testing.assert_close(expected, torch.softmax(pi_ref.log() + u, 0))

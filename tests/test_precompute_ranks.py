@@ -176,20 +176,20 @@ def test_in_memory_dataset_fails_on_two_ranks_in_stock_trl_for_the_reason_we_fix
 def test_fsdp_on_cpu_ranks_is_refused_instead_of_training_unsharded(monkeypatch):
     """accelerate 1.15 never selects FSDP on CPU ranks (docs/distributed.md), so a launched CPU run asking for it
     stops with a clear error rather than training every rank as unsharded DDP."""
-    import trl_ipo.launch as distributed
+    import trl_ipo.launch as launch
 
-    monkeypatch.setattr(distributed, "has_accelerator_device", lambda: False)
+    monkeypatch.setattr(launch, "has_accelerator_device", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     args = SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60, fsdp="full_shard")
     with pytest.raises(RuntimeError, match="does not run FSDP on CPU ranks.*ZeRO-3"):
-        distributed.prepare_launch(args)
+        launch.prepare_launch(args)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp, no fsdp argument
     with pytest.raises(RuntimeError, match="does not run FSDP on CPU ranks"):
-        distributed.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
-    assert not distributed._fsdp_requested(SimpleNamespace(fsdp=None), environ={})
-    assert not distributed._fsdp_requested(SimpleNamespace(fsdp=""), environ={"ACCELERATE_USE_FSDP": "false"})
+        launch.prepare_launch(SimpleNamespace(deepspeed=None, use_cpu=False, ddp_backend=None, ddp_timeout=60))
+    assert not launch._fsdp_requested(SimpleNamespace(fsdp=None), environ={})
+    assert not launch._fsdp_requested(SimpleNamespace(fsdp=""), environ={"ACCELERATE_USE_FSDP": "false"})
 
 
 def test_file_backed_dataset_reuses_its_cache_and_ld_alpha_changes_the_key(load_model, tokenizer, tmp_path):

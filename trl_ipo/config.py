@@ -27,7 +27,7 @@ class IPOLossArguments:
     loss_form: str = field(
         default="paper",
         metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² "
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. 2023, eq. 17), 'scaled' = (β·Δ − t)² "
             "(β² times the paper form). Same minimiser.",
             "choices": list(LOSS_FORMS),
         },
@@ -119,7 +119,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
-        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields unused by IPO: error or warning
         super().__post_init__()
         check_launch(self)
 
@@ -154,7 +154,9 @@ def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
         raise InputError(f"{name}.beta must be a number > 0, got an empty list.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InputError(f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}.")
+            raise InputError(
+                f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}."
+            )
         if not math.isfinite(value):
             raise InputError(f"{name}.beta must be a finite number > 0 (the regularisation strength τ), got {value!r}.")
         if not value > 0:
@@ -169,7 +171,26 @@ def check_ipo_loss_values(config, name: str) -> None:
             raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
     if not isinstance(config.symmetric, bool):
         raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
-    check_beta(name, config.beta, per_epoch_list=not isinstance(config, DPOConfig))  # online: one β per epoch
+    online = not isinstance(config, DPOConfig)
+    check_beta(name, config.beta, per_epoch_list=online)  # online: one β per epoch
+    if online:
+        check_real(name, "mixture_coef", config.mixture_coef)  # its range [0, 1] is checked by OnlineIPOConfig
+        check_real(name, "temperature", config.temperature, low=0.0, low_open=True)
+        check_real(name, "bradley_terry_temperature", config.bradley_terry_temperature, low=0.0, low_open=True)
+
+
+def check_real(name: str, field_name: str, value, low=None, high=None, low_open: bool = False) -> None:
+    """``value`` is a finite real number (not a bool or a string) within [low, high] (``(low, …`` if ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}"
+    interval = f" in {interval}{']' if high is not None else ')'}" if (low, high) != (None, None) else ""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    outside = number and (
+        not math.isfinite(value)
+        or (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and value > high)
+    )
+    if not number or outside:
+        raise InputError(f"{name}.{field_name} must be a finite number{interval}, got {_described(value)}.")
 
 
 def check_ipo_config_values(config) -> None:
@@ -185,7 +206,9 @@ def check_ipo_config_values(config) -> None:
         )
     repeated = sorted({t for t in loss_type if loss_type.count(t) > 1})
     if repeated:  # each term would be added twice
-        raise InputError(f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once.")
+        raise InputError(
+            f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once."
+        )
     weights = config.loss_weights
     if weights is not None:
         if not isinstance(weights, (list, tuple)) or len(weights) != len(loss_type):
@@ -193,10 +216,12 @@ def check_ipo_config_values(config) -> None:
                 f"IPOConfig.loss_weights must be a list of {len(loss_type)} number(s), one per loss_type "
                 f"{list(loss_type)!r}, got {_described(weights)}."
             )
-        for term, weight in zip(loss_type, weights):
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+        for term, weight in zip(loss_type, weights, strict=True):
+            number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+            if not number or not math.isfinite(weight) or weight < 0:
                 raise InputError(
-                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, got {_described(weight)}."
+                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, "
+                    f"got {_described(weight)}."
                 )
     column = config.preference_column
     if column is not None and (not isinstance(column, str) or not column.strip()):

@@ -4,7 +4,8 @@ Every field TRL 1.16's ``DPOConfig`` adds to ``TrainingArguments`` has one decis
 
 * ``implemented``: it works as in ``trl.DPOTrainer``;
 * ``redefined``: it works, with IPO's meaning (``beta`` is the paper's τ, ``loss_type`` is ``["ipo"]``);
-* ``refused``: a value other than the default stops the config with a ``ValueError`` that says what to change;
+* ``refused``: a value other than the default stops the config with an ``InputError`` (a ``ValueError``) that
+  says what to change;
 * ``ignored``: a value other than the default has no effect on IPO; a ``UserWarning`` names the field once.
 
 :func:`apply_field_decisions` runs them from ``IPOConfig.__post_init__`` (and ``OnlineIPOConfig.__post_init__``,
@@ -16,6 +17,8 @@ installed ``DPOConfig`` has a decision.
 from __future__ import annotations
 
 import warnings
+
+from .errors import InputError
 
 IMPLEMENTED, REDEFINED, REFUSED, IGNORED = "implemented", "redefined", "refused", "ignored (warning)"
 
@@ -40,8 +43,14 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "precompute_ref_batch_size": (IMPLEMENTED, "as in TRL."),
     "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
     "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
-    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-probs (TRL's definition) enter Δ."),
-    "f_divergence_type": (IMPLEMENTED, "the f-divergence's transform of the log-ratios (TRL's definition) enters Δ."),
+    "ld_alpha": (
+        IMPLEMENTED,
+        "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*).",
+    ),
+    "f_divergence_type": (
+        IMPLEMENTED,
+        "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*).",
+    ),
     "f_alpha_divergence_coef": (
         IMPLEMENTED,
         "used with `f_divergence_type='alpha_divergence'`; with any other type a non-default value is ignored "
@@ -53,7 +62,10 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
         "(`preference_column`).",
     ),
     "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
-    "use_weighting": (IMPLEMENTED, "WPO's per-pair weights (TRL's definition) apply to the IPO loss."),
+    "use_weighting": (
+        IMPLEMENTED,
+        "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*).",
+    ),
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
     "sync_ref_model": (
@@ -102,9 +114,12 @@ def resolve_bf16(config) -> None:
         config.bf16 = not config.fp16 and bf16_supported(config.use_cpu)
         return
     if isinstance(config.bf16, str):  # from YAML/CLI strings
-        config.bf16 = config.bf16.strip().lower() in ("true", "1", "yes")
+        lowered = config.bf16.strip().lower()
+        if lowered not in ("true", "1", "yes", "false", "0", "no"):
+            raise InputError(f"{name}.bf16 must be true or false, got {config.bf16!r}.")
+        config.bf16 = lowered in ("true", "1", "yes")
     if config.bf16 and not config.use_cpu and not bf16_supported(False):
-        raise ValueError(
+        raise InputError(
             f"{name}.bf16=True, but this machine has no GPU with bf16 support. Set bf16=False (`--bf16 false`, "
             "`bf16: false` in a YAML file) to train in float32, or leave bf16 unset: it is then on where the device "
             "supports it and off elsewhere."
@@ -118,13 +133,13 @@ def apply_field_decisions(config) -> None:
         return
     name = type(config).__name__
     if config.label_smoothing:
-        raise ValueError(
+        raise InputError(
             f"{name}.label_smoothing={config.label_smoothing!r} has no effect on IPO (it is the flip probability ε "
             "of Robust DPO and EXO). Remove it (label_smoothing=0.0); to model label noise, give soft labels "
             "q = 1 − ε in a `preference_column` instead."
         )
     if config.sync_ref_model:
-        raise ValueError(
+        raise InputError(
             f"{name}.sync_ref_model=True (TR-DPO) would move the reference model during training, but IPO regresses "
             "the margin against a fixed reference (Azar et al. 2023). Set sync_ref_model=False."
         )

@@ -71,7 +71,8 @@ def prepare_launch(args) -> None:
     * GPU hosts, and single processes started without a launcher, are left to accelerate — except DeepSpeed on a
       host without GPUs, which needs a launcher and says so.
     * CPU hosts: the process group is brought up here with gloo and ``args.ddp_timeout`` — as a DeepSpeed state when
-      ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``.
+      ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``. FSDP, which accelerate 1.15
+      does not run on CPU ranks, is refused.
     """
     if isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
         args.deepspeed = resolve_config(args.deepspeed, "deepspeed")

@@ -23,7 +23,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from . import checkpoints
-from .callbacks import attach_margin_callback, require_wandb
+from .callbacks import attach_margin_callback, concat_pair_records, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
@@ -99,6 +99,7 @@ class IPOTrainer(DPOTrainer):
         # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
         self.pair_records: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         self._last_logged_pairs: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
+        self._pairs_behind_log: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         attach_margin_callback(self)  # margin histograms and worst-fit tables when report_to includes wandb
 
     # ----------------------------------------------------------------------------------------------- data plumbing
@@ -417,19 +418,23 @@ class IPOTrainer(DPOTrainer):
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
-        # Callbacks (on_log) read the pairs behind this log entry from `last_logged_pairs`. A log with no new pairs
-        # (the summary after train(), or after evaluate()) keeps the latest ones.
-        if self.pair_records[mode]:
-            self._last_logged_pairs[mode] = self.pair_records[mode]
-            self.pair_records[mode] = []
+        # Callbacks (on_log) read the pairs behind this log entry from `pairs_behind_log`; a log with no new pairs
+        # (the summary after train(), or after evaluate()) has none, and `last_logged_pairs` keeps the latest ones.
+        self._pairs_behind_log[mode] = self.pair_records[mode]
+        self.pair_records[mode] = []
+        if self._pairs_behind_log[mode]:
+            self._last_logged_pairs[mode] = self._pairs_behind_log[mode]
         super().log(logs, start_time)
 
+    def pairs_behind_log(self, mode: str = "train") -> dict[str, torch.Tensor]:
+        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the log entry being written now
+        (for callbacks' ``on_log``); empty for a log that carries no new pairs."""
+        return concat_pair_records(self._pairs_behind_log.get(mode) or [])
+
     def last_logged_pairs(self, mode: str = "train") -> dict[str, torch.Tensor]:
-        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the most recent log in ``mode``."""
-        records = self._last_logged_pairs.get(mode) or []
-        if not records:
-            return {}
-        return {key: torch.cat([r[key] for r in records]) for key in records[0]}
+        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the most recent log in ``mode`` that
+        had any (still there after ``train()`` or ``evaluate()`` return)."""
+        return concat_pair_records(self._last_logged_pairs.get(mode) or [])
 
     def _save(self, output_dir=None, state_dict=None):
         """Trainer's save, plus the JSON record of the arguments that tools read instead of the pickled

@@ -37,7 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HELP = "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"
+from ..cli import command_summary
+
+HELP = command_summary("demo")
 
 
 @dataclass
@@ -305,7 +307,7 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
     from ..lab.preferences import build_preference_rows, label_statistics
     from ..lab.reward import PreferenceModel, best_response, max_reward
 
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     load_at_start = os.getloadavg()
     timings: dict[str, float] = {}
 
@@ -387,14 +389,14 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
     # 5. claims and report
     console.say(f"[{STAGES}/{STAGES}] claims, report and plots")
     claims = evaluate_claims(runs, reference)
-    wall_time = time.time() - started
+    wall_time, cpu_time = time.time() - started, time.process_time() - cpu_started
     load = os.getloadavg()
     reference_row = {**reference, "label": "π_ref (no training)", "delta": 0.0}
     oracle_row = {**oracle, "label": "best-response oracle", "kl": None, "kl_stderr": None}
     context = dict(
         config=config, train_prompts=train_prompts, eval_prompts=eval_prompts, label_stats=label_stats,
-        wall_time=wall_time, load_at_start=load_at_start, load=load, pairs={k: len(v["deterministic"])
-                                                                              for k, v in data.items()},
+        wall_time=wall_time, cpu_time=cpu_time, load_at_start=load_at_start, load=load,
+        pairs={k: len(v["deterministic"]) for k, v in data.items()},
     )
     with console.bar(1, "report") as bar:
         written = _write_report(out, runs, claims, reference_row, oracle_row, reference, oracle_reward, context)
@@ -404,6 +406,7 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
         "command": "trl-ipo demo " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["demo"] else None,
         "environment": _environment(config),
         "wall_time_s": wall_time,
+        "cpu_time_s": cpu_time,
         "load_average_start": load_at_start,
         "load_average": load,
         "timings_s": timings,
@@ -644,7 +647,9 @@ def _environment(config) -> dict:
     }
 
 
-def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load_at_start, load, pairs) -> str:
+def _intro(
+    config, train_prompts, eval_prompts, label_stats, wall_time, cpu_time, load_at_start, load, pairs
+) -> str:
     det, noisy = label_stats["deterministic"], label_stats["noisy"]
     return "\n".join(
         [
@@ -669,8 +674,9 @@ def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, load_at_
             "y ~ π (nats per response); grammatical = fraction of samples in the language; Δ = summed log-ratio "
             "margin (chosen − rejected) on the training batches, rewards/margins / β from the trainer's logs.",
             "",
-            f"Wall time {wall_time:.0f} s with {config.threads} torch thread(s), set-up excluded; 1-minute load "
-            f"average {load_at_start[0]:.1f} at the start and {load[0]:.1f} at the end.",
+            f"Wall time {wall_time:.0f} s with {config.threads} torch thread(s), set-up excluded; CPU time (user + "
+            f"system) {cpu_time:.0f} s; 1-minute load average {load_at_start[0]:.1f} at the start and {load[0]:.1f} "
+            "at the end.",
         ]
     )
 

@@ -169,14 +169,14 @@ def plot_margins(runs: Sequence[dict], path: Path, log_scale: bool = False) -> P
             ax.plot(steps, deltas, marker="o", ms=2, lw=1, label=run["label"], **style)
             target = run.get("target")
             if target is not None and (target > 0 or not log_scale):
-                ax.axhline(target, color=style["color"], linestyle=style["linestyle"], alpha=0.6, lw=1.5)
+                ax.axhline(target, color=style["color"], linestyle=style["linestyle"], alpha=0.6, lw=1.5,
+                           label=f"target t/β = {target:.3g}")
         if log_scale:
             ax.set_yscale("log")
 
-    scale = " (log scale; IPO targets t/β as lines)" if log_scale else ""
+    title = "margin Δ, log scale" if log_scale else "margin Δ on training pairs"
     return _panels_per_regime(
-        runs, path, "margin Δ on training pairs" + scale, "optimiser step",
-        "Δ = log-ratio(chosen) − log-ratio(rejected)", draw, sharey=not log_scale,
+        runs, path, title, "optimiser step", "Δ = log-ratio(chosen) − log-ratio(rejected)", draw, sharey=not log_scale
     )
 
 

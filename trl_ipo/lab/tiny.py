@@ -107,4 +107,6 @@ def make_pairs(n: int, seed: int = 0, preference: bool = False) -> list[dict]:
 def build_tiny_model_folder(save_dir: str | os.PathLike, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
     """The tiny checkpoint of the tests and docs: a BPE tokenizer trained on :func:`make_pairs` text, random Qwen2."""
     texts = [" ".join(r.values()) for r in make_pairs(300, seed=123)]
-    return build_tiny_checkpoint(save_dir, texts, hidden_size=hidden_size, num_layers=num_layers, num_heads=4, seed=seed)
+    return build_tiny_checkpoint(
+        save_dir, texts, hidden_size=hidden_size, num_layers=num_layers, num_heads=4, seed=seed
+    )

@@ -37,7 +37,8 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
             `"sum"`: summed log-probs (TRL `OnlineDPOTrainer(loss_type="ipo")`'s convention).
         mixture_coef (`float`, defaults to `0.0`):
             λ ∈ [0, 1]. 0: sample from π_θ (online IPO). λ > 0: sample token by token from
-            softmax((1−λ)·logits_θ + λ·logits_ref) (IPO-MD). Not available with `use_vllm`.
+            softmax((1−λ)·logits_θ + λ·logits_ref) (IPO-MD, Calandriello et al. 2024). Not available with
+            `use_vllm`.
         reward_to_preference (`str`, defaults to `"hard"`):
             How rewards r_a, r_b (from `reward_funcs`) become q. `"hard"`: 1 if r_a > r_b, 0 if r_a < r_b, ½ on an
             exact tie. `"bradley_terry"`: q = σ((r_a − r_b)/T). Ignored with a `judge`, which returns q itself.
