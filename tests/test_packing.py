@@ -156,3 +156,23 @@ def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
             wrong = model.model(input_ids=layout.input_ids, attention_mask=plain, position_ids=layout.position_ids)
         wrong = wrong.last_hidden_state.reshape(-1, padded.size(-1))[layout.pred_index]
         assert (wrong - padded[:, :-1][layout.score_mask]).abs().max() > 1e-3
+
+
+def test_flex_block_mask_is_built_from_the_ids_on_the_layouts_device():
+    """The CUDA flex path's BlockMask, built here on CPU: its mask_mod is the dense mask, per layer type."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from trl_ipo.packed_forward import layout_attention_mask
+
+    layout = build_layout(*collate(PAIRS), prefix_sharing=True, padding_free=True)
+    model = _tiny("qwen2", "sdpa", use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    model.config._attn_implementation = "flex_attention"
+    masks = layout_attention_mask(model, layout, torch.bfloat16)
+    assert set(masks) == {"full_attention", "sliding_attention"}
+    rows, length = layout.input_ids.shape
+    idx = torch.arange(length)
+    for name, window in (("full_attention", None), ("sliding_attention", 3)):
+        block = masks[name]
+        assert isinstance(block, BlockMask) and block.shape == (rows, 1, length, length)
+        dense = block.mask_mod(torch.zeros((), dtype=torch.long), 0, idx[:, None], idx[None, :])
+        assert torch.equal(dense, allowed_mask(layout, window)[0, 0])
