@@ -6,29 +6,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib
 import random
 
+import numpy as np
 import pytest
 import torch
 
-WORDS = "the cat dog sat ran on a mat log red blue green big small happy sad sun moon tree bird".split()
-
-
-def make_pairs(n: int, seed: int = 0, preference: bool = False):
-    """Synthetic preference rows: prompt, chosen, rejected (and q)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        prompt = " ".join(rng.choices(WORDS, k=rng.randint(2, 5)))
-        row = {
-            "prompt": prompt,
-            "chosen": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
-            "rejected": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
-        }
-        if preference:
-            row["q"] = round(rng.random(), 3)
-        rows.append(row)
-    return rows
+from trl_ipo.lab.tiny import WORDS, make_pairs  # noqa: F401  (tests import them from conftest)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +25,35 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def global_rng_restored():
+    """Give Python's, numpy's and torch's global random generators back as they were.
+
+    ``Trainer`` reseeds all three (``transformers.set_seed``), and some tests seed torch's themselves.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@pytest.fixture
+def restore_global_rng():
+    """Function-scoped :func:`global_rng_restored`; use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    with global_rng_restored():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A locally built tiny Qwen2 + BPE tokenizer, saved as a model folder."""
-    from trl_ipo.lab.tiny import build_tiny_checkpoint
+    from trl_ipo.lab.tiny import build_tiny_model_folder
 
     path = tmp_path_factory.mktemp("tiny-qwen2")
-    texts = [" ".join(r.values()) for r in make_pairs(300, seed=123)]
-    build_tiny_checkpoint(path, texts, hidden_size=32, num_layers=2, num_heads=4)
+    build_tiny_model_folder(path)
     return str(path)
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_args, make_pairs
+from conftest import cpu_args, global_rng_restored, make_pairs
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.callbacks import WANDB_INSTALL_HINT, DPOMarginRecorder, IPOMarginCallback, require_wandb
+
+pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
 
 BETA = 0.1
 STEPS = 2  # of the 2-rank worker (tests/workers/wandb_two_ranks.py), which evaluates at its last step
@@ -61,7 +63,7 @@ class PairSpy(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         mode = "train" if model.training else "eval"
-        pairs = self.trainer.last_logged_pairs(mode)
+        pairs = self.trainer.pairs_behind_log(mode)
         if pairs:
             self.pairs[(mode, state.global_step)] = {k: v.clone() for k, v in pairs.items()}
 
@@ -87,26 +89,27 @@ def offline_run(tiny_dir, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-        eval_rows = make_pairs(5, seed=7, preference=True)
-        args = IPOConfig(
-            **cpu_args(
-                root / "out", report_to="wandb", preference_column="q", max_steps=2, eval_strategy="steps",
-                eval_steps=2, per_device_eval_batch_size=3, run_name="offline",
+        with global_rng_restored():  # the seed below and Trainer's
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+            eval_rows = make_pairs(5, seed=7, preference=True)
+            args = IPOConfig(
+                **cpu_args(
+                    root / "out", report_to="wandb", preference_column="q", max_steps=2, eval_strategy="steps",
+                    eval_steps=2, per_device_eval_batch_size=3, run_name="offline",
+                )
             )
-        )
-        trainer = IPOTrainer(
-            model, args=args, train_dataset=Dataset.from_list(make_pairs(8, preference=True)),
-            eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
-        )
-        margin_cb = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, IPOMarginCallback))
-        margin_cb.table_size = 3  # fewer rows than the eval set: the table must pick the worst
-        spy = PairSpy(trainer)
-        trainer.add_callback(spy)
-        trainer.train()
-        run_dir = Path(wandb.run.dir).parent
+            trainer = IPOTrainer(
+                model, args=args, train_dataset=Dataset.from_list(make_pairs(8, preference=True)),
+                eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+            )
+            margin_cb = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, IPOMarginCallback))
+            margin_cb.table_size = 3  # fewer rows than the eval set: the table must pick the worst
+            spy = PairSpy(trainer)
+            trainer.add_callback(spy)
+            trainer.train()
+            run_dir = Path(wandb.run.dir).parent
     finally:
         if wandb.run is not None:
             wandb.finish()

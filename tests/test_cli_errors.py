@@ -108,22 +108,26 @@ def test_output_folder_that_cannot_be_written(tiny_dir, tmp_path, capsys):
     assert f"--output_dir '{blocker / 'out'}' cannot be written" in line
 
 
-def test_resume_from_checkpoint_true_means_the_latest_checkpoint(tiny_dir, tmp_path, capsys):
+def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     out = tmp_path / "out"
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
-    assert f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir '{out}'" in line
+    assert f"--resume_from_checkpoint true: there is no complete checkpoint-* folder in --output_dir '{out}'" in line
 
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", tmp_path / "checkpoint-9"))
     assert f"--resume_from_checkpoint '{tmp_path / 'checkpoint-9'}': checkpoint folder not found" in line
 
-    for step in (2, 10, 4):
+    for step in (2, 10, 4):  # folders without a trainer state: interrupted saves, none to resume from
         (out / f"checkpoint-{step}").mkdir(parents=True)
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
+    assert line.endswith("to resume from (3 incomplete)") and "--output_dir" in line
+    line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", out / "checkpoint-4"))
+    assert f"--resume_from_checkpoint '{out / 'checkpoint-4'}': Checkpoint {out / 'checkpoint-4'} is incomplete" in line
     base = ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(out), *CPU]
-    for flag, expected in (("true", str(out / "checkpoint-10")), ("True", str(out / "checkpoint-10")), ("false", None)):
+    for flag in ("false", "False", "none"):  # not a folder named "false"
         args = train_cmd.parse_args([*base, "--resume_from_checkpoint", flag])
         train_cmd.prepare(*args)
-        assert args[1].resume_from_checkpoint == expected, flag
+        assert args[1].resume_from_checkpoint is None, flag
 
 
 # --------------------------------------------------------------------------------------------------------- secrets
@@ -142,11 +146,13 @@ def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------------------------- dispatcher, compare
 def test_dispatcher_errors_are_one_line(capsys):
+    from trl_ipo.cli import SUBCOMMANDS
+
     assert trl_ipo_main([]) == 2
     assert capsys.readouterr().err == (
-        "trl-ipo: error: no command given; choose one of train, compare, demo, bandit, plot, example "
-        "(`trl-ipo --help` describes them)\n"
+        f"trl-ipo: error: no command given; choose one of {', '.join(SUBCOMMANDS)} (`trl-ipo --help` describes them)\n"
     )
+    assert "train, compare" in ", ".join(SUBCOMMANDS)
     assert trl_ipo_main(["trian"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown command 'trian' (did you mean train?)" in err
@@ -166,3 +172,36 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
 
     rc = trl_ipo_main(["compare", "--model", tiny_dir, "--dataset", str(path), "--beta", "inf"])
     assert "--beta must be a finite number > 0, got inf" in error_line(capsys, rc, "trl-ipo compare")
+
+
+# ---------------------------------------------------------------------------------------------- config values, streams
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
+        (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
+        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"], "the weight of 'sft' must be a finite number >= 0"),
+    ],
+    ids=["beta-inf", "loss-type-twice", "negative-weight"],
+)
+def test_config_values_on_the_command_line(tiny_dir, tmp_path, capsys, extra, expected):
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "p.jsonl", ROWS), tmp_path / "out", *extra))
+    assert expected in line
+
+
+def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": tiny_dir, "output_dir": str(tmp_path), "symmetric": 5}))
+    line = error_line(capsys, train_cmd.main(["--config", str(config), "--bf16", "false"]))
+    assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
+
+
+def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, tmp_path, capsys):
+    rows = make_pairs(12, seed=6, preference=True)
+    rows[5]["q"] = -2.0
+    data = jsonl(tmp_path / "pairs.jsonl", rows)
+    rc = train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true", "--preference_column", "q",
+               "--max_steps", "6", "--per_device_train_batch_size", "2", "--save_strategy", "no",
+               "--gradient_checkpointing", "false", "--max_length", "64")
+    line = error_line(capsys, rc)
+    assert "Preference value -2.0 at column 'q', row 5 of the streamed train dataset is outside [0, 1]" in line

@@ -68,3 +68,21 @@ def test_hub_token_is_kept_out_of_the_pickled_arguments(tmp_path, monkeypatch):
     assert args.hub_token is None and token.encode() not in pickle.dumps(args)
     assert os.environ["HF_TOKEN"] == token  # where huggingface_hub finds it for push_to_hub
     assert move_hub_token_to_env(args) is False
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"mixture_coef": "half"}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got 'half' \(str\)"),
+        ({"mixture_coef": float("nan")}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got nan"),
+        ({"temperature": float("inf")}, r"OnlineIPOConfig\.temperature must be a finite number in \(0\.0, inf\), "
+                                        r"got inf"),
+        ({"temperature": 0.0}, r"OnlineIPOConfig\.temperature must be a finite number in \(0\.0, inf\), got 0\.0"),
+        ({"bradley_terry_temperature": "1"}, r"OnlineIPOConfig\.bradley_terry_temperature .* got '1' \(str\)"),
+    ],
+)
+def test_online_fields_are_type_and_range_checked(overrides, message, tmp_path):
+    from trl_ipo.online import OnlineIPOConfig
+
+    with pytest.raises(InputError, match=message):
+        OnlineIPOConfig(output_dir=str(tmp_path), bf16=False, **overrides)

@@ -1,4 +1,4 @@
-"""The alignment lab: ground truth, preference labels, KL estimator, and `trl-ipo demo` / `trl-ipo compare` end to end."""
+"""The alignment lab: ground truth, preference labels, KL estimator; `trl-ipo demo` and `trl-ipo compare` end to end."""
 
 import itertools
 import json
@@ -43,7 +43,8 @@ def test_reward_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "response",
-    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .", " the dog ."],
+    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .",
+     " the dog ."],
 )
 def test_ungrammatical_responses_get_the_invalid_reward(response):
     assert language.parse_response(response) is None
@@ -76,14 +77,15 @@ def test_preference_probability_is_bradley_terry_and_its_deterministic_limit():
     assert preference_probability(0.3, -0.2, 0.25) == pytest.approx(1 / (1 + math.exp(-2.0)))
     assert preference_probability(-0.2, 0.3, 0.25) == pytest.approx(1 / (1 + math.exp(2.0)))
     assert preference_probability(0.1, 0.1, 0.25) == 0.5
-    assert (preference_probability(0.3, 0.2, 0.0), preference_probability(0.2, 0.3, 0.0), preference_probability(0.2, 0.2, 0.0)) == (1.0, 0.0, 0.5)
+    deterministic = [preference_probability(a, b, 0.0) for a, b in ((0.3, 0.2), (0.2, 0.3), (0.2, 0.2))]
+    assert deterministic == [1.0, 0.0, 0.5]
     assert preference_probability(0.3, 0.2, 1e-4) == pytest.approx(1.0)  # T → 0 approaches the deterministic v
     assert preference_probability(50.0, -50.0, 1e-3) == 1.0  # no overflow
     with pytest.raises(ValueError, match="temperature"):
         preference_probability(0.0, 0.0, -1.0)
 
 
-def test_preference_model_satisfies_seed_conditions_8a_8c():
+def test_preference_model_is_a_preference_probability():
     v = PreferenceModel(temperature=0.25)
     rng = random.Random(0)
     for _ in range(50):
@@ -153,7 +155,8 @@ def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread
 def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, load_model, one_thread):
     ref, policy = load_model(), load_model()
     with torch.no_grad():  # a policy that differs from the reference
-        policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight, generator=torch.Generator().manual_seed(0)))
+        noise = torch.randn_like(policy.lm_head.weight, generator=torch.Generator().manual_seed(0))
+        policy.lm_head.weight.add_(0.5 * noise)
     prompt = "the cat sat"
     exact = exact_kl_first_tokens(policy, ref, tokenizer(prompt)["input_ids"], tokenizer.eos_token_id, steps=2)
     samples = sample(policy, tokenizer, [prompt], num_samples=2000, max_new_tokens=2, batch_size=1000, seed=0)
@@ -174,32 +177,69 @@ def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, l
 
 # --------------------------------------------------------------------------------------------- the pipeline end to end
 def test_demo_quick_preset_end_to_end(tmp_path, capsys):
-    from trl_ipo.commands import demo
+    import logging
 
+    from trl_ipo.commands import demo
+    from trl_ipo.lab.claims import evaluate_claims, margin_series
+
+    threads = torch.get_num_threads()
+    handler_streams = [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")]
     out = tmp_path / "demo"
     assert demo.main(["--preset", "quick", "--output_dir", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert torch.get_num_threads() == threads  # global state restored
+    assert [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")] == handler_streams
     results = json.loads((out / "results.json").read_text())
-    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "pairs_deterministic.jsonl"):
+    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "margins_log.png",
+                 "kl_vs_beta.png", "pairs_deterministic.jsonl", "demo.log"):
         assert (out / name).stat().st_size > 0, name
-    methods = [(r["method"], r["labels"]) for r in results["runs"]]
-    assert methods == [("dpo", "deterministic"), ("ipo", "deterministic"), ("rlhf", "deterministic"), ("ipo_soft", "noisy")]
+    runs = results["runs"]
+    assert [(r["regime"], r["method"], r["labels"], r["beta"]) for r in runs] == [
+        ("budget", "dpo", "deterministic", 0.1), ("budget", "ipo", "deterministic", 0.1),
+        ("budget", "rlhf", "deterministic", 0.1),
+        ("converged", "dpo", "deterministic", 0.1), ("converged", "dpo", "deterministic", 1.0),
+        ("converged", "ipo", "deterministic", 0.1), ("converged", "ipo", "deterministic", 1.0),
+        ("converged", "ipo", "noisy", 0.1), ("converged", "ipo_soft", "noisy", 0.1),
+    ]
+    config = results["config"]
+    train_prompts = results["prompts"]["train"]
+    report = (out / "report.md").read_text()
     # Numbers come from the runs: the table's final values are the last in-training evaluation of each run.
-    for run in results["runs"]:
-        steps = results["config"]["rl_steps" if run["method"] == "rlhf" else "max_steps"]
+    for run in runs:
+        steps = config["rl_steps" if run["method"] == "rlhf" else "max_steps" if run["regime"] == "budget"
+                      else "converged_steps"]
         assert (run["history"][0]["step"], run["history"][-1]["step"]) == (0, steps)
         assert run["final"]["kl"] == run["history"][-1]["kl"]
         assert abs(run["history"][0]["kl"]) < 1e-6  # the untrained policy is π_ref
-        assert f"{run['final']['kl']:.3f}" in (out / "report.md").read_text()
-    ipo = next(r for r in results["runs"] if r["method"] == "ipo")
+        assert f"{run['final']['kl']:.3f}" in report
+        pairs = config["pairs_per_prompt" if run["regime"] == "budget" else "converged_pairs_per_prompt"]
+        assert run["pairs"] == pairs * len(train_prompts)
+    # The converged regime's Δ is the mean of the logged margins over the last quarter of its steps.
+    for run in (r for r in runs if r["regime"] == "converged"):
+        steps, deltas = margin_series(run["log_history"], run["beta"])
+        last = [d for s, d in zip(steps, deltas) if s >= 0.75 * config["converged_steps"]]
+        assert run["final"]["delta"] == pytest.approx(sum(last) / len(last))
+    ipo = next(r for r in runs if r["method"] == "ipo" and r["regime"] == "converged" and r["beta"] == 1.0)
     assert [e["ipo/target"] for e in ipo["log_history"] if "ipo/target" in e][0] == pytest.approx(0.5 / ipo["beta"])
+    # The claims in results.json are those computed from its own run records; each has a verdict on the terminal.
+    recomputed = json.loads(json.dumps(evaluate_claims(runs, results["reference"]), default=float))
+    assert json.dumps(results["claims"]) == json.dumps(recomputed)
+    assert [c["id"] for c in results["claims"]] == [c["id"] for c in recomputed] and len(recomputed) == 6
+    assert all(c["holds"] in (True, False, None) for c in results["claims"])
+    assert "## Claims" in report and report.index("## Claims") < report.index("## Converged regime")
+    assert "Claims" in printed and all(c["statement"] in printed for c in results["claims"])
     assert results["reference"]["kl"] == 0.0 and results["reference"]["win_rate"] == pytest.approx(0.5, abs=0.5)
     prompts = results["prompts"]["eval"]
     assert results["oracle"]["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     pairs = [json.loads(line) for line in (out / "pairs_noisy.jsonl").read_text().splitlines()]
-    assert len(pairs) == len(results["prompts"]["train"]) and all(p["prompt"] in results["prompts"]["train"] for p in pairs)
+    assert len(pairs) == len(train_prompts) and all(p["prompt"] in train_prompts for p in pairs)
     assert "best-response oracle" in printed and "wall time" in printed
-    assert results["wall_time_s"] > 0
+    # Library noise goes to the log, not to the terminal.
+    for noise in ("FutureWarning", "Tokenizing", "Loading weights", "{'loss'"):
+        assert noise not in printed + captured.err, noise
+    assert "{'loss'" in (out / "demo.log").read_text()
+    assert results["wall_time_s"] > 0 and results["environment"]["torch_threads"] == 1
 
 
 @pytest.fixture
@@ -215,8 +255,9 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     from trl_ipo.commands import compare
 
     out = tmp_path / "cmp"
-    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo_soft", "--preference_column", "q",
-            "--max_steps", "2", "--batch_size", "3", "--learning_rate", "1e-3", "--eval_fraction", "0.25", "--kl_prompts", "3",
+    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo_soft",
+            "--preference_column", "q", "--max_steps", "2", "--batch_size", "3", "--learning_rate", "1e-3",
+            "--eval_fraction", "0.25", "--kl_prompts", "3",
             "--kl_samples", "2", "--max_new_tokens", "6", "--output_dir", str(out), "--quiet", "--use_cpu"]
     assert compare.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -230,7 +271,8 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     # Soft-label IPO's held-out target is the mean of (q − ½)/β over the held-out rows (two eval batches of 3).
     from datasets import load_dataset
 
-    held_out = load_dataset("json", data_files=str(pairs_file), split="train").train_test_split(test_size=6, seed=0)["test"]
+    rows = load_dataset("json", data_files=str(pairs_file), split="train")
+    held_out = rows.train_test_split(test_size=6, seed=0)["test"]
     expected = sum((q - 0.5) / 0.1 for q in held_out["q"]) / 6
     assert by_method["ipo_soft"]["final"]["target"] == pytest.approx(expected, rel=1e-5)
     assert by_method["dpo"]["final"]["target"] is None
@@ -259,7 +301,8 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
         (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "a", "good": "b", "bad": "c"}) + "\n")
     elif case == "empty_split":
         dataset = str(tmp_path / "two.jsonl")
-        (tmp_path / "two.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n" for _ in range(2)))
+        row = json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n"
+        (tmp_path / "two.jsonl").write_text(row * 2)
         extra = ["--eval_fraction", "0.2"]
     elif case == "missing_model":
         model = str(tmp_path / "no-model")
@@ -267,7 +310,8 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
         extra = ["--methods", "ipo_soft"]
     elif case == "bad_q":
         dataset = str(tmp_path / "q.jsonl")
-        (tmp_path / "q.jsonl").write_text("".join(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c", "q": 1.5 if i == 7 else 0.5}) + "\n" for i in range(10)))
+        rows = [{"prompt": "a", "chosen": " b", "rejected": " c", "q": 1.5 if i == 7 else 0.5} for i in range(10)]
+        (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         extra = ["--methods", "ipo_soft", "--preference_column", "q"]
     out = tmp_path / "out"
     assert compare.main(["--model", model, "--dataset", dataset, "--output_dir", str(out), *extra]) == 2

@@ -1,4 +1,4 @@
-"""Distributed IPO on two CPU ranks (issue 3).
+"""Distributed IPO on two CPU ranks.
 
 Three launched jobs start together (module fixture) and run while one plain process trains in this process:
 
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import cpu_args, make_pairs
+from conftest import cpu_args, global_rng_restored, make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "workers" / "dist_ipo.py"
@@ -164,14 +164,15 @@ def single(jobs, setup):
     from trl_ipo import IPOConfig, IPOTrainer
 
     output_dir = setup.root / "single-run"
-    rows = [json.loads(line) for line in setup.data.read_text().splitlines()]
-    args = IPOConfig(
-        **_run_args(output_dir, per_device_train_batch_size=GLOBAL_BATCH, save_strategy="steps", save_steps=2)
-    )
-    model = AutoModelForCausalLM.from_pretrained(setup.model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(setup.model)
-    trainer = IPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    trainer.train()
+    with global_rng_restored():  # Trainer reseeds the global generators
+        rows = [json.loads(line) for line in setup.data.read_text().splitlines()]
+        args = IPOConfig(
+            **_run_args(output_dir, per_device_train_batch_size=GLOBAL_BATCH, save_strategy="steps", save_steps=2)
+        )
+        model = AutoModelForCausalLM.from_pretrained(setup.model, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(setup.model)
+        trainer = IPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return SimpleNamespace(losses=losses, checkpoint=output_dir / "checkpoint-2", rows=rows)
 

@@ -43,7 +43,7 @@ def _with(rows, index, **values):
     return rows
 
 
-# ------------------------------------------------------------------------------------------- the trainer, before training
+# ------------------------------------------------------------------------------------- the trainer, before training
 def test_empty_dataset_is_named(load_model, tokenizer, tmp_path):
     empty = Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
     with pytest.raises(InputError, match=r"^the train dataset has no rows\.$"):

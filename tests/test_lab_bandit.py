@@ -39,7 +39,7 @@ def paper_run():
 
 
 def test_paper_setting_ipo_matches_closed_form_and_dpo_goes_deterministic(paper_run):
-    """Must-hold 1: the gradient IPO policy (mean over 10 seeds) ends within 0.01 of the exact policy
+    """The gradient IPO policy (mean over 10 seeds) ends within 0.01 of the exact policy
     softmax(1/(3τ), 0, −1/(3τ)) per action for every τ; DPO puts more than 0.99 on action a for every τ ≤ 2."""
     ipo = paper_run.final[paper_run.method_index("ipo")]  # (S, T, K)
     dpo = paper_run.final[paper_run.method_index("dpo")]
@@ -158,7 +158,7 @@ def test_bandit_losses_equal_the_written_formulas():
 
 
 def test_soft_labels_gradient_equals_closed_form_and_tie_keeps_reference_ratio():
-    """Must-hold 3: with q per pair (a repeated pair included, non-uniform reference), the Adam solution averaged
+    """With q per pair (a repeated pair included, non-uniform reference), the Adam solution averaged
     over seeds equals the closed form L⁺b within 0.01 per action; the tie c–d (q = ½) stays at the reference ratio."""
     reference = torch.tensor([0.1, 0.3, 0.2, 0.4], dtype=F64)
     pairs = [(0, 1), (1, 2), (0, 2), (0, 2), (2, 3)]
@@ -205,7 +205,6 @@ def test_parse_pairs_and_bad_inputs():
 def test_command_writes_table_and_json(tmp_path, capsys):
     from trl_ipo.commands import bandit as command
 
-    assert isinstance(command.HELP, str) and command.HELP
     out = tmp_path / "out"
     argv = ["--out", str(out), "--steps", "300", "--seeds", "3", "--taus", "0.5,2", "--record-every", "100",
             "--pairs", "x>y,y>z", "--preference", "0.9,0.7", "--reference", "0.2,0.3,0.5", "--no-plot"]

@@ -25,7 +25,7 @@ TAUS = (0.1, 0.5, 1.0, 2.0, 10.0)
 
 @pytest.mark.parametrize("tau", TAUS)
 def test_d1_closed_form_is_one_third_tau(tau):
-    """Must-hold 1 (closed-form part): for D1 the sampled IPO loss is minimised by u* = (1/(3τ), 0, −1/(3τ)).
+    """For D1 the sampled IPO loss is minimised by u* = (1/(3τ), 0, −1/(3τ)).
 
     By hand: with u_b = 0 and u_a = −u_c = x the loss is 2(x − 1/(2τ))² + (2x − 1/(2τ))², minimal at x = 1/(3τ).
     """
@@ -95,7 +95,7 @@ def test_multiplicity_equals_weight_and_laplacian_by_hand():
 
 
 def test_tie_keeps_reference_ratio_on_bridge_and_isolated_pair():
-    """Must-hold 3 (closed-form part): a tie q = ½ on a bridge edge, or on a pair of its own, leaves the two actions
+    """A tie q = ½ on a bridge edge, or on a pair of its own, leaves the two actions
     at the reference ratio (least-squares residuals form a circulation, which is zero on a bridge)."""
     reference = torch.tensor([0.1, 0.15, 0.2, 0.25, 0.12, 0.18], dtype=F64)
     # triangle a,b,c with soft labels; bridge c–d is a tie; e–f is a separate tie.
@@ -122,7 +122,8 @@ def test_pinning_matches_plain_gradient_descent_on_a_disconnected_graph():
     for _ in range(2000):  # hand-written gradient of Σ (Δ − (q − ½)/β)² with respect to the logits
         x = logits - torch.log(reference)  # u = x − log Z, and Δ = u_w − u_l = x_w − x_l
         residual = (x[pairs[:, 0]] - x[pairs[:, 1]]) - shift
-        grad = torch.zeros_like(logits).index_add_(0, pairs[:, 0], 2 * residual).index_add_(0, pairs[:, 1], -2 * residual)
+        grad = torch.zeros_like(logits).index_add_(0, pairs[:, 0], 2 * residual)
+        grad = grad.index_add_(0, pairs[:, 1], -2 * residual)
         logits -= 0.05 * grad
     solution = ipo_closed_form(pairs, reference, beta, preference=q)
     torch.testing.assert_close(torch.softmax(logits, 0), solution.policy, rtol=0, atol=1e-10)

@@ -18,25 +18,19 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from conftest import cpu_args
+from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.lab.bandit import D1
 from trl_ipo.lab.finite import ipo_closed_form
-from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo.lab.tiny import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the generators
 
 WORDS = ("a", "b", "c")
 BETA = 0.5
 SOFT_Q = (0.8, 0.7, 0.9)
 STEPS = 50
 TOL = 0.02
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ResponseCurve(TrainerCallback):

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import global_rng_restored
 
 from trl_ipo.online.sampling import (
     completion_logps,
@@ -15,7 +16,7 @@ from trl_ipo.online.sampling import (
 )
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
 
 
 class FixedLogits(torch.nn.Module):
@@ -91,7 +92,8 @@ def two_models(tiny_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     policy = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
-    reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=4, seed=1).eval()
+    with global_rng_restored():  # build_model seeds torch's generator
+        reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=4, seed=1).eval()
     return tokenizer, policy, reference
 
 

@@ -8,6 +8,7 @@ The test forks the two ranks from its own process (no second import of the libra
 is the worker of one launched rank: ``torchrun --nproc_per_node 2 tests/test_online_zero3.py MODEL_DIR OUT_DIR``.
 """
 
+import importlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ PROMPTS = ["the cat sat", "a dog ran on a mat", "big red sun", "the moon"]
 LEARNING_RATE = 0.05
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
 
 
 def soft_length_judge(prompts, completions_a, completions_b):
@@ -107,7 +108,7 @@ def _launched_rank(rank: int, world_size: int, port: int, model_dir: str, out: s
 def _launch_two_ranks(model_dir: str, out) -> None:
     """Fork the two ranks from this process (the libraries are already imported) with a launcher's environment;
     if this process already holds a process group, launch them afresh with torchrun instead."""
-    import deepspeed  # noqa: F401  (imported once here rather than in each rank)
+    importlib.import_module("deepspeed")  # imported once here rather than in each rank
 
     if torch.distributed.is_initialized():
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}

@@ -10,6 +10,8 @@ from trl_ipo.cli import main as cli_main
 from trl_ipo.commands.plot import plot
 from trl_ipo.plotting import PANELS, find_state_file
 
+pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+
 
 def _ipo_history(beta, steps=4, eval_every=2, seed=0):
     """A log_history shaped like IPOTrainer's: train entries, eval_ entries, and the final summary entry."""
@@ -127,7 +129,8 @@ def test_plot_cli_and_run_folder_forms(tmp_path, capsys):
     assert find_state_file(run) == run / "checkpoint-10" / "trainer_state.json"
 
     out = tmp_path / "png"
-    assert cli_main(["plot", str(run), "--out", str(out), "--label", "ipo", "--panel", "loss", "--panel", "margin"]) == 0
+    argv = ["plot", str(run), "--out", str(out), "--label", "ipo", "--panel", "loss", "--panel", "margin"]
+    assert cli_main(argv) == 0
     assert sorted(capsys.readouterr().out.split()) == [str(out / "loss.png"), str(out / "margin.png")]
     assert sorted(p.name for p in out.iterdir()) == ["loss.png", "margin.png"]
 

@@ -8,6 +8,8 @@ from conftest import make_pairs
 from trainer_utils import assert_grads_close, build, full_batch, hand_logps, loss_and_grads, params
 from trl_ipo import IPOConfig, IPOTrainer
 
+pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+
 ROWS = make_pairs(8, seed=1, preference=True)
 
 
@@ -47,7 +49,10 @@ def test_metrics_and_sum_reduction_against_hand_logps(load_model, tokenizer, tmp
     beta = 0.5
     for reduction in ("sum", "mean"):
         trainer = _perturbed(
-            build(IPOTrainer, IPOConfig, load_model, tokenizer, rows, tmp_path / reduction, logp_reduction=reduction, beta=beta)
+            build(
+                IPOTrainer, IPOConfig, load_model, tokenizer, rows, tmp_path / reduction, logp_reduction=reduction,
+                beta=beta,
+            )
         )
         loss, _ = loss_and_grads(trainer)
         ref = load_model()  # the untouched reference
@@ -72,9 +77,14 @@ def test_metrics_and_sum_reduction_against_hand_logps(load_model, tokenizer, tmp
 
 def test_scaled_form_is_beta_squared_paper(load_model, tokenizer, tmp_path):
     beta = 0.3
-    paper = _perturbed(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "p", beta=beta, preference_column="q"))
+    paper = _perturbed(
+        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "p", beta=beta, preference_column="q")
+    )
     scaled = _perturbed(
-        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "s", beta=beta, preference_column="q", loss_form="scaled")
+        build(
+            IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "s", beta=beta, preference_column="q",
+            loss_form="scaled",
+        )
     )
     loss_p, grads_p = loss_and_grads(paper)
     loss_s, grads_s = loss_and_grads(scaled)
@@ -86,7 +96,10 @@ def test_symmetric_equals_explicitly_doubled_dataset(load_model, tokenizer, tmp_
     swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"], "q": 1 - r["q"]} for r in ROWS]
     sym = _perturbed(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q"))
     doubled = _perturbed(
-        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS + swapped, tmp_path / "b", preference_column="q", symmetric=False)
+        build(
+            IPOTrainer, IPOConfig, load_model, tokenizer, ROWS + swapped, tmp_path / "b", preference_column="q",
+            symmetric=False,
+        )
     )
     loss_sym, grads_sym = loss_and_grads(sym)
     loss_dbl, grads_dbl = loss_and_grads(doubled)

@@ -9,6 +9,8 @@ from conftest import cpu_args, make_pairs
 from trainer_utils import assert_grads_close, build, loss_and_grads, params
 from trl_ipo import IPOConfig, IPOTrainer
 
+pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+
 ROWS = make_pairs(8, seed=2, preference=True)
 FIRST_LOSS = (0.5 / 0.1) ** 2  # policy = reference at initialisation: Δ = 0, hard target 1/(2β)
 
@@ -41,7 +43,10 @@ def test_peft_lora_reference_is_adapter_disabled(load_model, tokenizer, tmp_path
 
 def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer, tmp_path):
     online = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q")
-    pre = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", preference_column="q", precompute_ref_log_probs=True)
+    pre = build(
+        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", preference_column="q",
+        precompute_ref_log_probs=True,
+    )
     assert pre.ref_model is None and "ref_chosen_logps" in pre.train_dataset.column_names
     online.train()
     pre.train()
@@ -111,14 +116,18 @@ def test_evaluation_logs_ipo_metrics_with_eval_prefix(load_model, tokenizer, tmp
 
 
 def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path):
-    straight = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", max_steps=4, per_device_train_batch_size=2)
+    straight = build(
+        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", max_steps=4, per_device_train_batch_size=2
+    )
     straight.train()
     first = build(
         IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", max_steps=4, per_device_train_batch_size=2,
         save_strategy="steps", save_steps=2,
     )
     first.train()
-    resumed = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", max_steps=4, per_device_train_batch_size=2)
+    resumed = build(
+        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", max_steps=4, per_device_train_batch_size=2
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
     pa, pb = params(straight.model), params(resumed.model)
     for name in pa:
@@ -127,7 +136,10 @@ def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path):
 
 
 def test_model_as_path_and_explicit_ref_model(tiny_dir, load_model, tokenizer, tmp_path):
-    by_path = IPOTrainer(model=tiny_dir, args=IPOConfig(**cpu_args(tmp_path / "a")), train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)
+    by_path = IPOTrainer(
+        model=tiny_dir, args=IPOConfig(**cpu_args(tmp_path / "a")), train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
     explicit_ref = IPOTrainer(
         model=load_model(), ref_model=load_model(), args=IPOConfig(**cpu_args(tmp_path / "b")),
         train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
@@ -151,7 +163,8 @@ def test_ipo_plus_sft_matches_stock_trl(load_model, tokenizer, tmp_path):
 
 def test_dpo_config_is_accepted_as_ipo(load_model, tokenizer, tmp_path):
     trainer = IPOTrainer(
-        model=load_model(), args=DPOConfig(**cpu_args(tmp_path, beta=0.2)), train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer
+        model=load_model(), args=DPOConfig(**cpu_args(tmp_path, beta=0.2)), train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
     )
     assert isinstance(trainer.args, IPOConfig) and trainer.args.loss_type == ["ipo"] and trainer.args.beta == 0.2
     loss, _ = loss_and_grads(trainer)

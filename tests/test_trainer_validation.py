@@ -56,7 +56,6 @@ def test_missing_preference_column_in_eval(load_model, tokenizer, tmp_path):
         ({"loss_type": ["sigmoid"]}, r"IPOConfig\.loss_type=\['sigmoid'\].*use trl's DPOTrainer"),
         ({"loss_type": ["sft"]}, r"IPOConfig\.loss_type=\['sft'\]"),
         ({"symmetric": "maybe"}, r"IPOConfig\.symmetric must be true or false, got 'maybe'"),
-        ({"ld_alpha": 0.5}, r"IPOConfig\.ld_alpha=0\.5"),
     ],
 )
 def test_config_errors(overrides, message, tmp_path):

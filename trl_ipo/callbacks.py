@@ -15,7 +15,7 @@ onto the target t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 1
 * the IPO settings (beta, loss_form, symmetric, logp_reduction, preference_column) in the run config, under ``ipo``.
 
 With :class:`trl_ipo.IPOTrainer` the callback is added automatically when ``report_to`` includes ``"wandb"``; it
-reads the per-pair records the trainer keeps (``IPOTrainer.last_logged_pairs``). With a stock ``trl.DPOTrainer``
+reads the per-pair records the trainer keeps (``IPOTrainer.pairs_behind_log``). With a stock ``trl.DPOTrainer``
 add it yourself, ``trainer.add_callback(IPOMarginCallback(trainer))``: it then measures Δ from the trainer's own
 forward passes (the policy's and the reference's per-token log-probs, captured with forward hooks; no extra
 forward) and also adds the scalar ``ipo/*`` means to the logs, so DPO and IPO runs fill the same panels.
@@ -198,7 +198,7 @@ def concat_pair_records(records: list[dict[str, torch.Tensor]]) -> dict[str, tor
     """Per-pair records (one dict of equal-length tensors per batch) as one tensor per key, in batch order.
 
     ``{}`` when there are none. Used for the pairs a stock DPOTrainer's recorder caught and, through
-    ``IPOTrainer.last_logged_pairs``, for the pairs an IPOTrainer kept since its previous log.
+    ``IPOTrainer.pairs_behind_log``, for the pairs an IPOTrainer kept since its previous log.
     """
     if not records:
         return {}
@@ -242,7 +242,7 @@ class IPOMarginCallback(TrainerCallback):
         self.trainer = trainer
         self.table_size, self.num_bins = int(table_size), int(num_bins)
         self.recorder = None
-        if not hasattr(trainer, "last_logged_pairs"):  # a stock DPOTrainer: measure the margins ourselves
+        if not hasattr(trainer, "pairs_behind_log"):  # a stock DPOTrainer: measure the margins ourselves
             self.recorder = DPOMarginRecorder(trainer, logp_reduction, loss_form, symmetric)
         self.last_pairs: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._config_logged = False
@@ -287,7 +287,7 @@ class IPOMarginCallback(TrainerCallback):
         if self.recorder is not None:
             pairs = self.recorder.take(mode)
         else:
-            pairs = self.trainer.last_logged_pairs(mode)
+            pairs = self.trainer.pairs_behind_log(mode)
         prefix = _metric_prefix(logs)
         if not pairs or prefix is None:
             return

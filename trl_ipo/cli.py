@@ -14,18 +14,19 @@ from .errors import exit_on_input_error, report
 
 SUBCOMMANDS = {
     "train": ("trl_ipo.commands.train", "train with IPO; same arguments as `trl dpo` plus the IPO fields"),
-    "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and RLHF) on your own model and data"),
+    "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and soft-label IPO) on your own model and data"),
     "demo": ("trl_ipo.commands.demo", "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"),
     "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
     "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
     "example": ("trl_ipo.commands.example", "a short IPO run on the bundled example dataset with a tiny local model"),
+    "tiny-model": ("trl_ipo.commands.tiny_model", "build a tiny random model and tokenizer locally to try commands on"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: trl-ipo <command> [options]", "", "commands:"]
     for name, (_, summary) in SUBCOMMANDS.items():
-        lines.append(f"  {name:<9} {summary}")
+        lines.append(f"  {name:<10} {summary}")
     lines += ["", "Run `trl-ipo <command> --help` for the options of a command."]
     return "\n".join(lines)
 

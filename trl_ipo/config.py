@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from trl import DPOConfig
 
+from .dpo_fields import BF16_HELP, apply_field_decisions
 from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
@@ -26,8 +27,8 @@ class IPOLossArguments:
     loss_form: str = field(
         default="paper",
         metadata={
-            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. eq. 17), 'scaled' = (β·Δ − t)² (seed eq. 12, "
-            "β² times the paper form). Same minimiser.",
+            "help": "IPO loss form: 'paper' = (Δ − t/β)² (Azar et al. 2023, eq. 17), 'scaled' = (β·Δ − t)² "
+            "(β² times the paper form). Same minimiser.",
             "choices": list(LOSS_FORMS),
         },
     )
@@ -41,7 +42,8 @@ class IPOLossArguments:
     logp_reduction: str = field(
         default="mean",
         metadata={
-            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention) or 'sum'.",
+            "help": "How completion log-probs enter Δ: 'mean' (per-token mean, TRL's IPO convention; the default of "
+            "`trl-ipo train` and `trl-ipo compare`) or 'sum'. The same β sets a different target under each.",
             "choices": list(LOGP_REDUCTIONS),
         },
     )
@@ -59,11 +61,11 @@ class IPOConfig(IPOLossArguments, DPOConfig):
 
     The per-pair loss is ``(Δ − t/β)²`` (``loss_form="paper"``) where Δ is the log-ratio margin between the chosen
     and rejected completions and t = q − ½ (``symmetric=True``) or t = q (``symmetric=False``), q being the
-    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17; seed note eq. 10–12).
+    probability that the chosen completion is preferred (Azar et al. 2023, eq. 16–17).
 
     Parameters:
         loss_form (`str`, defaults to `"paper"`):
-            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², the seed note's eq. 12 form (β² times the paper form).
+            `"paper"`: (Δ − t/β)²; `"scaled"`: (β·Δ − t)², β² times the paper form (same minimiser).
         symmetric (`bool`, defaults to `True`):
             Count each pair also swapped with probability 1 − q, computed analytically (no extra forward pass).
             Target t = q − ½ (0.5 for hard labels, 0 for a tie). With `False`, t = q (order as given).
@@ -82,11 +84,20 @@ class IPOConfig(IPOLossArguments, DPOConfig):
             "`loss_weights`). Other DPO loss types belong to trl's DPOTrainer."
         },
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     preference_column: str | None = field(
         default=None,
         metadata={
             "help": "Dataset column holding q in [0, 1], the probability that `chosen` is preferred (soft labels, "
             "ties = 0.5). Default: hard labels (q = 1)."
+        },
+    )
+
+    allow_resume_without_optimizer: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that has no optimizer or scheduler state (e.g. save_only_model=True), "
+            "restarting them with a loud warning. By default such a resume stops with an error."
         },
     )
 
@@ -105,18 +116,10 @@ class IPOConfig(IPOLossArguments, DPOConfig):
             self.loss_type = [self.loss_type]
         check_ipo_config_values(self)
         self._validate_ipo_loss_fields()
-        # DPO-variant knobs that have no meaning for the exact IPO objective.
-        if self.ld_alpha is not None:
-            raise ValueError(f"IPOConfig.ld_alpha={self.ld_alpha!r} (LD-DPO) is not part of IPO; use trl's DPOTrainer.")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                f"IPOConfig.f_divergence_type={self.f_divergence_type!r} is not part of IPO; use trl's DPOTrainer."
-            )
-        if self.use_weighting:
-            raise ValueError("IPOConfig.use_weighting=True (WPO) is not part of IPO; use trl's DPOTrainer.")
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
         super().__post_init__()
         check_launch(self)
 
@@ -151,7 +154,9 @@ def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
         raise InputError(f"{name}.beta must be a number > 0, got an empty list.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InputError(f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}.")
+            raise InputError(
+                f"{name}.beta must be a number > 0 (the regularisation strength τ), got {_described(value)}."
+            )
         if not math.isfinite(value):
             raise InputError(f"{name}.beta must be a finite number > 0 (the regularisation strength τ), got {value!r}.")
         if not value > 0:
@@ -166,7 +171,26 @@ def check_ipo_loss_values(config, name: str) -> None:
             raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
     if not isinstance(config.symmetric, bool):
         raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
-    check_beta(name, config.beta, per_epoch_list=not isinstance(config, DPOConfig))  # online: one β per epoch
+    online = not isinstance(config, DPOConfig)
+    check_beta(name, config.beta, per_epoch_list=online)  # online: one β per epoch
+    if online:
+        check_real(name, "mixture_coef", config.mixture_coef)  # its range [0, 1] is checked by OnlineIPOConfig
+        check_real(name, "temperature", config.temperature, low=0.0, low_open=True)
+        check_real(name, "bradley_terry_temperature", config.bradley_terry_temperature, low=0.0, low_open=True)
+
+
+def check_real(name: str, field_name: str, value, low=None, high=None, low_open: bool = False) -> None:
+    """``value`` is a finite real number (not a bool or a string) within [low, high] (``(low, …`` if ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}"
+    interval = f" in {interval}{']' if high is not None else ')'}" if (low, high) != (None, None) else ""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    outside = number and (
+        not math.isfinite(value)
+        or (low is not None and (value <= low if low_open else value < low))
+        or (high is not None and value > high)
+    )
+    if not number or outside:
+        raise InputError(f"{name}.{field_name} must be a finite number{interval}, got {_described(value)}.")
 
 
 def check_ipo_config_values(config) -> None:
@@ -182,7 +206,9 @@ def check_ipo_config_values(config) -> None:
         )
     repeated = sorted({t for t in loss_type if loss_type.count(t) > 1})
     if repeated:  # each term would be added twice
-        raise InputError(f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once.")
+        raise InputError(
+            f"IPOConfig.loss_type={list(loss_type)!r} names {repeated} more than once; list each term once."
+        )
     weights = config.loss_weights
     if weights is not None:
         if not isinstance(weights, (list, tuple)) or len(weights) != len(loss_type):
@@ -191,9 +217,11 @@ def check_ipo_config_values(config) -> None:
                 f"{list(loss_type)!r}, got {_described(weights)}."
             )
         for term, weight in zip(loss_type, weights):
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+            number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+            if not number or not math.isfinite(weight) or weight < 0:
                 raise InputError(
-                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, got {_described(weight)}."
+                    f"IPOConfig.loss_weights: the weight of {term!r} must be a finite number >= 0, "
+                    f"got {_described(weight)}."
                 )
     column = config.preference_column
     if column is not None and (not isinstance(column, str) or not column.strip()):

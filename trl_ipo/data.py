@@ -1,10 +1,10 @@
 """Preference columns: validation with precise errors, and turning votes or scores into q.
 
-q is the probability that the ``chosen`` completion is preferred over ``rejected`` (seed note eq. 8a: q ∈ [0, 1];
-q = ½ is a tie). Two common sources:
+q is the probability that the ``chosen`` completion is preferred over ``rejected`` (the preference probability
+p*(y ≻ y′ | x) of Azar et al. 2023: q ∈ [0, 1]; q = ½ is a tie). Two common sources:
 
 * annotator votes:   q = wins / (wins + losses)
-* scalar scores:     q = σ((s_chosen − s_rejected) / T)    (Bradley–Terry, seed note §2.1)
+* scalar scores:     q = σ((s_chosen − s_rejected) / T)    (Bradley–Terry, as in Rafailov et al. 2023, eq. 1)
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ __all__ = [
 
 
 def check_preference_value(value: Any, where: str) -> float:
-    """Return ``value`` as a float in [0, 1] or raise a ValueError naming ``where`` (column and row) and the value."""
+    """Return ``value`` as a float in [0, 1] or raise an InputError naming ``where`` (column and row) and the value."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}.")
+        raise InputError(
+            f"Preference value must be a number in [0, 1]; got {value!r} ({type(value).__name__}) at {where}."
+        )
     value = float(value)
     if math.isnan(value):
         raise InputError(f"Preference value is NaN at {where}; q must be a number in [0, 1].")
@@ -85,13 +87,16 @@ def _value_kind(value, where: str) -> str:
         if "role" not in message or message["role"] is None:
             raise InputError(f"{at} has no 'role' (keys {sorted(message)}); expected one of {list(MESSAGE_ROLES)}.")
         if message["role"] not in MESSAGE_ROLES:
-            raise InputError(f"{at} has the unknown role {_short(message['role'])}; expected one of {list(MESSAGE_ROLES)}.")
+            raise InputError(
+                f"{at} has the unknown role {_short(message['role'])}; expected one of {list(MESSAGE_ROLES)}."
+            )
         content = message.get("content")
         if content is None and not message.get("tool_calls"):
             raise InputError(f"{at} (role {message['role']!r}) has no 'content'.")
         if content is not None and not isinstance(content, (str, list)):
             raise InputError(
-                f"{at} has content of type {type(content).__name__} {_short(content)}; expected text or a list of parts."
+                f"{at} has content of type {type(content).__name__} {_short(content)}; expected text or a list of "
+                "parts."
             )
     return "conversational"
 
@@ -237,18 +242,18 @@ def preference_from_votes(wins, losses) -> torch.Tensor:
     wins = torch.as_tensor(wins, dtype=torch.float64)
     losses = torch.as_tensor(losses, dtype=torch.float64)
     if (wins < 0).any() or (losses < 0).any():
-        raise ValueError("Vote counts must be non-negative.")
+        raise InputError("Vote counts must be non-negative.")
     total = wins + losses
     if (total == 0).any():
         row = int(torch.nonzero(total == 0)[0])
-        raise ValueError(f"Row {row} has no votes (wins + losses = 0), so its preference is undefined.")
+        raise InputError(f"Row {row} has no votes (wins + losses = 0), so its preference is undefined.")
     return wins / total
 
 
 def preference_from_scores(chosen_scores, rejected_scores, temperature: float = 1.0) -> torch.Tensor:
     """Bradley–Terry: q = σ((s_chosen − s_rejected) / T)."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise InputError(f"temperature must be > 0, got {temperature!r}")
     chosen_scores = torch.as_tensor(chosen_scores, dtype=torch.float64)
     rejected_scores = torch.as_tensor(rejected_scores, dtype=torch.float64)
     return torch.sigmoid((chosen_scores - rejected_scores) / temperature)
@@ -257,7 +262,7 @@ def preference_from_scores(chosen_scores, rejected_scores, temperature: float = 
 def _require_columns(dataset, columns):
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"Columns {missing} are not in the dataset; its columns are {sorted(dataset.column_names)}.")
+        raise InputError(f"Columns {missing} are not in the dataset; its columns are {sorted(dataset.column_names)}.")
 
 
 def add_preference_from_votes(dataset, wins_column: str, losses_column: str, output_column: str = "preference"):
@@ -268,7 +273,11 @@ def add_preference_from_votes(dataset, wins_column: str, losses_column: str, out
 
 
 def add_preference_from_scores(
-    dataset, chosen_score_column: str, rejected_score_column: str, temperature: float = 1.0, output_column: str = "preference"
+    dataset,
+    chosen_score_column: str,
+    rejected_score_column: str,
+    temperature: float = 1.0,
+    output_column: str = "preference",
 ):
     """Return ``dataset`` with ``output_column`` = σ((s_chosen − s_rejected)/T)."""
     _require_columns(dataset, [chosen_score_column, rejected_score_column])
@@ -293,7 +302,7 @@ class PreferenceCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(examples)
         if examples and self.column not in examples[0]:
-            raise ValueError(
+            raise InputError(
                 f"preference_column={self.column!r} is missing from the batch; example keys are {sorted(examples[0])}."
             )
         values = [

@@ -92,8 +92,8 @@ def load_preference_dataset(name_or_path: str, config: str | None = None, stream
             return load_dataset(str(path), name=config, streaming=streaming)
         except Exception as err:  # the folder holds nothing `datasets` can read
             raise InputError(
-                f"Could not read a dataset from folder {str(path)!r} ({type(err).__name__}: {one_line(err)}). Expected data "
-                f"files of types {sorted(FILE_BUILDERS)} or a folder written by `save_to_disk`."
+                f"Could not read a dataset from folder {str(path)!r} ({type(err).__name__}: {one_line(err)}). "
+                f"Expected data files of types {sorted(FILE_BUILDERS)} or a folder written by `save_to_disk`."
             ) from None
     if is_local_reference(name_or_path):
         raise InputError(
@@ -103,7 +103,8 @@ def load_preference_dataset(name_or_path: str, config: str | None = None, stream
         return load_dataset(name_or_path, name=config, streaming=streaming)
     except Exception as err:  # not on the hub, no network, gated, unknown configuration, ...
         raise InputError(
-            f"Could not load dataset {name_or_path!r} from the Hugging Face Hub ({type(err).__name__}: {one_line(err)}). "
+            f"Could not load dataset {name_or_path!r} from the Hugging Face Hub ({type(err).__name__}: "
+            f"{one_line(err)}). "
             f"For local data pass the path of a file ({', '.join(sorted(FILE_BUILDERS))}) or of a folder."
         ) from None
 
@@ -210,7 +211,9 @@ def _first_char(path: Path) -> str:
         return f.read(4096).lstrip()[:1]
 
 
-def check_model(name: str | None, revision: str | None = None, trust_remote_code: bool = False, flag: str = "--model_name_or_path") -> None:
+def check_model(
+    name: str | None, revision: str | None = None, trust_remote_code: bool = False, flag: str = "--model_name_or_path"
+) -> None:
     """Fail early, naming the path or hub id, when the model cannot be found or its config cannot be read.
 
     Only ``config.json`` is read (no weights, no code): remote code runs only when ``trust_remote_code`` is on.

@@ -124,22 +124,11 @@ def model_hidden_size(model, trust_remote_code: bool = False) -> int | None:
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` that was fully written, or ``None``.
+    """The newest complete ``checkpoint-N`` folder of ``output_dir``, or ``None`` (see :mod:`trl_ipo.checkpoints`)."""
+    from .checkpoints import newest_complete_checkpoint
 
-    ``Trainer`` writes ``trainer_state.json`` last (after the weights, the ZeRO shards, optimizer and RNG states), so
-    a folder without it is a save that a dying rank interrupted; resume from the one this returns.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    complete = [
-        path
-        for path in folder.glob("checkpoint-*")
-        if path.is_dir() and path.name.split("-", 1)[1].isdigit() and (path / "trainer_state.json").is_file()
-    ]
-    if not complete:
-        return None
-    return str(max(complete, key=lambda path: int(path.name.split("-", 1)[1])))
+    info, _ = newest_complete_checkpoint(output_dir)
+    return None if info is None else info.path
 
 
 # ---------------------------------------------------------------------------------------------------- reporting

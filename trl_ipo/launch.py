@@ -71,7 +71,8 @@ def prepare_launch(args) -> None:
     * GPU hosts, and single processes started without a launcher, are left to accelerate — except DeepSpeed on a
       host without GPUs, which needs a launcher and says so.
     * CPU hosts: the process group is brought up here with gloo and ``args.ddp_timeout`` — as a DeepSpeed state when
-      ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``.
+      ``args.deepspeed`` is set, else as multi-CPU DDP with ``args.use_cpu = True``. FSDP, which accelerate 1.15
+      does not run on CPU ranks, is refused.
     """
     if isinstance(args.deepspeed, (str, os.PathLike)) and str(args.deepspeed).strip():
         args.deepspeed = resolve_config(args.deepspeed, "deepspeed")
@@ -82,6 +83,13 @@ def prepare_launch(args) -> None:
         return
     if not is_launched() and not args.deepspeed:
         return  # one plain process: nothing to distribute
+    if _fsdp_requested(args):
+        raise RuntimeError(
+            "FSDP was requested (fsdp=... or accelerate's ACCELERATE_USE_FSDP) for CPU ranks. accelerate 1.15 does "
+            "not run FSDP on CPU ranks: each rank would train as plain DDP (or alone), unsharded, although torch's "
+            "fully_shard itself works over gloo. On CPU ranks use DeepSpeed ZeRO-3 (deepspeed='zero3'); see "
+            "docs/distributed.md."
+        )
     if args.ddp_backend not in _CPU_BACKENDS:
         raise ValueError(
             f"ddp_backend={args.ddp_backend!r} needs GPUs, but this host has none. On CPU ranks use "
@@ -97,6 +105,13 @@ def prepare_launch(args) -> None:
         )
     else:
         _bring_up_ddp_on_cpu(args)
+
+
+def _fsdp_requested(args, environ=None) -> bool:
+    environ = os.environ if environ is None else environ
+    fsdp = getattr(args, "fsdp", None)
+    given = fsdp not in (None, False, "", [], "false", "False")
+    return given or environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def _refuse_bare_srun(environ=None) -> None:

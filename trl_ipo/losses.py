@@ -31,6 +31,8 @@ Loss forms (same minimiser, the scaled one is exactly β² times the paper one):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 LOSS_FORMS = ("paper", "scaled")
@@ -112,3 +114,78 @@ def reduce_logps(summed_logps: torch.Tensor, num_tokens: torch.Tensor, reduction
     if reduction == "mean":
         return summed_logps / num_tokens.to(summed_logps.dtype).clamp(min=1.0)
     raise ValueError(f"logp_reduction must be one of {LOGP_REDUCTIONS}, got {reduction!r}")
+
+
+# ------------------------------------------------------------------------------------------ TRL's loss modifiers
+# ``DPOTrainer(loss_type=["ipo"])`` in TRL 1.16 accepts three modifiers of the IPO loss. They are computed here as
+# TRL computes them for "ipo", so that a script keeps its numbers after switching to IPOTrainer:
+#
+# * ``ld_alpha`` (LD-DPO, Liu et al. 2024): the sequence log-prob of each completion counts its first
+#   min(len_chosen, len_rejected) tokens in full and the tokens beyond that with weight α (policy and reference);
+# * ``f_divergence_type`` (f-DPO, Wang et al. 2023): each summed log-ratio u is replaced by the score f'(e^u)
+#   before the per-token reduction, so Δ is a margin of f' scores rather than of log-ratios;
+# * ``use_weighting`` (WPO, Zhou et al. 2024, eq. 2): each pair's squared error is multiplied by the detached
+#   weight w(y_c)·w(y_r), w(y) = exp(mean over the completion of log π(y_t) − log Σ_v π(v)²).
+
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+# exp() of a larger exponent overflows after the cast back (float32/bfloat16 ≈ 88.7, float16 ≈ 11.1, float64 ≈ 709).
+_EXP_CAP = {torch.float16: 11.0, torch.bfloat16: 80.0, torch.float32: 80.0}
+
+
+def sequence_logps(
+    per_token_logps: torch.Tensor, completion_mask: torch.Tensor, ld_alpha: float | None = None
+) -> torch.Tensor:
+    """Per-sequence log-prob of a ``[chosen; rejected]`` batch, optionally length-desensitised (LD-DPO).
+
+    ``per_token_logps`` is zero outside the completion; ``completion_mask`` (same shape, 0/1) marks the completion
+    tokens. With ``ld_alpha=None`` this is the plain sum. Otherwise, with s = min(len_chosen, len_rejected) of the
+    pair, the first s completion tokens of both sequences count fully and the later ones with weight ``ld_alpha``.
+    """
+    if ld_alpha is None:
+        return per_token_logps.sum(dim=1)
+    position = completion_mask.cumsum(dim=1)  # 1, 2, … along the completion, 0 before it
+    lengths = completion_mask.sum(dim=1)
+    shared = torch.minimum(*lengths.chunk(2, dim=0))
+    shared = torch.cat([shared, shared]).unsqueeze(1)
+    in_shared = (position > 0) & (position <= shared)
+    beyond = position > shared
+    return (per_token_logps * in_shared).sum(dim=1) + ld_alpha * (per_token_logps * beyond).sum(dim=1)
+
+
+def f_divergence_scores(logratios: torch.Tensor, kind: str = "reverse_kl", alpha: float = 0.5) -> torch.Tensor:
+    """f'(π/π_ref) of each sequence, from its log-ratio u = log π − log π_ref (f-DPO, Wang et al. 2023).
+
+    ``reverse_kl``: u; ``forward_kl``: 1 − e^(−u); ``js_divergence``: log 2 + log σ(u); ``alpha_divergence``:
+    (e^((α−1)·u) − 1)/(α − 1), with u itself at α = 1 and the exponent capped so that exp() stays finite.
+    """
+    if kind == "reverse_kl":
+        return logratios
+    if kind == "forward_kl":
+        return 1 - torch.exp(-logratios)
+    if kind == "js_divergence":
+        return math.log(2) + torch.nn.functional.logsigmoid(logratios)
+    if kind == "alpha_divergence":
+        if abs(alpha - 1.0) < 1e-6:
+            return logratios
+        exponent = (alpha - 1.0) * logratios
+        exponent = exponent.to(torch.promote_types(exponent.dtype, torch.float32))
+        exponent = exponent.clamp(max=_EXP_CAP.get(logratios.dtype, 700.0))
+        return (torch.exp(exponent) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
+    raise ValueError(f"f_divergence_type must be one of {F_DIVERGENCES}, got {kind!r}")
+
+
+def wpo_pair_weights(
+    per_token_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor, completion_mask: torch.Tensor
+) -> torch.Tensor:
+    """WPO weight of each pair (Zhou et al. 2024, eq. 2), detached: w(y_chosen)·w(y_rejected).
+
+    w(y) = exp((1/|y|) Σ_t [log π(y_t|·) − log Σ_v π(v|·)²]) over the completion tokens of y: the policy's
+    length-normalised probability of y, aligned by the sharpness of each next-token distribution.
+    """
+    with torch.no_grad():
+        aligned = (per_token_logps - log_sum_sq_probs) * completion_mask
+        lengths = completion_mask.sum(dim=1).clamp_min(1)
+        weights = torch.exp(aligned.sum(dim=1) / lengths)
+    chosen, rejected = weights.chunk(2, dim=0)
+    return chosen * rejected

@@ -20,6 +20,7 @@ __all__ = [
     "ipo_settings_section",
     "insert_ipo_settings",
     "complete_model_card",
+    "trl_loss_modifiers",
 ]
 
 IPO_PAPER = {
@@ -88,7 +89,26 @@ def ipo_settings_section(args) -> str:
         "precompute_ref_log_probs": getattr(args, "precompute_ref_log_probs", None),
     }
     lines += [f"| `{name}` | `{value!r}` |" for name, value in extra.items()]
+    modifiers = trl_loss_modifiers(args)
+    if modifiers:
+        lines += [f"| `{name}` | `{value!r}` |" for name, value in modifiers.items()]
+        lines += ["", "TRL's loss modifiers were on, so ρ and the pair weights are modified as stated in trl_ipo's "
+                  "docs/usage.md (\"Loss modifiers from TRL\")."]
     return "\n".join(lines) + "\n"
+
+
+def trl_loss_modifiers(args) -> dict:
+    """The non-default TRL loss modifiers of ``args`` (``ld_alpha``, ``f_divergence_type``, ``use_weighting``)."""
+    found = {}
+    if getattr(args, "ld_alpha", None) is not None:
+        found["ld_alpha"] = args.ld_alpha
+    if getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl":
+        found["f_divergence_type"] = args.f_divergence_type
+        if args.f_divergence_type == "alpha_divergence":
+            found["f_alpha_divergence_coef"] = args.f_alpha_divergence_coef
+    if getattr(args, "use_weighting", False):
+        found["use_weighting"] = True
+    return found
 
 
 def insert_ipo_settings(card_text: str, args) -> str:

@@ -12,21 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import warnings
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import broadcast_object_list, is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from .callbacks import attach_margin_callback, require_wandb
+from . import checkpoints
+from .callbacks import attach_margin_callback, concat_pair_records, require_wandb
 from .config import IPOConfig, config_values
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
 from .errors import InputError
-from .losses import ipo_regression, reduce_logps
+from .losses import (
+    F_DIVERGENCES,
+    f_divergence_scores,
+    ipo_regression,
+    reduce_logps,
+    sequence_logps,
+    wpo_pair_weights,
+)
 from .model_card import IPO_PAPER, complete_model_card
 from .packed_forward import (
     DENSE_MASK_BACKENDS,
@@ -36,6 +45,7 @@ from .packed_forward import (
     layout_attention_mask,
 )
 from .packing import build_layout, scatter_scored
+from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
@@ -59,8 +69,12 @@ class IPOTrainer(DPOTrainer):
     _name = "IPO"
     _paper = IPO_PAPER
 
-    def __init__(self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw):
+    def __init__(
+        self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
+    ):
         args = _as_ipo_config(args, model)
+        if args.f_divergence_type not in F_DIVERGENCES:  # TRL would only fail at the first loss computation
+            raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {args.f_divergence_type!r}.")
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
@@ -85,6 +99,7 @@ class IPOTrainer(DPOTrainer):
         # Per-pair records since the last log, gathered from every rank (read by trl_ipo.callbacks).
         self.pair_records: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         self._last_logged_pairs: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
+        self._pairs_behind_log: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         attach_margin_callback(self)  # margin histograms and worst-fit tables when report_to includes wandb
 
     # ----------------------------------------------------------------------------------------------- data plumbing
@@ -138,6 +153,48 @@ class IPOTrainer(DPOTrainer):
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
 
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
+
+        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
+        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
+        """
+        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
+            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
+        else:
+            resume_from_checkpoint = None
+        self.resumed_from = resume_from_checkpoint
+        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
+            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _resolve_resume(self, value):
+        decision = [None]
+        if self.accelerator.is_main_process:
+            try:
+                decision[0] = ("ok", *checkpoints.resolve_resume(
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                ))
+            except ValueError as err:
+                decision[0] = ("error", str(err), [])
+        decision = broadcast_object_list(decision, from_process=0)[0]
+        status, result, messages = decision
+        if status == "error":
+            raise ValueError(result)
+        if self.accelerator.is_main_process:
+            checkpoints.warn_all(messages)
+        return result
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
+
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -146,7 +203,8 @@ class IPOTrainer(DPOTrainer):
         shift_mask = completion_mask[..., 1:]
         outputs = self._policy_forward(model, inputs)
         per_token_logps = outputs.log_probs  # [2B, L-1], zero outside the completion
-        chosen_logps, rejected_logps = per_token_logps.sum(dim=1).chunk(2, dim=0)
+        # TRL's loss modifiers act from here on, on the per-token log-probs and masks (see trl_ipo.losses).
+        chosen_logps, rejected_logps = sequence_logps(per_token_logps, shift_mask, args.ld_alpha).chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -158,13 +216,18 @@ class IPOTrainer(DPOTrainer):
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         num_chosen, num_rejected = shift_mask.sum(dim=1).chunk(2, dim=0)
-        chosen_rho = reduce_logps(chosen_logratios, num_chosen, args.logp_reduction)
-        rejected_rho = reduce_logps(rejected_logratios, num_rejected, args.logp_reduction)
+        f_div, f_alpha, reduction = args.f_divergence_type, args.f_alpha_divergence_coef, args.logp_reduction
+        chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+        rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
         preference = inputs.get(PreferenceCollator.key)
         margin, target = ipo_regression(
             chosen_rho, rejected_rho, self.beta, preference, symmetric=args.symmetric, loss_form=args.loss_form
         )
         per_pair_loss = (margin - target) ** 2
+        weights = None
+        if args.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+            weights = wpo_pair_weights(per_token_logps, outputs.log_sum_sq_probs, shift_mask)
+            per_pair_loss = per_pair_loss * weights
 
         loss = 0.0
         for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
@@ -178,7 +241,7 @@ class IPOTrainer(DPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
         self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
-        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference)
+        self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:
             with torch.no_grad():
@@ -202,8 +265,8 @@ class IPOTrainer(DPOTrainer):
         seq_len = inputs["completion_mask"].size(1) - 1
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         outputs = model(**self._model_kwargs(inputs), labels=labels, fused_lm_head=True)
-        for name in ("log_probs", "entropy", "mean_logits", "is_top1"):
-            value = getattr(outputs, name)
+        for name in ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"):
+            value = getattr(outputs, name, None)
             if value is not None:  # prompt-learning PEFT prepends virtual tokens: keep the real positions
                 setattr(outputs, name, value[:, -seq_len:])
         return outputs
@@ -269,18 +332,7 @@ class IPOTrainer(DPOTrainer):
             self.accelerator.autocast(),
         ):
             per_token = self._packed_forward(model, inputs, with_metrics=False).log_probs
-        return self._reduce_ref_logps(per_token, inputs["completion_mask"][..., 1:])
-
-    def _reduce_ref_logps(self, per_token, shift_mask):
-        """Per-token reference log-probs ``[2B, L-1]`` → (chosen, rejected) sums (LD weighting when ``ld_alpha``)."""
-        ld_alpha = getattr(self, "ld_alpha", None)
-        if ld_alpha is None:
-            return per_token.sum(dim=1).chunk(2, dim=0)
-        position = shift_mask.cumsum(dim=1)
-        shared = torch.minimum(*shift_mask.sum(dim=1).long().chunk(2, dim=0)).repeat(2).unsqueeze(1)
-        shared_logps = (per_token * ((position > 0) & (position <= shared))).sum(dim=1)
-        tail_logps = (per_token * (position > shared)).sum(dim=1)
-        return (shared_logps + ld_alpha * tail_logps).chunk(2, dim=0)
+        return sequence_logps(per_token, inputs["completion_mask"][..., 1:], self.args.ld_alpha).chunk(2, dim=0)
 
     def _ensure_packed_forward(self):
         """Check the model takes the layout and wrap the policy's and the reference's forwards (once)."""
@@ -297,9 +349,11 @@ class IPOTrainer(DPOTrainer):
         self._packed_forward_ready = True
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's version has every rank read a cache file that rank 0 wrote, which fails for an in-memory dataset on
+        # more than one rank (each process gets its own temporary folder); see trl_ipo.ref_cache.
         if self._packing_enabled:
             self._ensure_packed_forward()
-        return super()._precompute_ref_logps(dataset, name, batch_size)
+        return precompute_ref_logps(self, dataset, name, batch_size)
 
     def _warn_unshared(self, count):
         warnings.warn(
@@ -311,7 +365,7 @@ class IPOTrainer(DPOTrainer):
         )
 
     # --------------------------------------------------------------------------------------------------- metrics
-    def _log_ipo_metrics(self, mode, margin, target, preference):
+    def _log_ipo_metrics(self, mode, margin, target, preference, weights=None):
         gather = self.accelerator.gather
         margin, target = gather(margin).float(), gather(target).float()
         residual = margin - target
@@ -320,6 +374,8 @@ class IPOTrainer(DPOTrainer):
         metrics["ipo/target"].append(target.mean().item())
         metrics["ipo/residual"].append(residual.mean().item())
         metrics["ipo/sq_error"].append((residual**2).mean().item())
+        if weights is not None:  # use_weighting: the IPO term is the weighted mean, sq_error the unweighted one
+            metrics["ipo/wpo_weight"].append(gather(weights.detach()).float().mean().item())
         q = torch.ones_like(margin) if preference is None else gather(preference.to(margin.device)).float()
         self.pair_records[mode].append({"delta": margin.cpu(), "target": target.cpu(), "preference": q.cpu()})
 
@@ -362,17 +418,23 @@ class IPOTrainer(DPOTrainer):
 
     def log(self, logs, start_time=None):
         mode = "train" if self.model.training else "eval"
-        # Callbacks (on_log) read the pairs behind this log entry from `last_logged_pairs`.
-        self._last_logged_pairs[mode] = self.pair_records[mode]
+        # Callbacks (on_log) read the pairs behind this log entry from `pairs_behind_log`; a log with no new pairs
+        # (the summary after train(), or after evaluate()) has none, and `last_logged_pairs` keeps the latest ones.
+        self._pairs_behind_log[mode] = self.pair_records[mode]
         self.pair_records[mode] = []
+        if self._pairs_behind_log[mode]:
+            self._last_logged_pairs[mode] = self._pairs_behind_log[mode]
         super().log(logs, start_time)
 
+    def pairs_behind_log(self, mode: str = "train") -> dict[str, torch.Tensor]:
+        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the log entry being written now
+        (for callbacks' ``on_log``); empty for a log that carries no new pairs."""
+        return concat_pair_records(self._pairs_behind_log.get(mode) or [])
+
     def last_logged_pairs(self, mode: str = "train") -> dict[str, torch.Tensor]:
-        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the most recent log in ``mode``."""
-        records = self._last_logged_pairs.get(mode) or []
-        if not records:
-            return {}
-        return {key: torch.cat([r[key] for r in records]) for key in records[0]}
+        """Per-pair ``delta``, ``target`` and ``preference`` (all ranks) behind the most recent log in ``mode`` that
+        had any (still there after ``train()`` or ``evaluate()`` return)."""
+        return concat_pair_records(self._last_logged_pairs.get(mode) or [])
 
     def _save(self, output_dir=None, state_dict=None):
         """Trainer's save, plus the JSON record of the arguments that tools read instead of the pickled
@@ -392,7 +454,18 @@ def _as_ipo_config(args, model) -> IPOConfig:
     if args is None:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
         return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
-    # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO with its own defaults.
+    # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO. Keep an IPO-compatible choice, else say so.
+    loss_type = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
+    if "ipo" in loss_type and set(loss_type) <= {"ipo", "sft"}:
+        return IPOConfig(**config_values(args, IPOConfig))
+    dropped = f"loss_type={loss_type!r}" + (f" and loss_weights={args.loss_weights!r}" if args.loss_weights else "")
+    warnings.warn(
+        f"{type(args).__name__} {dropped} replaced by IPOConfig's loss_type=['ipo'] (loss_weights=None): an "
+        "IPOTrainer always trains IPO. Your config object still holds the old values; log trainer.args instead. "
+        "Pass an IPOConfig (or loss_type='ipo') to silence this warning.",
+        UserWarning,
+        stacklevel=3,
+    )
     return IPOConfig(**config_values(args, IPOConfig, skip={"loss_type", "loss_weights"}))
 
 

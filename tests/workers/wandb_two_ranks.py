@@ -4,7 +4,7 @@
 
 Every row has its own preference q, so the rows a rank trained on can be told apart. Each rank records the q of
 the rows its own collator batched (its local share of the data), the gathered per-pair records behind each log
-(``IPOTrainer.last_logged_pairs``), and whether it holds a wandb run. WANDB_DIR must point at a shared folder.
+(``IPOTrainer.pairs_behind_log``), and whether it holds a wandb run. WANDB_DIR must point at a shared folder.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(model_dir: str, out_dir: str) -> None:
     class Spy(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             mode = "train" if trainer.model.training else "eval"
-            pairs = trainer.last_logged_pairs(mode)
+            pairs = trainer.pairs_behind_log(mode)
             if pairs:
                 logged.append({"mode": mode, "step": state.global_step, **{k: v.tolist() for k, v in pairs.items()}})
 

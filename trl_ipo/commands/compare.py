@@ -31,6 +31,11 @@ from ..errors import InputError, exit_on_input_error
 HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
 PROG = "trl-ipo compare"
 
+_REDUCTION_NOTE = {
+    "mean": "per-token mean log-ratios, the default of `trl-ipo train` and IPOConfig",
+    "sum": "summed log-ratios; `trl-ipo train` and IPOConfig default to the per-token mean, so the same β there "
+    "sets a different target",
+}
 METHODS = ("dpo", "ipo", "ipo_soft")
 SUMMARY_COLUMNS = [
     ("label", "method"),
@@ -107,8 +112,8 @@ def _train(method: str, args, train, held_out, callback):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False)
     common = dict(
         output_dir=str(Path(args.output_dir) / "runs" / method),
         run_name=f"compare-{method}",
@@ -140,7 +145,12 @@ def _train(method: str, args, train, held_out, callback):
         config = IPOConfig(logp_reduction=args.logp_reduction, preference_column=column, **common)
         trainer_cls = IPOTrainer
     trainer = trainer_cls(
-        model=model, args=config, train_dataset=train, eval_dataset=held_out, processing_class=tokenizer, callbacks=[callback]
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        callbacks=[callback],
     )
     trainer.train()
     return trainer, trainer.evaluate()
@@ -160,10 +170,10 @@ def run_compare(args) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    ref_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    ref_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False).eval()
     prompts = held_out_prompts(held_out, tokenizer, args.kl_prompts)
     evaluator = Evaluator(ref_model, tokenizer, prompts, None, args.kl_samples, args.max_new_tokens, args.seed)
     every = args.eval_every or args.max_steps
@@ -204,7 +214,7 @@ def run_compare(args) -> dict:
     intro = (
         f"Model `{args.model}`, dataset `{args.dataset}`: {len(train)} training pairs, {len(held_out)} held-out pairs; "
         f"{args.max_steps} steps of {args.batch_size} pairs per method, β = {args.beta:g}, lr {args.learning_rate:g}, "
-        f"IPO logp_reduction={args.logp_reduction}. KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
+        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
         "Δ > 0 means the policy moved its log-ratio toward the chosen response."
     )
     written = write_report(out, "trl-ipo compare: DPO vs IPO", intro, runs, SUMMARY_COLUMNS)
@@ -230,15 +240,31 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="local model folder or hub id (also the reference policy)")
-    p.add_argument("--dataset", required=True, help="local .jsonl/.json/.parquet/.csv file or hub dataset name")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="local .jsonl/.json/.parquet/.csv file, a local dataset folder, or a hub dataset name (as trl-ipo train)",
+    )
     p.add_argument("--dataset_config", default=None, help="hub dataset configuration name")
-    p.add_argument("--split", default="train", help="training split of a hub dataset (default %(default)s)")
-    p.add_argument("--eval_split", default=None, help="held-out split of a hub dataset; default: --eval_fraction of --split")
-    p.add_argument("--eval_fraction", type=float, default=0.1, help="held-out fraction when no --eval_split (default %(default)s)")
-    p.add_argument("--methods", nargs="+", default=["dpo", "ipo"], help=f"any of {', '.join(METHODS)} (default: dpo ipo)")
+    p.add_argument(
+        "--split", default="train", help="training split (a single local file is 'train'; default %(default)s)"
+    )
+    p.add_argument(
+        "--eval_split", default=None, help="held-out split of the dataset; default: --eval_fraction of --split"
+    )
+    p.add_argument(
+        "--eval_fraction", type=float, default=0.1, help="held-out fraction when no --eval_split (default %(default)s)"
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=["dpo", "ipo"], help=f"any of {', '.join(METHODS)} (default: dpo ipo)"
+    )
     p.add_argument("--preference_column", default=None, help="column holding q in [0, 1] (needed by ipo_soft)")
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--logp_reduction", choices=["sum", "mean"], default="sum", help="IPO's Δ: summed or per-token mean log-probs")
+    p.add_argument(
+        "--logp_reduction", choices=["sum", "mean"], default="mean",
+        help="IPO's Δ: per-token mean (default, as in `trl-ipo train` and IPOConfig) or summed log-probs. The same β "
+        "means a different target under each (see docs/choosing-beta.md)",
+    )
     p.add_argument("--max_steps", type=int, default=100)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=5e-6)

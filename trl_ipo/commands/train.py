@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str], parser=None):
         raise
     except (ValueError, TypeError, OSError) as err:  # a dataclass rejected a value (IPOConfig, TrainingArguments)
         message = one_line(err)
-        if "bf16" in message:  # TRL's configs default to bf16=True, which a CPU-only host rejects
+        if "bf16" in message and "bf16 false" not in message:  # transformers' own bf16 error: say what to pass
             message += " (on a host without a bf16 GPU pass --bf16 false, or `bf16: false` in the YAML)"
         raise InputError(message) from None
     if leftover:
@@ -221,7 +221,10 @@ def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
 def check_model(model_args, training_args) -> None:
     """Fail early, with the path or hub id, when the model cannot be found."""
     check_model_reference(
-        model_args.model_name_or_path, model_args.model_revision, training_args.trust_remote_code, "--model_name_or_path"
+        model_args.model_name_or_path,
+        model_args.model_revision,
+        training_args.trust_remote_code,
+        "--model_name_or_path",
     )
 
 
@@ -231,30 +234,37 @@ def check_output_dir(training_args) -> None:
 
 
 def resolve_resume(training_args) -> None:
-    """``--resume_from_checkpoint true`` means the latest checkpoint in ``output_dir`` (as ``Trainer.train(True)``).
+    """``--resume_from_checkpoint true`` means the newest complete checkpoint in ``output_dir``, not a folder named
+    "true"; ``false``/``none`` means no resume; any other value is a checkpoint folder.
 
-    ``false``/``none`` means no resume; any other value must be a checkpoint folder. Resolved to a path here, so a
-    missing checkpoint is reported before training, naming the folder.
+    The flag is normalised to ``True``, ``None`` or a path (``IPOTrainer.train`` resolves ``True`` and warns about
+    incomplete checkpoints, see :mod:`trl_ipo.checkpoints`), and checked here, so that nothing to resume from is
+    reported before training, naming the folder.
     """
-    value = training_args.resume_from_checkpoint
-    if value is None or isinstance(value, bool) and not value:
-        training_args.resume_from_checkpoint = None
-        return
-    lowered = value.strip().lower() if isinstance(value, str) else value
-    if lowered in ("false", "no", "none", "0", ""):
-        training_args.resume_from_checkpoint = None
-    elif value is True or lowered in ("true", "yes", "1"):
-        from transformers.trainer_utils import get_last_checkpoint
+    from .. import checkpoints
 
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None
+    value = checkpoints.parse_resume_flag(value)
+    training_args.resume_from_checkpoint = value
+    if value is None:
+        return
+    if value is True:
         folder = training_args.output_dir
-        latest = get_last_checkpoint(folder) if os.path.isdir(folder) else None
-        if latest is None:
+        newest, skipped = checkpoints.newest_complete_checkpoint(folder) if os.path.isdir(folder) else (None, [])
+        if newest is None:
+            found = f" ({len(skipped)} incomplete)" if skipped else ""
             raise InputError(
-                f"--resume_from_checkpoint true: there is no checkpoint-* folder in --output_dir {folder!r} to resume from"
+                f"--resume_from_checkpoint true: there is no complete checkpoint-* folder in --output_dir {folder!r} "
+                f"to resume from{found}"
             )
-        training_args.resume_from_checkpoint = latest
     elif not os.path.isdir(os.path.expanduser(value)):
         raise InputError(f"--resume_from_checkpoint {value!r}: checkpoint folder not found")
+    try:
+        checkpoints.resolve_resume(value, training_args.output_dir, training_args.allow_resume_without_optimizer)
+    except ValueError as err:
+        raise InputError(f"--resume_from_checkpoint {'true' if value is True else repr(value)}: {err}") from None
 
 
 def load_datasets(script_args, training_args, dataset_args):
@@ -281,7 +291,8 @@ def load_datasets(script_args, training_args, dataset_args):
         )
         source = script_args.dataset_name
     train = select_split(dataset, script_args.dataset_train_split, source)
-    check_preference_columns(train, f"train (split {script_args.dataset_train_split!r})", training_args.preference_column)
+    train_split = f"train (split {script_args.dataset_train_split!r})"
+    check_preference_columns(train, train_split, training_args.preference_column)
     evaluation = None
     if wants_eval:
         evaluation = select_split(dataset, script_args.dataset_test_split, source, purpose="evaluation")

@@ -2,14 +2,14 @@
 
 For held-out prompts x and responses sampled from the policy, y ~ π(·|x) (temperature 1, no top-k/top-p):
 
-* mean ground-truth reward           E_x E_{y~π} r(x, y)
-* win rate against π_ref under v     E_x E_{y~π, y′~π_ref} v(y, y′)         (ties count ½; the reference scores ½)
-* KL(π ‖ π_ref), sample estimate     E_x E_{y~π} [log π(y|x) − log π_ref(y|x)]   (sequence log-probs, EOS included)
-* grammatical fraction               how much of the language the policy kept
+* mean ground-truth reward        E_x E_{y~π} r(x, y)                             (with its standard error)
+* win rate against π_ref under v  E_x E_{y~π, y′~π_ref} v(y, y′)                  (ties ½; the reference scores ½)
+* KL(π ‖ π_ref), sample estimate  E_x E_{y~π} [log π(y|x) − log π_ref(y|x)]       (sequence log-probs, EOS included)
+* grammatical fraction            how much of the language the policy kept
 
-The KL estimator is unbiased for the KL between the two sequence distributions as the sampler realises them (stopping
-at EOS or at ``max_new_tokens``); its standard error is reported alongside. :class:`EvaluationCallback` runs the same
-measurements every few optimisation steps of any ``transformers.Trainer`` (DPO, IPO, RLOO alike).
+The KL estimator is unbiased for the KL between the two sequence distributions as the sampler realises them
+(stopping at EOS or at ``max_new_tokens``); its standard error is reported alongside. :class:`EvaluationCallback`
+runs the same measurements every few optimisation steps of any ``transformers.Trainer`` (DPO, IPO, RLOO alike).
 """
 
 from __future__ import annotations
@@ -47,10 +47,12 @@ def sample(
     batch_size: int = 64,
     seed: int = 0,
     desc: str | None = None,
+    progress_file=None,
 ) -> Samples:
     """Draw ``num_samples`` completions per prompt from ``model`` by ancestral sampling at temperature 1.
 
-    Completion ids run up to and including the first EOS (or ``max_new_tokens`` tokens if none was produced).
+    Completion ids run up to and including the first EOS (or ``max_new_tokens`` tokens if none was produced). With
+    ``desc`` a progress bar is drawn on ``progress_file`` (default ``sys.stderr``).
     """
     was_training = model.training
     model.eval()
@@ -62,7 +64,7 @@ def sample(
     torch.manual_seed(seed)
     try:
         batches = range(0, len(expanded), batch_size)
-        for start in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+        for start in tqdm(batches, desc=desc, disable=desc is None, leave=False, file=progress_file):
             chunk = expanded[start : start + batch_size]
             encoded = [tokenizer(p)["input_ids"] for p in chunk]
             input_ids, attention_mask = _left_pad(encoded, pad)
@@ -91,15 +93,19 @@ def sample(
 
 
 @torch.no_grad()
-def sequence_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+def sequence_logps(
+    model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_token_id: int, batch_size: int = 64
+) -> torch.Tensor:
     """Σ_t log π(y_t | x, y_<t) over each completion's tokens (EOS included), float64, shape (N,)."""
     was_training = model.training
     model.eval()
     results = []
     try:
         for start in range(0, len(prompt_ids), batch_size):
-            rows = [p + c for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size], strict=True)]
-            lengths = [len(c) for c in completion_ids[start : start + batch_size]]
+            chunk_prompts = prompt_ids[start : start + batch_size]
+            chunk_completions = completion_ids[start : start + batch_size]
+            rows = [p + c for p, c in zip(chunk_prompts, chunk_completions, strict=True)]
+            lengths = [len(c) for c in chunk_completions]
             input_ids, attention_mask = _left_pad(rows, pad_token_id)
             input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -128,7 +134,8 @@ def score_completions(
     ref_completions: Sequence[str],
     preference_model,
 ) -> dict[str, float]:
-    """Mean ground-truth reward, win rate E v(y, y′) against paired reference completions, grammatical fraction."""
+    """Mean ground-truth reward (and its standard error), win rate E v(y, y′) against paired reference completions,
+    grammatical fraction."""
     if not prompts:
         raise ValueError("score_completions needs at least one prompt")
     if not (len(prompts) == len(completions) == len(ref_completions)):
@@ -137,7 +144,9 @@ def score_completions(
     wins = [preference_model(p, y, y_ref) for p, y, y_ref in zip(prompts, completions, ref_completions, strict=True)]
     valid = [parse_response(y) is not None for y in completions]
     n = len(prompts)
-    return {"reward": sum(rewards) / n, "win_rate": sum(wins) / n, "grammatical": sum(valid) / n}
+    mean = sum(rewards) / n
+    stderr = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1) / n) if n > 1 else float("nan")
+    return {"reward": mean, "reward_stderr": stderr, "win_rate": sum(wins) / n, "grammatical": sum(valid) / n}
 
 
 def exact_kl_first_tokens(policy, ref, prompt_ids: list[int], eos_token_id: int, steps: int = 2) -> float:
@@ -195,23 +204,31 @@ class Evaluator:
         self.reference = (
             None
             if preference_model is None
-            else sample(ref_model, tokenizer, self.prompts, samples_per_prompt, max_new_tokens, batch_size, seed + 10_000)
+            else sample(
+                ref_model, tokenizer, self.prompts, samples_per_prompt, max_new_tokens, batch_size, seed + 10_000
+            )
         )
 
     def evaluate(self, policy, desc: str | None = None) -> dict[str, float]:
-        """reward, win_rate, grammatical, kl, kl_stderr, length (mean completion tokens) of ``policy``'s samples.
+        """reward (± reward_stderr), win_rate, grammatical, kl (± kl_stderr), length (mean tokens) of its samples.
 
         Without a preference model (a user's own task, no ground truth) only kl, kl_stderr and length.
         """
-        samples = sample(policy, self.tokenizer, self.prompts, self.samples_per_prompt, self.max_new_tokens, self.batch_size, self.seed, desc)
+        samples = sample(
+            policy, self.tokenizer, self.prompts, self.samples_per_prompt, self.max_new_tokens, self.batch_size,
+            self.seed, desc,
+        )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         policy_logps = sequence_logps(policy, samples.prompt_ids, samples.completion_ids, pad, self.batch_size)
         ref_logps = sequence_logps(self.ref_model, samples.prompt_ids, samples.completion_ids, pad, self.batch_size)
         kl, kl_stderr = kl_estimate(policy_logps, ref_logps)
         metrics = {}
         if self.preference_model is not None:
-            metrics = score_completions(samples.prompts, samples.completions, self.reference.completions, self.preference_model)
-        metrics.update(kl=kl, kl_stderr=kl_stderr, length=sum(map(len, samples.completion_ids)) / len(samples.completion_ids))
+            metrics = score_completions(
+                samples.prompts, samples.completions, self.reference.completions, self.preference_model
+            )
+        length = sum(map(len, samples.completion_ids)) / len(samples.completion_ids)
+        metrics.update(kl=kl, kl_stderr=kl_stderr, length=length)
         return metrics
 
     def evaluate_texts(self, policy_fn: Callable[[list[str]], list[str]]) -> dict[str, float]:

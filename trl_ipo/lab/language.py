@@ -8,7 +8,8 @@ A prompt names an animal and what it does; a response lists one or two things, e
 The grammar (``response := NP ["and" NP] "."``, ``NP := "the" [ADJ] NOUN``) is small enough for a tiny causal LM
 to learn in a minute, and its responses are many (8 nouns × 7 adjective choices per phrase, one or two phrases:
 56 + 56² = 3192 per prompt), so a policy trained on uniformly random grammatical responses samples diverse,
-meaningful text. Whether a sampled response is grammatical is decidable (:func:`parse_response`), so drift away from the language is measurable.
+meaningful text. Whether a sampled response is grammatical is decidable (:func:`parse_response`), so drift away
+from the language is measurable.
 
 π_ref is a random-init Qwen2 (:mod:`trl_ipo.lab.tiny`) fine-tuned on such responses with TRL's ``SFTTrainer``.
 """
@@ -110,8 +111,9 @@ def train_reference(
     seed: int = 0,
     disable_tqdm: bool = False,
     report_to: str | list[str] = "none",
+    callbacks=(),
 ) -> Path:
-    """Build a tiny Qwen2 + BPE tokenizer and fine-tune it with TRL's ``SFTTrainer`` into π_ref, saved in ``output_dir``.
+    """Build a tiny Qwen2 + BPE tokenizer, fine-tune it with TRL's ``SFTTrainer`` into π_ref, save it in ``output_dir``.
 
     The loss is the completion-only NLL of uniformly random grammatical responses, so π_ref approximates the uniform
     distribution over the grammar given each prompt (its samples are diverse and mostly grammatical).
@@ -147,7 +149,9 @@ def train_reference(
         max_length=64,
         completion_only_loss=True,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+    )
     trainer.train()
     trainer.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

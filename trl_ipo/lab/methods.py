@@ -1,14 +1,16 @@
-"""Training the three alignment methods of the seed note on the same preference pairs, each with stock TRL machinery.
+"""Training three alignment methods on the same preference pairs, each with stock TRL machinery.
 
-* DPO (seed eq. 6): ``trl.DPOTrainer`` with the logistic (``"sigmoid"``) loss on the hard labels.
-* IPO (seed eq. 12, Azar et al. eq. 17): :class:`trl_ipo.IPOTrainer`, hard labels (target ½ per pair), and with soft
-  labels (``preference_column="q"``, target q − ½).
-* RLHF (seed §2.1, eq. 1 and 3): a reward model fitted on the same pairs by ``trl.RewardTrainer`` (Bradley–Terry,
-  eq. 3), then ``trl.RLOOTrainer`` maximising that reward minus β·KL(π‖π_ref) (the per-sequence KL penalty is
-  subtracted from the reward, eq. 1), with π_ref both the initial policy and the KL anchor.
+* DPO (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7): ``trl.DPOTrainer`` with the logistic
+  (``"sigmoid"``) loss on the hard labels.
+* IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences", eq. 17):
+  :class:`trl_ipo.IPOTrainer`, hard labels (target ½ per pair), and with soft labels (``preference_column="q"``,
+  target q − ½).
+* RLHF (Rafailov et al. 2023, eq. 2 and 3): a Bradley–Terry reward model fitted on the same pairs by
+  ``trl.RewardTrainer`` (eq. 2), then ``trl.RLOOTrainer`` maximising that reward minus β·KL(π‖π_ref) (the
+  per-sequence KL penalty is subtracted from the reward, eq. 3), with π_ref both the initial policy and the KL anchor.
 
-Every run starts from the same π_ref checkpoint, sees the same pairs (RLHF: the same prompts for its RL stage) for the
-same number of optimiser steps, and reports its training log history.
+Every run starts from the same π_ref checkpoint, sees the pairs of its regime (RLHF: their prompts for its RL stage)
+for the regime's number of optimiser steps, and reports its training log history.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ METHOD_LABELS = {"dpo": "DPO", "ipo": "IPO", "ipo_soft": "IPO (soft q)", "rlhf":
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: method, its β (KL strength) and which label regime's pairs it trains on."""
+    """One training run: method, its β (KL strength), which labels it trains on, and its regime.
+
+    ``regime`` names the data and step budget (in `trl-ipo demo`: ``"budget"``, many pairs for a few epochs, or
+    ``"converged"``, a small set of pairs for many epochs).
+    """
 
     method: str
     beta: float
     labels: str = "deterministic"
+    regime: str = "budget"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -36,7 +43,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-b{self.beta:g}-{self.labels}"
+        return f"{self.regime}-{self.method}-b{self.beta:g}-{self.labels}"
 
     @property
     def label(self) -> str:
@@ -91,7 +98,9 @@ def _pairs_dataset(rows, with_q: bool):
     return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
-def train_preference_method(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none"):
+def train_preference_method(
+    spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none"
+):
     """DPO, IPO or IPO-soft from π_ref on ``rows``; returns the trainer (its model is the trained policy)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,7 +124,9 @@ def train_preference_method(spec: RunSpec, ref_dir, rows, settings: TrainSetting
         trainer_cls, dataset = IPOTrainer, _pairs_dataset(rows, with_q=soft)
     else:
         raise ValueError(f"train_preference_method does not train {spec.method!r}; use train_rlhf")
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks))
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+    )
     trainer.train()
     return trainer
 
@@ -137,13 +148,15 @@ class RewardModelScorer:
         import torch
 
         texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
-        inputs = self.tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        inputs = self.tokenizer(
+            text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+        )
         with torch.no_grad():
             return self.model(**inputs.to(self.model.device)).logits[:, 0].float().tolist()
 
 
-def train_reward_model(ref_dir, rows, settings: TrainSettings, output_dir, report_to="none"):
-    """Bradley–Terry reward model (seed eq. 3) initialised from π_ref, fitted on the pairs with ``trl.RewardTrainer``."""
+def train_reward_model(ref_dir, rows, settings: TrainSettings, output_dir, report_to="none", callbacks=()):
+    """Bradley–Terry reward model (Rafailov et al. 2023, eq. 2) from π_ref, fitted on the pairs by RewardTrainer."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -153,19 +166,36 @@ def train_reward_model(ref_dir, rows, settings: TrainSettings, output_dir, repor
     model = AutoModelForSequenceClassification.from_pretrained(ref_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     common = _common_args(settings, Path(output_dir), "reward-model", report_to)
-    common.update(max_steps=settings.reward_steps, learning_rate=settings.reward_learning_rate, max_length=settings.max_length)
+    common.update(
+        max_steps=settings.reward_steps, learning_rate=settings.reward_learning_rate, max_length=settings.max_length
+    )
     trainer = RewardTrainer(
-        model=model, args=RewardConfig(**common), train_dataset=_pairs_dataset(rows, with_q=False), processing_class=tokenizer
+        model=model,
+        args=RewardConfig(**common),
+        train_dataset=_pairs_dataset(rows, with_q=False),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
     )
     trainer.train()
     return trainer
 
 
-def train_rlhf(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none", reward_model=None):
+def train_rlhf(
+    spec: RunSpec,
+    ref_dir,
+    rows,
+    settings: TrainSettings,
+    output_dir,
+    callbacks=(),
+    report_to="none",
+    reward_model=None,
+    reward_callbacks=(),
+):
     """RLHF: reward model on the pairs (unless given), then RLOO against it with KL penalty β to π_ref.
 
     Returns ``(rl_trainer, reward_trainer_or_None)``. The RL stage takes ``settings.rl_steps`` optimiser steps, each
     on ``batch_size`` sampled completions (``rl_num_generations`` per prompt) of the training prompts.
+    ``callbacks`` go to the RL stage, ``reward_callbacks`` to the reward model's fit.
     """
     import torch
     from datasets import Dataset
@@ -174,7 +204,9 @@ def train_rlhf(spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir
 
     reward_trainer = None
     if reward_model is None:
-        reward_trainer = train_reward_model(ref_dir, rows, settings, Path(output_dir) / "reward-model", report_to)
+        reward_trainer = train_reward_model(
+            ref_dir, rows, settings, Path(output_dir) / "reward-model", report_to, reward_callbacks
+        )
         reward_model = reward_trainer.model
         finish_wandb(report_to)
     tokenizer = AutoTokenizer.from_pretrained(ref_dir)

@@ -1,4 +1,4 @@
-"""The lab's preference dataset, built the way IPO assumes (seed note §3.1, eq. 9–11).
+"""The lab's preference dataset, built the way IPO assumes (Azar et al. 2023, §5: pairs y, y′ ~ μ, eq. 13–16).
 
 For each training prompt x, both responses are sampled from the behaviour policy μ = π_ref, y₁, y₂ ~ μ(·|x), and the
 annotator's label is sampled from the preference model, c ~ Bernoulli(v(y₁, y₂)). The preferred response becomes
@@ -24,7 +24,7 @@ def label_pairs(
     preference_model,
     rng: random.Random,
 ) -> list[dict]:
-    """Label each (x, y₁, y₂) with c ~ Bernoulli(v(y₁, y₂)); return rows with chosen/rejected and q = v(chosen, rejected)."""
+    """Label each (x, y₁, y₂) with c ~ Bernoulli(v(y₁, y₂)); rows with chosen/rejected and q = v(chosen, rejected)."""
     if not (len(prompts) == len(first) == len(second)):
         raise ValueError("prompts, first and second must have the same length")
     rows = []
@@ -55,6 +55,7 @@ def build_preference_rows(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
+    progress_file=None,
 ) -> dict[str, list[dict]]:
     """One set of response pairs y₁, y₂ ~ π_ref per prompt, labelled once under each preference model.
 
@@ -70,6 +71,7 @@ def build_preference_rows(
         batch_size=batch_size,
         seed=seed + 1,
         desc="sampling pairs from π_ref" if progress else None,
+        progress_file=progress_file,
     )
     # Consecutive samples of the same prompt form a pair.
     xs = samples.prompts[0::2]

@@ -1,4 +1,4 @@
-"""The hidden ground truth of the alignment lab: a reward r(x, y) computed in code and the preference model v built on it.
+"""The hidden ground truth of the alignment lab: a reward r(x, y) computed in code and the preference model v on it.
 
 Reward (never shown to the methods; they only see preference labels). For a prompt x = "the <subject> <verb>" and a
 grammatical response y with phrases (a_1, n_1), …, (a_k, n_k) (adjective a_i possibly absent)::
@@ -10,12 +10,13 @@ things and of each action for qualities). An ungrammatical response gets ``INVAL
 grammatical one. The maximum over responses is ½ (max_n A[subject, n] + max_a B[verb, a]), reached by the one-phrase
 response :func:`best_response`.
 
-Preference model (Bradley–Terry on r; seed note §2.1 and eq. 8a–8c)::
+Preference model (Bradley–Terry on r, Rafailov et al. 2023 eq. 1, with a temperature)::
 
     v(y, y′) = σ((r(x, y) − r(x, y′)) / T)         noisy labels, temperature T > 0
     v(y, y′) = 1[r > r′] + ½ · 1[r = r′]          deterministic labels, the limit T → 0
 
-Both satisfy v ∈ [0, 1], v(y, y) = ½ and v(y, y′) = 1 − v(y′, y) (seed eq. 8a–8c).
+Both satisfy v ∈ [0, 1], v(y, y) = ½ and v(y, y′) = 1 − v(y′, y), the properties of a preference probability that
+IPO relies on (Azar et al. 2023, §5).
 """
 
 from __future__ import annotations

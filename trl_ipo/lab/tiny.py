@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterable
 from pathlib import Path
+
+WORDS = "the cat dog sat ran on a mat log red blue green big small happy sad sun moon tree bird".split()
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
@@ -82,3 +85,28 @@ def build_tiny_checkpoint(save_dir: str | os.PathLike, texts: Iterable[str], **m
     tokenizer = build_tokenizer(texts, save_dir=save_dir)
     build_model(tokenizer, save_dir=save_dir, **model_kwargs)
     return save_dir
+
+
+def make_pairs(n: int, seed: int = 0, preference: bool = False) -> list[dict]:
+    """Synthetic preference rows ``prompt``, ``chosen``, ``rejected`` (and ``q`` ∈ [0, 1]) from a 20-word vocabulary."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=rng.randint(2, 5)))
+        row = {
+            "prompt": prompt,
+            "chosen": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
+            "rejected": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
+        }
+        if preference:
+            row["q"] = round(rng.random(), 3)
+        rows.append(row)
+    return rows
+
+
+def build_tiny_model_folder(save_dir: str | os.PathLike, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """The tiny checkpoint of the tests and docs: a BPE tokenizer trained on :func:`make_pairs` text, random Qwen2."""
+    texts = [" ".join(r.values()) for r in make_pairs(300, seed=123)]
+    return build_tiny_checkpoint(
+        save_dir, texts, hidden_size=hidden_size, num_layers=num_layers, num_heads=4, seed=seed
+    )

@@ -10,6 +10,7 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
     from trl.experimental.online_dpo import OnlineDPOConfig
 
 from ..config import IPOLossArguments
+from ..dpo_fields import BF16_HELP, apply_field_decisions
 from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
@@ -36,7 +37,8 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
             `"sum"`: summed log-probs (TRL `OnlineDPOTrainer(loss_type="ipo")`'s convention).
         mixture_coef (`float`, defaults to `0.0`):
             λ ∈ [0, 1]. 0: sample from π_θ (online IPO). λ > 0: sample token by token from
-            softmax((1−λ)·logits_θ + λ·logits_ref) (IPO-MD). Not available with `use_vllm`.
+            softmax((1−λ)·logits_θ + λ·logits_ref) (IPO-MD, Calandriello et al. 2024). Not available with
+            `use_vllm`.
         reward_to_preference (`str`, defaults to `"hard"`):
             How rewards r_a, r_b (from `reward_funcs`) become q. `"hard"`: 1 if r_a > r_b, 0 if r_a < r_b, ½ on an
             exact tie. `"bradley_terry"`: q = σ((r_a − r_b)/T). Ignored with a `judge`, which returns q itself.
@@ -52,6 +54,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         default="ipo",
         metadata={"help": "Only 'ipo'. Other loss types belong to trl's OnlineDPOTrainer.", "choices": ["ipo"]},
     )
+    bf16: bool | None = field(default=None, metadata={"help": BF16_HELP})
     temperature: float = field(
         default=1.0,
         metadata={"help": "Sampling temperature; 1 (default) samples on-policy."},
@@ -111,6 +114,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
+        apply_field_decisions(self)  # bf16 follows the device
         super().__post_init__()
         check_launch(self)
         if self.eval_strategy != "no":

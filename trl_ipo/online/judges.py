@@ -1,6 +1,6 @@
 """Turning a judge's verdicts or two rewards into q = P(y_a ≻ y_b | x), the label the IPO loss regresses on.
 
-IPO needs a preference probability per pair, not a winner (Azar et al. 2023 §5; seed note eq. 10–11):
+IPO needs a preference probability per pair, not a winner (Azar et al. 2023, §5):
 
 * a *judge* ``judge(prompts, completions_a, completions_b) -> list[float]`` returns q directly — a soft probability,
   or a hard verdict 1 / 0 with ½ for a tie;

@@ -1,4 +1,9 @@
-"""OnlineIPOTrainer: online IPO and IPO-MD on top of TRL's OnlineDPOTrainer.
+"""OnlineIPOTrainer: online IPO and IPO-MD (Calandriello et al. 2024) on top of TRL's OnlineDPOTrainer.
+
+The IPO loss assumes both completions of a pair come from one behaviour policy μ (Azar et al. 2023 §5; the
+derivation is in docs/theory.md). Online IPO takes μ to be the policy being trained, IPO-MD a geometric mixture of
+the policy and the reference; Calandriello et al. 2024, *Human Alignment of Large Language Models through Online
+Preference Optimisation* (ICML 2024), introduce both.
 
 Reused from ``trl.experimental.online_dpo.OnlineDPOTrainer``: model / reference / PEFT / reward-model set-up and their
 DeepSpeed or FSDP preparation, ``transformers`` and vLLM generation from the policy, reward functions, metric logging.

@@ -1,0 +1,173 @@
+"""Resuming after a crash, in one process (the two-rank runs are in test_precompute_ranks.py).
+
+A run is trained for 4 steps with a checkpoint every step. A crashed copy of its output folder keeps checkpoints 1–2
+and a checkpoint-3 as a save interrupted mid-way leaves it (weights and a cut-off optimizer file, no trainer state).
+"""
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+
+from conftest import cpu_args, make_pairs
+from trl_ipo import IPOConfig, IPOTrainer
+from trl_ipo.checkpoints import MARKER, inspect_checkpoint, newest_complete_checkpoint, parse_resume_flag
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROWS = make_pairs(16, seed=5, preference=True)
+STEPS = 4
+
+
+def _trainer(load_model, tokenizer, out, **overrides):
+    kw = {**dict(max_steps=STEPS, save_strategy="steps", save_steps=1, preference_column="q"), **overrides}
+    return IPOTrainer(
+        model=load_model(), args=IPOConfig(**cpu_args(out, **kw)), train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+
+
+def _losses(trainer):
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+
+    out = tmp_path_factory.mktemp("resume") / "full"
+    trainer = _trainer(load, AutoTokenizer.from_pretrained(tiny_dir), out)
+    trainer.train()
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "loss" in h]
+    return out, _losses(trainer), params, tokens
+
+
+def _crashed_copy(full, dest):
+    dest.mkdir()
+    for step in (1, 2):
+        shutil.copytree(full / f"checkpoint-{step}", dest / f"checkpoint-{step}")
+    broken = dest / "checkpoint-3"
+    broken.mkdir()
+    shutil.copy(full / "checkpoint-3" / "model.safetensors", broken)
+    data = (full / "checkpoint-3" / "optimizer.pt").read_bytes()
+    (broken / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    return dest
+
+
+def test_resume_true_skips_incomplete_checkpoint_and_is_exact(uninterrupted, load_model, tokenizer, tmp_path):
+    full, losses, params, full_tokens = uninterrupted
+    crashed = _crashed_copy(full, tmp_path / "crashed")
+    assert get_last_checkpoint(str(crashed)).endswith("checkpoint-3")  # what Trainer alone would resume from
+    assert all((full / f"checkpoint-{s}" / MARKER).is_file() for s in range(1, STEPS + 1))
+    trainer = _trainer(load_model, tokenizer, crashed)
+    skipped = r"Skipping incomplete checkpoint .*checkpoint-3: trainer_state\.json is missing"
+    with pytest.warns(UserWarning, match=skipped):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.resumed_from == str(crashed / "checkpoint-2")
+    resumed = _losses(trainer)
+    assert sorted(resumed) == [1, 2, 3, 4]  # steps 1-2 come from the checkpoint's trainer state
+    assert [resumed[3], resumed[4]] == pytest.approx([losses[3], losses[4]], rel=1e-6)
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "loss" in h]
+    assert tokens == full_tokens  # TRL's token count continues from the checkpoint instead of restarting
+    assert len({round(v, 6) for v in losses.values()}) == STEPS  # the steps differ: the comparison is not trivial
+    for name, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), params[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert inspect_checkpoint(crashed / "checkpoint-3").complete  # saved again, this time completely
+
+
+def test_explicit_incomplete_checkpoint_is_refused(uninterrupted, load_model, tokenizer, tmp_path):
+    crashed = _crashed_copy(uninterrupted[0], tmp_path / "crashed")
+    trainer = _trainer(load_model, tokenizer, crashed)
+    with pytest.raises(ValueError, match=r"checkpoint-3 is incomplete.*newest complete one there is .*checkpoint-2"):
+        trainer.train(resume_from_checkpoint=str(crashed / "checkpoint-3"))
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        _trainer(load_model, tokenizer, tmp_path / "empty").train(resume_from_checkpoint=True)
+
+
+def test_missing_optimizer_state_stops_unless_allowed_then_warns(uninterrupted, load_model, tokenizer, tmp_path):
+    out = tmp_path / "no-optim"
+    out.mkdir()
+    shutil.copytree(uninterrupted[0] / "checkpoint-2", out / "checkpoint-2")
+    (out / "checkpoint-2" / "optimizer.pt").unlink()
+    (out / "checkpoint-2" / MARKER).unlink()  # as a checkpoint from a stock trainer with the file removed by hand
+    with pytest.raises(ValueError, match=r"checkpoint-2 has no optimizer state.*allow_resume_without_optimizer=True"):
+        _trainer(load_model, tokenizer, out).train(resume_from_checkpoint=True)
+    (out / "checkpoint-2" / "scheduler.pt").unlink()
+    with pytest.raises(ValueError, match=r"has no optimizer and scheduler state"):
+        _trainer(load_model, tokenizer, out).train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    trainer = _trainer(load_model, tokenizer, out, allow_resume_without_optimizer=True, max_steps=3)
+    with pytest.warns(UserWarning, match="RESUMING WITHOUT OPTIMIZER AND SCHEDULER STATE"):
+        trainer.train(resume_from_checkpoint="true")
+    assert trainer.state.global_step == 3
+
+
+def test_completeness_rules(uninterrupted, tmp_path):
+    full = uninterrupted[0]
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    assert newest_complete_checkpoint(run)[0].path == str(run / "checkpoint-4")
+    # A file changed after the marker was written (here: cut short) makes the checkpoint incomplete.
+    weights = run / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    info = inspect_checkpoint(run / "checkpoint-4")
+    assert not info.complete and "model.safetensors has 100 bytes" in info.problems[0]
+    # No marker while an older checkpoint of the run has one: the save did not finish on every rank.
+    (run / "checkpoint-3" / MARKER).unlink()
+    best, skipped = newest_complete_checkpoint(run)
+    assert best.path == str(run / "checkpoint-2") and [s.step for s in skipped] == [4, 3]
+    # Checkpoints of a stock trainer (no markers anywhere): the files Trainer writes decide.
+    stock = tmp_path / "stock"
+    shutil.copytree(full / "checkpoint-1", stock / "checkpoint-1")
+    folder = stock / "checkpoint-1"
+    (folder / MARKER).unlink()
+    assert inspect_checkpoint(folder).complete
+    for name in ("rng_state_0.pth", "rng_state_2.pth"):  # ranks 0 and 2 but not 1
+        shutil.copy(folder / "rng_state.pth", folder / name)
+    assert "RNG states of ranks [0, 2]" in inspect_checkpoint(folder).problems[0]
+    (folder / "rng_state_2.pth").unlink()
+    (folder / "trainer_state.json").write_text('{"global_step": 1, "log_hist')
+    assert "trainer_state.json is unreadable" in inspect_checkpoint(folder).problems[0]
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    (folder / "latest").write_text("global_step1")
+    assert "DeepSpeed 'latest' names 'global_step1'" in inspect_checkpoint(folder).problems[0]
+    (folder / "latest").unlink()
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "weight shards missing: model-00002-of-00002.safetensors" in inspect_checkpoint(folder).problems[0]
+
+
+def test_resume_flag_strings_from_the_command_line():
+    assert parse_resume_flag("true") is True and parse_resume_flag("True") is True and parse_resume_flag(True) is True
+    assert parse_resume_flag("false") is None and parse_resume_flag(None) is None and parse_resume_flag(False) is None
+    assert parse_resume_flag(" out/checkpoint-2 ") == "out/checkpoint-2"
+
+
+def test_cli_resume_true_skips_the_incomplete_checkpoint(uninterrupted, tiny_dir, tmp_path, capsys):
+    from trl_ipo.commands import train as train_cmd
+
+    crashed = _crashed_copy(uninterrupted[0], tmp_path / "crashed")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    argv = [
+        "--model_name_or_path", tiny_dir, "--dataset_name", str(data), "--output_dir", str(crashed), "--use_cpu",
+        "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--max_steps", "3",
+        "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate",
+        "1e-3", "--preference_column", "q", "--resume_from_checkpoint", "true", "--disable_tqdm", "true",
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = train_cmd.main(argv)
+    assert rc == 0, capsys.readouterr().err
+    assert any("Skipping incomplete checkpoint" in str(w.message) and "checkpoint-3" in str(w.message) for w in caught)
+    state = json.loads((crashed / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]

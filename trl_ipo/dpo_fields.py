@@ -1,0 +1,150 @@
+"""What each ``trl.DPOConfig`` field does in an IPO run, and the checks that enforce it.
+
+Every field TRL 1.16's ``DPOConfig`` adds to ``TrainingArguments`` has one decision here:
+
+* ``implemented``: it works as in ``trl.DPOTrainer``;
+* ``redefined``: it works, with IPO's meaning (``beta`` is the paper's τ, ``loss_type`` is ``["ipo"]``);
+* ``refused``: a value other than the default stops the config with an ``InputError`` (a ``ValueError``) that
+  says what to change;
+* ``ignored``: a value other than the default has no effect on IPO; a ``UserWarning`` names the field once.
+
+:func:`apply_field_decisions` runs them from ``IPOConfig.__post_init__`` (and ``OnlineIPOConfig.__post_init__``,
+which only has the ``bf16`` default in common), before ``TrainingArguments`` sets up the device. The table in
+docs/usage.md is :func:`decision_table`; ``tests/test_docs.py`` checks that the two agree and that every field of the
+installed ``DPOConfig`` has a decision.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from .errors import InputError
+
+IMPLEMENTED, REDEFINED, REFUSED, IGNORED = "implemented", "redefined", "refused", "ignored (warning)"
+
+BF16_HELP = (
+    "bf16 mixed precision. Unset (default): on where the accelerator supports bf16, off on a CPU. True on a machine "
+    "without bf16 support is an error."
+)
+
+# field -> (decision, what happens in an IPO run). Order follows trl/trainer/dpo_config.py.
+DPO_FIELDS: dict[str, tuple[str, str]] = {
+    "learning_rate": (IMPLEMENTED, "TRL's default 1e-6."),
+    "model_init_kwargs": (IMPLEMENTED, "passed to `from_pretrained` for the policy and the reference."),
+    "trust_remote_code": (IMPLEMENTED, "as in TRL."),
+    "router_aux_loss_coef": (IMPLEMENTED, "the MoE load-balancing loss is added to the IPO loss."),
+    "disable_dropout": (IMPLEMENTED, "as in TRL (dropout off by default in policy and reference)."),
+    "dataset_num_proc": (IMPLEMENTED, "as in TRL."),
+    "max_length": (IMPLEMENTED, "as in TRL; rows whose prompt alone fills it are dropped with a warning."),
+    "truncation_mode": (IMPLEMENTED, "as in TRL (`keep_end` gives TRL's deprecation warning)."),
+    "padding_free": (IMPLEMENTED, "sequences are packed without padding."),
+    "pad_to_multiple_of": (IMPLEMENTED, "as in TRL."),
+    "precompute_ref_log_probs": (IMPLEMENTED, "reference log-probs computed once before training, as in TRL."),
+    "precompute_ref_batch_size": (IMPLEMENTED, "as in TRL."),
+    "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
+    "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
+    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-probs (TRL's definition) enter Δ."),
+    "f_divergence_type": (IMPLEMENTED, "the f-divergence's transform of the log-ratios (TRL's definition) enters Δ."),
+    "f_alpha_divergence_coef": (
+        IMPLEMENTED,
+        "used with `f_divergence_type='alpha_divergence'`; with any other type a non-default value is ignored "
+        "with a warning.",
+    ),
+    "label_smoothing": (
+        REFUSED,
+        "Robust DPO's and EXO's ε has no place in IPO's loss; express label noise as soft labels q = 1 − ε "
+        "(`preference_column`).",
+    ),
+    "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
+    "use_weighting": (IMPLEMENTED, "WPO's per-pair weights (TRL's definition) apply to the IPO loss."),
+    "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
+    "activation_offloading": (IMPLEMENTED, "as in TRL."),
+    "sync_ref_model": (
+        REFUSED,
+        "TR-DPO moves the reference during training; IPO regresses Δ against a fixed reference.",
+    ),
+    "ref_model_mixup_alpha": (IGNORED, "only read with `sync_ref_model=True`, which is refused."),
+    "ref_model_sync_steps": (IGNORED, "only read with `sync_ref_model=True`, which is refused."),
+    "pad_token": (IMPLEMENTED, "deprecated in TRL (its FutureWarning); set `tokenizer.pad_token` instead."),
+}
+
+# TrainingArguments fields whose default IPOConfig sets differently from transformers.
+TRAINING_DEFAULTS: dict[str, tuple[str, str]] = {
+    "bf16": (
+        REDEFINED,
+        "unset (default): on where the accelerator supports bf16, off on a CPU (`use_cpu=True` or no GPU). "
+        "`bf16=True` on a machine without bf16 support is a `ValueError` that says to pass `bf16=False`.",
+    ),
+    "gradient_checkpointing": (IMPLEMENTED, "TRL's default `True`."),
+    "logging_steps": (IMPLEMENTED, "TRL's default 10."),
+}
+
+
+def decision_table() -> str:
+    """The Markdown table of docs/usage.md: one row per field, its decision and what happens."""
+    rows = ["| field | decision | in an IPO run |", "|---|---|---|"]
+    for name, (decision, text) in {**DPO_FIELDS, **TRAINING_DEFAULTS}.items():
+        rows.append(f"| `{name}` | {decision} | {text} |")
+    return "\n".join(rows)
+
+
+def bf16_supported(use_cpu: bool) -> bool:
+    """Whether transformers would run bf16 mixed precision on this machine without ``use_cpu``.
+
+    The same test ``TrainingArguments`` makes: a bf16-capable GPU (or XLA device) and no ``use_cpu``.
+    """
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return not use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
+
+
+def resolve_bf16(config) -> None:
+    """``bf16=None`` (the default) follows the device; an explicit ``bf16=True`` without support is an error."""
+    name = type(config).__name__
+    if config.bf16 is None:
+        config.bf16 = not config.fp16 and bf16_supported(config.use_cpu)
+        return
+    if isinstance(config.bf16, str):  # from YAML/CLI strings
+        config.bf16 = config.bf16.strip().lower() in ("true", "1", "yes")
+    if config.bf16 and not config.use_cpu and not bf16_supported(False):
+        raise InputError(
+            f"{name}.bf16=True, but this machine has no GPU with bf16 support. Set bf16=False (`--bf16 false`, "
+            "`bf16: false` in a YAML file) to train in float32, or leave bf16 unset: it is then on where the device "
+            "supports it and off elsewhere."
+        )
+
+
+def apply_field_decisions(config) -> None:
+    """Resolve the ``bf16`` default, then refuse or warn about the ``DPOConfig`` fields IPO does not use."""
+    resolve_bf16(config)
+    if not hasattr(config, "sync_ref_model"):  # OnlineIPOConfig: not a DPOConfig
+        return
+    name = type(config).__name__
+    if config.label_smoothing:
+        raise InputError(
+            f"{name}.label_smoothing={config.label_smoothing!r} has no effect on IPO (it is the flip probability ε "
+            "of Robust DPO and EXO). Remove it (label_smoothing=0.0); to model label noise, give soft labels "
+            "q = 1 − ε in a `preference_column` instead."
+        )
+    if config.sync_ref_model:
+        raise InputError(
+            f"{name}.sync_ref_model=True (TR-DPO) would move the reference model during training, but IPO regresses "
+            "the margin against a fixed reference (Azar et al. 2023). Set sync_ref_model=False."
+        )
+    defaults = type(config).__dataclass_fields__
+    ignored = {
+        "discopop_tau": "it is the temperature of loss_type='discopop'",
+        "ref_model_mixup_alpha": "it is only read with sync_ref_model=True, which IPO refuses",
+        "ref_model_sync_steps": "it is only read with sync_ref_model=True, which IPO refuses",
+    }
+    if getattr(config, "f_divergence_type", "reverse_kl") != "alpha_divergence":
+        ignored["f_alpha_divergence_coef"] = "it is only read with f_divergence_type='alpha_divergence'"
+    for field_name, why in ignored.items():
+        value = getattr(config, field_name)
+        if value != defaults[field_name].default:
+            warnings.warn(
+                f"{name}.{field_name}={value!r} is ignored by IPOTrainer: {why}. The run is the same as with the "
+                f"default {defaults[field_name].default!r}.",
+                UserWarning,
+                stacklevel=4,
+            )
