@@ -70,6 +70,7 @@ LOSS_SETTINGS = {
     "soft-asym-scaled-sum": dict(preference_column="q", symmetric=False, loss_form="scaled", logp_reduction="sum"),
     "soft-sym-sum-sft": dict(preference_column="q", logp_reduction="sum", loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5]),
     "hard-asym-scaled-mean": dict(symmetric=False, loss_form="scaled"),
+    "trl-modifiers": dict(preference_column="q", ld_alpha=0.5, f_divergence_type="js_divergence", use_weighting=True),
 }
 
 
