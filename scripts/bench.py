@@ -353,7 +353,8 @@ def make_shape_rows(cfg: BenchConfig, shape: str) -> list[dict]:
     rng = random.Random(cfg.seed + 17)
     text = lambda k: "".join(rng.choices(CHARSET, k=k))  # noqa: E731  (one token per character)
     # TRL appends EOS to each completion: c - 1 characters make c tokens.
-    return [{"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)} for p, c, r in shape_lengths(cfg, shape)]
+    return [{"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)}
+            for p, c, r in shape_lengths(cfg, shape)]
 
 
 def shape_work(cfg: BenchConfig, shape: str, counts: dict) -> dict:
@@ -1204,7 +1205,8 @@ def main(argv: list[str] | None = None) -> int:
         return memory_child_main(Path(args.shape_memory_child), shapes=True)
     if args.render:
         report = json.loads(Path(args.render).read_text())
-        print("\n\n".join(t for t in (render_markdown(report) if report["variants"] else "", render_shapes(report)) if t))
+        tables = (render_markdown(report) if report["variants"] else "", render_shapes(report))
+        print("\n\n".join(t for t in tables if t))
         return 0
 
     started = time.perf_counter()

@@ -176,6 +176,7 @@ def test_rotation_runs_one_variant_at_a_time_in_alternating_order(bench):
 
 # ------------------------------------------------------------------------------- packed layouts on workload shapes
 def test_workload_shapes_have_the_asked_ratios_spread_and_bounds(bench):
+    import math
     import statistics
 
     cfg = replace(bench.BenchConfig(), shapes=list(bench.SHAPES), shape_steps=60)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from trl_ipo.packing import CHOSEN, REJECTED, SHARED, additive_mask, allowed_mask, build_layout, mask_mod, scatter_scored
+from trl_ipo.packing import (
+    CHOSEN, REJECTED, SHARED, additive_mask, allowed_mask, build_layout, mask_mod, scatter_scored,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,7 +147,9 @@ def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
     input_ids, attention, completion = collate(PAIRS)
     with torch.no_grad():
         padded = model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        layout = build_layout(input_ids, attention, completion, prefix_sharing=sharing, padding_free=packing, capacity=0)
+        layout = build_layout(
+            input_ids, attention, completion, prefix_sharing=sharing, padding_free=packing, capacity=0
+        )
         mask = layout_attention_mask(model, layout, torch.float32)
         packed = model.model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids)
     packed = packed.last_hidden_state.reshape(-1, padded.size(-1))
