@@ -34,6 +34,13 @@ Usage::
     python scripts/bench.py --out benchmarks/cpu-qwen2-h512-l4-v32k.json  # the recorded CPU benchmark
     python scripts/bench.py --tiny --out /tmp/b.json                      # seconds; what the test runs
     python scripts/bench.py --device cuda --out benchmarks/cuda-h200.json # bf16, 0.66B Qwen2, sequence 1024
+
+Layouts (prefix sharing S, padding-free Pf, both SP) against B and A on workloads of varied lengths::
+
+    python scripts/bench.py --only-shapes --shapes equal,prompt-heavy,balanced,completion-heavy \
+        --shape-steps 2 --out benchmarks/cpu-packed-shapes.json                       # CPU, about an hour loaded
+    python scripts/bench.py --device cuda --only-shapes \
+        --shapes equal,prompt-heavy,balanced,completion-heavy --out benchmarks/cuda-packed-shapes.json
 """
 
 from __future__ import annotations
@@ -154,7 +161,7 @@ PRESETS = {
         device="cuda", dtype="bfloat16", hidden=896, layers=24, heads=14, intermediate=4864, vocab=151936,
         seq=1024, pairs=4, warmup=3, steps=10, scan_seqs=[256, 512, 1024], scan_variants=["A", "F"],
         scan_warmup=2, scan_steps=5, memory_steps=3,
-        shape_pairs=8, shape_mean=768, shape_max=2048, shape_warmup=2, shape_steps=3, shape_memory_steps=2,
+        shape_pairs=8, shape_mean=768, shape_max=2048, shape_warmup=1, shape_steps=3, shape_memory_steps=1,
     ),
 }
 

@@ -228,3 +228,13 @@ def test_shape_checks_compare_the_best_layout_with_b(bench):
     assert check["speedup_vs_B"] == pytest.approx({"S": 1.6, "SP": 1.4, "A": 1.0})
     assert check["cpu_speedup_vs_B"] == pytest.approx({"S": 2.0, "SP": 1.6})
     assert check["memory_vs_B"] == pytest.approx({"S": 0.9, "SP": 1.01}) and check["memory_met"] is False
+
+
+def test_cuda_preset_shapes_are_qwen2_half_billion_bf16_up_to_2048(bench):
+    cfg = replace(bench.BenchConfig(), **bench.PRESETS["cuda"], shapes=list(bench.SHAPES))
+    assert (cfg.dtype, cfg.shape_pairs, cfg.shape_max) == ("bfloat16", 8, 2048)
+    assert all(p + max(c, r) + 1 <= 2048 for shape in cfg.shapes for p, c, r in bench.shape_lengths(cfg, shape))
+    with pytest.raises(SystemExit, match="--shape-variants has unknown"):
+        bench.parse_args(["--shapes", "balanced", "--shape-variants", "B,X"])
+    with pytest.raises(SystemExit, match="--only-shapes needs --shapes"):
+        bench.parse_args(["--only-shapes"])
