@@ -111,7 +111,9 @@ def test_flex_mask_mod_matches_the_dense_mask():
 
 # ------------------------------------------------------------------------------------ against the model forward
 def _tiny(kind, attn, **extra):
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    )
 
     common = dict(
         vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -120,6 +122,9 @@ def _tiny(kind, attn, **extra):
     torch.manual_seed(0)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=3, attn_implementation=attn))
+    elif kind == "gemma2":
+        config = Gemma2Config(**common, head_dim=8, sliding_window=3, attn_implementation=attn)
+        model = Gemma2ForCausalLM(config)
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attn, **extra))
     return model.eval()
@@ -132,6 +137,7 @@ MODELS = {
         "qwen2", "sdpa", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
     ),
     "mistral-window-3": ("mistral", "sdpa", {}),
+    "gemma2-window-3-eager": ("gemma2", "eager", {}),
 }
 
 
