@@ -34,6 +34,13 @@ Usage::
     python scripts/bench.py --out benchmarks/cpu-qwen2-h512-l4-v32k.json  # the recorded CPU benchmark
     python scripts/bench.py --tiny --out /tmp/b.json                      # seconds; what the test runs
     python scripts/bench.py --device cuda --out benchmarks/cuda-h200.json # bf16, 0.66B Qwen2, sequence 1024
+
+Layouts (prefix sharing S, padding-free Pf, both SP) against B and A on workloads of varied lengths::
+
+    python scripts/bench.py --only-shapes --shapes equal,prompt-heavy,balanced,completion-heavy \
+        --shape-steps 2 --out benchmarks/cpu-packed-shapes.json                       # CPU, about an hour loaded
+    python scripts/bench.py --device cuda --only-shapes \
+        --shapes equal,prompt-heavy,balanced,completion-heavy --out benchmarks/cuda-packed-shapes.json
 """
 
 from __future__ import annotations
@@ -76,6 +83,22 @@ VARIANTS = {
     "P": "IPOTrainer, precompute_ref_log_probs=True (training steps only)",
 }
 TARGETS = {"A/B": 1.02, "A_prime/A": 1.02, "A/F": 1.10, "P/A": 0.80}
+# Layout variants, timed side by side on each workload shape against B and A.
+SHAPE_VARIANTS = {
+    "B": 'trl.DPOTrainer(loss_type=["ipo"])',
+    "A": "IPOTrainer, padded layout",
+    "S": "IPOTrainer, prefix_sharing=True",
+    "Pf": "IPOTrainer, padding_free=True",
+    "SP": "IPOTrainer, prefix_sharing=True and padding_free=True",
+}
+SHAPE_FLAGS = {"S": dict(prefix_sharing=True), "Pf": dict(padding_free=True),
+               "SP": dict(prefix_sharing=True, padding_free=True)}
+# Workload shapes: mean prompt : completion, lengths log-normal with spread SHAPE_SIGMA; "equal" is the padding-free
+# equal-length workload of the main table (TRL's best case).
+SHAPES = {"equal": None, "prompt-heavy": (3, 1), "balanced": (1, 1), "completion-heavy": (1, 3)}
+SHAPE_SIGMA = 0.5
+# samples/s over B's that the layouts should reach on CPU (best of S, Pf, SP), and memory at most B's.
+SHAPE_TARGETS = {"prompt-heavy": 1.5, "balanced": 1.2, "completion-heavy": 1.0}
 # Measured in the memory child (F_metrics allocates like F).
 MEMORY_VARIANTS = ("A", "A_prime", "B", "F", "P")
 # What DPOTrainer's fused LM head computes besides the log-probs, for its logged metrics.
@@ -115,18 +138,30 @@ class BenchConfig:
     peak_tflops: float | None = None
     memory: bool = True
     tiny: bool = False
+    # Packed and prefix-shared layouts on workloads of varied lengths (see SHAPES); empty: not measured.
+    shapes: list[str] = field(default_factory=list)
+    shape_variants: list[str] = field(default_factory=lambda: list(SHAPE_VARIANTS))
+    shape_pairs: int = 8
+    shape_mean: int = 128  # mean prompt + completion tokens of a sequence
+    shape_max: int = 512  # max_length: no sequence is longer, so truncation never changes the work
+    shape_warmup: int = 1
+    shape_steps: int = 3
+    shape_memory_steps: int = 1
+    only_shapes: bool = False
 
 
 PRESETS = {
     "tiny": dict(
         hidden=32, layers=2, heads=4, intermediate=64, vocab=512, seq=32, pairs=2, warmup=1, steps=2,
         scan_seqs=[32, 64], scan_warmup=1, scan_steps=1, memory_steps=2, tiny=True,
+        shape_pairs=3, shape_mean=24, shape_max=64, shape_warmup=0, shape_steps=2,
     ),
     # Qwen2-0.5B widths (hidden 896, 24 layers, 14 heads, MLP 4864, vocab 151936), untied head, full KV heads.
     "cuda": dict(
         device="cuda", dtype="bfloat16", hidden=896, layers=24, heads=14, intermediate=4864, vocab=151936,
         seq=1024, pairs=4, warmup=3, steps=10, scan_seqs=[256, 512, 1024], scan_variants=["A", "F"],
         scan_warmup=2, scan_steps=5, memory_steps=3,
+        shape_pairs=8, shape_mean=768, shape_max=2048, shape_warmup=1, shape_steps=3, shape_memory_steps=1,
     ),
 }
 
@@ -143,6 +178,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--scan-seqs", type=_int_list, default=None, help="comma-separated sequence lengths")
     p.add_argument("--scan-variants", type=_name_list, default=None, help="comma-separated, e.g. A,F")
     p.add_argument("--variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--shapes", type=_name_list, default=None,
+                   help=f"comma-separated workload shapes for the layout variants, of {','.join(SHAPES)}")
+    p.add_argument("--shape-variants", type=_name_list, default=None,
+                   help=f"comma-separated subset of {','.join(SHAPE_VARIANTS)}")
+    for name in ("shape-pairs", "shape-mean", "shape-max", "shape-warmup", "shape-steps", "shape-memory-steps"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--only-shapes", action="store_true", help="measure only the workload shapes")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--no-memory", action="store_true", help="skip the memory child process")
     p.add_argument("--profile", action="store_true",
@@ -151,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--workdir", default=None, help="where the model checkpoint is built (default: a temp dir)")
     p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a result and exit")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shape-memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     values = {}
@@ -162,12 +205,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
             values.update(device="cuda", dtype="bfloat16")
     for key in ("device", "dtype", "hidden", "layers", "heads", "intermediate", "vocab", "seq", "pairs", "warmup",
                 "steps", "scan_warmup", "scan_steps", "memory_steps", "threads", "seed", "scan_seqs",
-                "scan_variants", "variants", "peak_tflops"):
+                "scan_variants", "variants", "peak_tflops", "shapes", "shape_variants", "shape_pairs", "shape_mean",
+                "shape_max", "shape_warmup", "shape_steps", "shape_memory_steps"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
     if args.no_memory:
         values["memory"] = False
+    if args.only_shapes:
+        values["only_shapes"] = True
     cfg = replace(BenchConfig(), **values)
     validate_config(cfg)
     return cfg, args
@@ -197,6 +243,16 @@ def validate_config(cfg: BenchConfig) -> None:
         unknown = [v for v in getattr(cfg, name) if v not in VARIANTS]
         if unknown:
             raise SystemExit(f"bench: --{name.replace('_', '-')} has unknown {unknown}; choose from {list(VARIANTS)}.")
+    unknown = [v for v in cfg.shapes if v not in SHAPES]
+    if unknown:
+        raise SystemExit(f"bench: --shapes has unknown {unknown}; choose from {list(SHAPES)}.")
+    unknown = [v for v in cfg.shape_variants if v not in SHAPE_VARIANTS]
+    if unknown:
+        raise SystemExit(f"bench: --shape-variants has unknown {unknown}; choose from {list(SHAPE_VARIANTS)}.")
+    if cfg.only_shapes and not cfg.shapes:
+        raise SystemExit("bench: --only-shapes needs --shapes.")
+    if cfg.shapes and not 8 <= cfg.shape_mean < cfg.shape_max <= 2048:
+        raise SystemExit(f"bench: need 8 <= --shape-mean < --shape-max <= 2048, got {cfg.shape_mean}, {cfg.shape_max}.")
     for seq in [cfg.seq, *cfg.scan_seqs]:
         if not 4 <= seq <= 2048:
             raise SystemExit(f"bench: sequence length {seq} is outside [4, 2048] (the model's positions).")
@@ -269,6 +325,62 @@ def make_rows(cfg: BenchConfig, seq: int, n_pairs: int, preference: bool) -> lis
             row["q"] = round(rng.random(), 4)
         rows.append(row)
     return rows
+
+
+def shape_lengths(cfg: BenchConfig, shape: str) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of ``shape_pairs · (shape_warmup + shape_steps)`` pairs.
+
+    Log-normal prompt and completion lengths (spread ``SHAPE_SIGMA``) whose means split ``shape_mean`` by the shape's
+    ratio; chosen and rejected are drawn independently. A sequence (prompt + completion + EOS) stays within
+    ``shape_max``. ``equal``: every prompt ``shape_mean / 2``, every completion ``shape_mean / 2 - 1`` plus EOS.
+    """
+    import math
+
+    n = cfg.shape_pairs * max(cfg.shape_warmup + cfg.shape_steps, cfg.shape_memory_steps)
+    ratio = SHAPES[shape]
+    if ratio is None:
+        half = cfg.shape_mean // 2
+        return [(half, half - 1, half - 1)] * n
+    rng = random.Random(cfg.seed * 1_000_003 + sum(map(ord, shape)))
+    prompt_mean = cfg.shape_mean * ratio[0] / sum(ratio)
+    completion_mean = cfg.shape_mean - prompt_mean
+
+    def draw(mean):  # log-normal with the given mean: mu = ln(mean) - sigma² / 2
+        return max(1, round(rng.lognormvariate(math.log(mean) - SHAPE_SIGMA**2 / 2, SHAPE_SIGMA)))
+
+    out = []
+    for _ in range(n):
+        prompt = min(draw(prompt_mean), cfg.shape_max - 2)
+        chosen, rejected = (min(draw(completion_mean), cfg.shape_max - prompt - 1) for _ in range(2))
+        out.append((prompt, chosen, rejected))
+    return out
+
+
+def make_shape_rows(cfg: BenchConfig, shape: str) -> list[dict]:
+    rng = random.Random(cfg.seed + 17)
+    text = lambda k: "".join(rng.choices(CHARSET, k=k))  # noqa: E731  (one token per character)
+    # TRL appends EOS to each completion: c - 1 characters make c tokens.
+    return [{"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)}
+            for p, c, r in shape_lengths(cfg, shape)]
+
+
+def shape_work(cfg: BenchConfig, shape: str, counts: dict) -> dict:
+    """Per step, averaged over the timed steps: pairs, real tokens of the padded layout (what every variant
+    computes the loss on), tokens each layout puts through the model, and the useful model FLOPs."""
+    lengths = shape_lengths(cfg, shape)
+    n = cfg.shape_pairs
+    steps = [lengths[i : i + n] for i in range(0, n * (cfg.shape_warmup + cfg.shape_steps), n)][cfg.shape_warmup :]
+    real, padded, shared, flops = [], [], [], []
+    for batch in steps:
+        rows = [p + c for p, c, _ in batch] + [p + r for p, _, r in batch]
+        real.append(sum(rows))
+        padded.append(len(rows) * max(rows))
+        shared.append(sum(rows) - sum(p for p, _, _ in batch))
+        per_row = [(2.0 * counts["non_embedding_parameters"] + 4.0 * cfg.layers * cfg.hidden * r) * r for r in rows]
+        flops.append(4.0 * sum(per_row))  # policy training pass (3 forwards) + reference forward
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"pairs": n, "real_tokens": mean(real), "padded_tokens": mean(padded),
+            "shared_tokens": mean(shared), "useful_flops": mean(flops)}
 
 
 # ------------------------------------------------------------------------------------------------ device
@@ -576,6 +688,161 @@ class TrainerRunner:
         self.trainer = None
 
 
+class ShapeRunner(TrainerRunner):
+    """B, A, S, Pf or SP on a workload shape: varied lengths, ``shape_pairs`` pairs per step."""
+
+    def __init__(self, name, cfg, checkpoint, workdir, shape, n_steps):
+        super().__init__(name, cfg, checkpoint, workdir, cfg.shape_max, n_steps)
+        self.shape, self.output_dir = shape, workdir / f"out-{name}-{shape}"
+
+    def setup(self) -> None:
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+        from transformers.trainer_callback import PrinterCallback
+        from trl import DPOConfig, DPOTrainer
+
+        from trl_ipo import IPOConfig, IPOTrainer
+
+        cfg, name = self.cfg, self.name
+        kwargs = training_kwargs(cfg, self.output_dir, cfg.shape_max, self.n_steps)
+        kwargs["per_device_train_batch_size"] = cfg.shape_pairs
+        if name in ("S", "SP") and cfg.device == "cuda":  # the block mask skips what the branches hide
+            kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": "flex_attention"}
+        if name == "B":
+            trainer_cls, args = DPOTrainer, DPOConfig(loss_type=["ipo"], **kwargs)
+        else:
+            trainer_cls, args = IPOTrainer, IPOConfig(**kwargs, **SHAPE_FLAGS.get(name, {}))
+        rows = make_shape_rows(cfg, self.shape)[: cfg.shape_pairs * self.n_steps]
+        self.trainer = trainer_cls(
+            model=str(self.checkpoint), args=args, train_dataset=Dataset.from_list(rows),
+            processing_class=AutoTokenizer.from_pretrained(self.checkpoint),
+        )
+        self.trainer.remove_callback(PrinterCallback)
+
+
+def time_shape(cfg, shape, checkpoint, workdir, device, counts) -> dict:
+    """Interleaved timing of the layout variants on one workload shape."""
+    n_steps = cfg.shape_warmup + cfg.shape_steps
+    runners = [ShapeRunner(n, cfg, checkpoint, workdir, shape, n_steps) for n in cfg.shape_variants]
+    for runner in runners:
+        runner.setup()
+    turns = run_interleaved(runners, device, n_steps)
+    work = shape_work(cfg, shape, counts)
+    results = {}
+    for runner in runners:
+        turn = turns[runner.name]
+        step = summarise(turn.step_times[cfg.shape_warmup :])
+        achieved = work["useful_flops"] / step["median"] / 1e12
+        results[runner.name] = {
+            "label": SHAPE_VARIANTS[runner.name],
+            "step_time_s": step,
+            "cpu_time_s": summarise(turn.cpu_times[cfg.shape_warmup :]),
+            "samples_per_s": work["pairs"] / step["median"],
+            "tokens_per_s": work["real_tokens"] / step["median"],
+            "achieved_tflops": achieved,
+            "mfu": achieved / device.peak_tflops if device.peak_tflops else None,
+        }
+        runner.close()
+    return {"work": work, "variants": results}
+
+
+def measure_shape_memory_child(cfg, checkpoint, workdir, result_path) -> None:
+    """Child process: each (shape, variant) alone, one after another; peak memory of each."""
+    device = Device(cfg)
+    warm = ShapeRunner(cfg.shape_variants[0], cfg, checkpoint, workdir, cfg.shapes[0], 1)
+    warm.setup()
+    warm.run(FreeRunning())
+    warm.close()
+    del warm
+    results = {}
+    for shape in cfg.shapes:
+        for name in cfg.shape_variants:
+            device.release()
+            before = device.memory_now()
+            reset = device.reset_peak()
+            runner = ShapeRunner(name, cfg, checkpoint, workdir, shape, cfg.shape_memory_steps)
+            runner.setup()
+            runner.run(FreeRunning())
+            device.synchronize()
+            peak = device.memory_peak()
+            runner.close()
+            del runner
+            results.setdefault(shape, {})[name] = {
+                "metric": device.memory_metric(), "peak_bytes": peak, "before_bytes": before,
+                "added_bytes": peak - before, "peak_reset": reset, "steps": cfg.shape_memory_steps,
+            }
+    result_path.write_text(json.dumps(results))
+
+
+def shape_checks(shapes: dict, memory: dict | None) -> dict:
+    """Best layout (S, Pf, SP) per shape against B: samples/s ratio (wall and CPU time) and peak memory."""
+    checks = {}
+    for shape, row in shapes.items():
+        vs = row["variants"]
+        if "B" not in vs:
+            continue
+        layouts = [n for n in ("S", "Pf", "SP") if n in vs]
+        if not layouts:
+            continue
+        best = max(layouts, key=lambda n: vs[n]["samples_per_s"])
+        cpu = {n: vs["B"]["cpu_time_s"]["median"] / vs[n]["cpu_time_s"]["median"] for n in layouts}
+        entry = {
+            "best": best,
+            "speedup_vs_B": {n: vs[n]["samples_per_s"] / vs["B"]["samples_per_s"] for n in layouts + ["A"] if n in vs},
+            "cpu_speedup_vs_B": cpu,
+            "speedup_vs_A": ({n: vs[n]["samples_per_s"] / vs["A"]["samples_per_s"] for n in layouts}
+                             if "A" in vs else None),
+        }
+        target = SHAPE_TARGETS.get(shape)
+        if target is not None:
+            entry["target"] = target
+            entry["met"] = entry["speedup_vs_B"][best] >= target
+        mem = (memory or {}).get(shape)
+        if mem and "B" in mem:
+            entry["memory_vs_B"] = {n: mem[n]["peak_bytes"] / mem["B"]["peak_bytes"] for n in layouts if n in mem}
+            entry["memory_met"] = all(v <= 1.0 for v in entry["memory_vs_B"].values())
+        checks[shape] = entry
+    return checks
+
+
+def render_shapes(report: dict) -> str:
+    """The workload-shape tables of docs/benchmarks.md."""
+    shapes, memory = report.get("shapes") or {}, report.get("shape_memory") or {}
+    if not shapes:
+        return ""
+    with_mfu = any(v.get("mfu") is not None for row in shapes.values() for v in row["variants"].values())
+    head = ("| shape | variant | samples/s | × B | × A | tokens/s | median step (s) | CPU s/step | "
+            + ("MFU | " if with_mfu else "") + "peak memory (MiB) | × B memory |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for shape, row in shapes.items():
+        vs, mem = row["variants"], memory.get(shape, {})
+        for name, v in vs.items():
+            x_b = v["samples_per_s"] / vs["B"]["samples_per_s"] if "B" in vs else None
+            x_a = v["samples_per_s"] / vs["A"]["samples_per_s"] if "A" in vs else None
+            m = mem.get(name)
+            mb = m["peak_bytes"] / mem["B"]["peak_bytes"] if m and "B" in mem else None
+            cells = [shape, name, f"{v['samples_per_s']:.3f}", "–" if x_b is None else f"{x_b:.2f}",
+                     "–" if x_a is None else f"{x_a:.2f}", f"{v['tokens_per_s']:,.0f}",
+                     f"{v['step_time_s']['median']:.3f}", f"{v['cpu_time_s']['median']:.2f}"]
+            if with_mfu:
+                cells.append("–" if v["mfu"] is None else f"{v['mfu']:.3f}")
+            cells += ["–" if m is None else f"{m['peak_bytes'] / 2**20:,.0f}", "–" if mb is None else f"{mb:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+    out += ["", "| shape | tokens in the padded layout (real / with padding) | tokens with shared prompts "
+                "| best layout | its samples/s × B (wall / CPU time) | target | peak memory ≤ B |",
+            "|---|---|---|---|---|---|---|"]
+    for shape, check in (report.get("shape_checks") or {}).items():
+        work = shapes[shape]["work"]
+        best = check["best"]
+        target = check.get("target")
+        verdict = "–" if target is None else f"≥ {target}: {'met' if check['met'] else '**missed**'}"
+        memory_ok = {True: "yes", False: "**no**", None: "–"}[check.get("memory_met")]
+        out.append(f"| {shape} | {work['real_tokens']:,.0f} / {work['padded_tokens']:,.0f} | "
+                   f"{work['shared_tokens']:,.0f} | {best} | {check['speedup_vs_B'][best]:.2f} / "
+                   f"{check['cpu_speedup_vs_B'][best]:.2f} | {verdict} | {memory_ok} |")
+    return "\n".join(out)
+
+
 def precompute_timed_trainer():
     """IPOTrainer that records how long ``precompute_ref_log_probs`` took (it runs at construction)."""
     from trl_ipo import IPOTrainer
@@ -782,14 +1049,28 @@ def start_memory_child(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Pope
     return child, result_path
 
 
-def memory_child_main(workdir: Path) -> int:
+def memory_child_main(workdir: Path, shapes: bool = False) -> int:
     cfg = BenchConfig(**json.loads((workdir / "memory-config.json").read_text()))
     _init_torch(cfg)
     gc.collect()
     gc.freeze()  # the libraries' own objects stay put; the collections between variants only scan ours
+    if shapes:
+        measure_shape_memory_child(cfg, workdir / "checkpoint", workdir, workdir / "shape-memory-result.json")
+        return 0
     sys.stdin.readline()  # the parent writes a line once the checkpoint is saved
     measure_memory_child(cfg, workdir / "checkpoint", workdir, workdir / "memory-result.json")
     return 0
+
+
+def run_shape_memory_child(cfg: BenchConfig, workdir: Path) -> dict:
+    """Peak memory of every (shape, variant), measured in a child process while the parent waits."""
+    (workdir / "memory-config.json").write_text(json.dumps(asdict(cfg)))
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(256 * 1024))
+    code = subprocess.call([sys.executable, os.path.abspath(__file__), "--shape-memory-child", str(workdir)], env=env)
+    if code != 0:
+        raise RuntimeError(f"shape memory child process failed with exit code {code}")
+    return json.loads((workdir / "shape-memory-result.json").read_text())
 
 
 def _init_torch(cfg: BenchConfig) -> None:
@@ -862,6 +1143,9 @@ def print_table(report: dict) -> None:
     for row in report["scan"]:
         lines.append(f"scan seq {row['seq']:5}: " + ", ".join(
             f"{n} {row['variants'][n]['step_time_s']['median']:.4f} s" for n in row["variants"]))
+    for shape, check in (report.get("shape_checks") or {}).items():
+        speed = ", ".join(f"{n} {x:.2f}x" for n, x in check["speedup_vs_B"].items())
+        lines.append(f"shape {shape:17} samples/s vs B: {speed}; memory ok: {check.get('memory_met')}")
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -924,8 +1208,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if args.memory_child:
         return memory_child_main(Path(args.memory_child))
+    if args.shape_memory_child:
+        return memory_child_main(Path(args.shape_memory_child), shapes=True)
     if args.render:
-        print(render_markdown(json.loads(Path(args.render).read_text())))
+        report = json.loads(Path(args.render).read_text())
+        tables = (render_markdown(report) if report["variants"] else "", render_shapes(report))
+        print("\n\n".join(t for t in tables if t))
         return 0
 
     started = time.perf_counter()
@@ -937,7 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir_obj = tempfile.TemporaryDirectory(prefix="trl-ipo-bench-")
         workdir = Path(workdir_obj.name)
     child = result_path = None
-    if cfg.memory and any(n in MEMORY_VARIANTS for n in cfg.variants):
+    if cfg.memory and not cfg.only_shapes and any(n in MEMORY_VARIANTS for n in cfg.variants):
         child, result_path = start_memory_child(cfg, workdir)
     try:
         _init_torch(cfg)
@@ -963,13 +1251,24 @@ def main(argv: list[str] | None = None) -> int:
             phases["timed_from"] = time.perf_counter()
             load_before = os.getloadavg()
 
-        variants = time_variants(cfg, cfg.variants, checkpoint, workdir, cfg.seq, cfg.warmup, cfg.steps, device, counts,
-                                 before_timed=finish_memory)
+        shape_memory = None
+        if cfg.shapes and cfg.memory:  # one shape-memory child, alone on the cores, before any timing
+            shape_memory = run_shape_memory_child(cfg, workdir)
+        variants = {}
+        if not cfg.only_shapes:
+            variants = time_variants(cfg, cfg.variants, checkpoint, workdir, cfg.seq, cfg.warmup, cfg.steps, device,
+                                     counts, before_timed=finish_memory)
+        else:
+            finish_memory()
         phases["timing_s"] = time.perf_counter() - phases.pop("timed_from")
+        shapes_start, shapes = time.perf_counter(), {}
+        for shape in cfg.shapes:
+            shapes[shape] = time_shape(cfg, shape, checkpoint, workdir, device, counts)
+        phases["shapes_s"] = time.perf_counter() - shapes_start
         scan_start = time.perf_counter()
 
         scan = []
-        for seq in cfg.scan_seqs:
+        for seq in ([] if cfg.only_shapes else cfg.scan_seqs):
             names = list(cfg.scan_variants)
             reuse = {n: variants[n] for n in names if seq == cfg.seq and n in variants}
             todo = [n for n in names if n not in reuse]
@@ -981,7 +1280,9 @@ def main(argv: list[str] | None = None) -> int:
                          "reused_from_main": sorted(reuse)})
         load_after = os.getloadavg()
         phases["scan_s"] = time.perf_counter() - scan_start
-        profile = profile_variants(cfg, cfg.variants, checkpoint, workdir, device) if args.profile else None
+        profile = None
+        if args.profile and not cfg.only_shapes:
+            profile = profile_variants(cfg, cfg.variants, checkpoint, workdir, device)
 
         ratio = ratios(variants)
         report = {
@@ -999,6 +1300,9 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
             "targets": target_checks(ratio, memory),
             "scan": scan,
+            "shapes": shapes,
+            "shape_memory": shape_memory,
+            "shape_checks": shape_checks(shapes, shape_memory),
             "profile": profile,
             "phases": phases,
             "wall_s": time.perf_counter() - started,

@@ -172,3 +172,69 @@ def test_rotation_runs_one_variant_at_a_time_in_alternating_order(bench):
     assert all(b == ("begin", e[1]) and e[0] == "end" for b, e in zip(events[::2], events[1::2]))
     assert [name for kind, name in events if kind == "begin"] == list("xyz" "zyx" "xyz")
     assert all(len(t.step_times) == 3 and len(t.iteration_times) == 2 for t in turns.values())
+
+
+# ------------------------------------------------------------------------------- packed layouts on workload shapes
+def test_workload_shapes_have_the_asked_ratios_spread_and_bounds(bench):
+    import math
+    import statistics
+
+    cfg = replace(bench.BenchConfig(), shapes=list(bench.SHAPES), shape_steps=60)
+    for shape, ratio in bench.SHAPES.items():
+        lengths = bench.shape_lengths(cfg, shape)
+        assert len(lengths) == cfg.shape_pairs * (cfg.shape_warmup + cfg.shape_steps)
+        assert all(p + max(c, r) + 1 <= cfg.shape_max and min(p, c, r) >= 1 for p, c, r in lengths)
+        prompts = [p for p, _, _ in lengths]
+        completions = [c for _, c, _ in lengths] + [r for _, _, r in lengths]
+        if ratio is None:
+            assert set(prompts) == {cfg.shape_mean // 2} and set(completions) == {cfg.shape_mean // 2 - 1}
+            continue
+        measured = statistics.mean(prompts) / statistics.mean(completions)
+        assert measured == pytest.approx(ratio[0] / ratio[1], rel=0.15), shape
+        spread = statistics.pstdev([math.log(x) for x in completions])
+        assert spread == pytest.approx(bench.SHAPE_SIGMA, rel=0.25), shape
+
+
+def test_shape_rows_tokenize_to_the_drawn_lengths_and_work_counts(bench):
+    from trl_ipo.lab.tiny import build_tokenizer
+
+    cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"], shapes=["prompt-heavy"])
+    tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
+    lengths = bench.shape_lengths(cfg, "prompt-heavy")
+    for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths):
+        assert len(tokenizer(row["prompt"])["input_ids"]) == p
+        assert len(row["chosen"]) + 1 == c and len(row["rejected"]) + 1 == r  # + EOS
+    counts = {"non_embedding_parameters": 1000}
+    work = bench.shape_work(cfg, "prompt-heavy", counts)
+    n, real, padded, prompts = cfg.shape_pairs, 0, 0, 0
+    for i in range(cfg.shape_warmup, cfg.shape_warmup + cfg.shape_steps):  # the timed steps' batches
+        batch = lengths[i * n : (i + 1) * n]
+        rows = [p + c for p, c, _ in batch] + [p + r for p, _, r in batch]
+        real, padded, prompts = real + sum(rows), padded + 2 * n * max(rows), prompts + sum(p for p, _, _ in batch)
+    assert work["real_tokens"] == pytest.approx(real / cfg.shape_steps)
+    assert work["padded_tokens"] == pytest.approx(padded / cfg.shape_steps)
+    assert work["shared_tokens"] == pytest.approx((real - prompts) / cfg.shape_steps)
+
+
+def test_shape_checks_compare_the_best_layout_with_b(bench):
+    def entry(samples, cpu):
+        return {"samples_per_s": samples, "cpu_time_s": {"median": cpu}}
+
+    shapes = {"prompt-heavy": {"variants": {"B": entry(1.0, 4.0), "A": entry(1.0, 4.0), "S": entry(1.6, 2.0),
+                                            "SP": entry(1.4, 2.5)}}}
+    memory = {"prompt-heavy": {n: {"peak_bytes": b} for n, b in (("B", 100), ("A", 100), ("S", 90), ("SP", 101))}}
+    check = bench.shape_checks(shapes, memory)["prompt-heavy"]
+    assert check["best"] == "S" and check["met"] is True and check["target"] == 1.5
+    assert check["speedup_vs_B"] == pytest.approx({"S": 1.6, "SP": 1.4, "A": 1.0})
+    assert check["cpu_speedup_vs_B"] == pytest.approx({"S": 2.0, "SP": 1.6})
+    assert check["memory_vs_B"] == pytest.approx({"S": 0.9, "SP": 1.01}) and check["memory_met"] is False
+
+
+def test_cuda_preset_shapes_are_qwen2_half_billion_bf16_up_to_2048(bench):
+    cfg = replace(bench.BenchConfig(), **bench.PRESETS["cuda"], shapes=list(bench.SHAPES))
+    assert (cfg.dtype, cfg.shape_pairs, cfg.shape_max) == ("bfloat16", 8, 2048)
+    assert all(p + max(c, r) + 1 <= 2048 for shape in cfg.shapes for p, c, r in bench.shape_lengths(cfg, shape))
+    with pytest.raises(SystemExit, match="--shape-variants has unknown"):
+        bench.parse_args(["--shapes", "balanced", "--shape-variants", "B,X"])
+    with pytest.raises(SystemExit, match="--only-shapes needs --shapes"):
+        bench.parse_args(["--only-shapes"])

@@ -158,6 +158,7 @@ def test_hub_token_is_in_no_file_a_run_writes(tiny_dir, tmp_path, monkeypatch):
     """training_args.bin, training_args.json, the model card and the wandb run files, scanned as bytes."""
     import wandb
 
+    wandb.teardown()  # wandb's process-wide settings were read by earlier tests: read WANDB_DIR below afresh
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -171,6 +172,7 @@ def test_hub_token_is_in_no_file_a_run_writes(tiny_dir, tmp_path, monkeypatch):
     finally:
         if wandb.run is not None:
             wandb.finish()
+        wandb.teardown()  # and leave no settings pointing at this test's folder
     assert rc == 0
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "pairs.jsonl"]
     assert {out / "training_args.bin", out / "training_args.json", out / "README.md"} <= set(written)

@@ -55,9 +55,7 @@ COMMANDS = (
 # Snippets on pages this suite may not edit, that cannot run here and do not yet carry the marker: (page, first
 # line) -> reason. Each is reported as a skip with its reason; the page's owner moves it into the page as a marker.
 UNMARKED_ELSEWHERE = {
-    ("docs/distributed.md", "# one node, 8 GPUs;"): "GPUs and several nodes",
     ("docs/results.md", "trl-ipo demo "): "the full demo (minutes); tests/test_demo.py runs it on a toy budget",
-    ("docs/distributed.md", "python scripts/shard_memory.py"): "DeepSpeed on 1 and 2 CPU ranks, about a minute",
 }
 
 

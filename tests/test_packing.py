@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from trl_ipo.packing import CHOSEN, REJECTED, SHARED, additive_mask, allowed_mask, build_layout, mask_mod, scatter_scored
+from trl_ipo.packing import (
+    CHOSEN, REJECTED, SHARED, additive_mask, allowed_mask, build_layout, mask_mod, scatter_scored,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -109,7 +111,9 @@ def test_flex_mask_mod_matches_the_dense_mask():
 
 # ------------------------------------------------------------------------------------ against the model forward
 def _tiny(kind, attn, **extra):
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    )
 
     common = dict(
         vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -118,6 +122,9 @@ def _tiny(kind, attn, **extra):
     torch.manual_seed(0)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=3, attn_implementation=attn))
+    elif kind == "gemma2":
+        config = Gemma2Config(**common, head_dim=8, sliding_window=3, attn_implementation=attn)
+        model = Gemma2ForCausalLM(config)
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attn, **extra))
     return model.eval()
@@ -130,6 +137,7 @@ MODELS = {
         "qwen2", "sdpa", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
     ),
     "mistral-window-3": ("mistral", "sdpa", {}),
+    "gemma2-window-3-eager": ("gemma2", "eager", {}),
 }
 
 
@@ -145,7 +153,9 @@ def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
     input_ids, attention, completion = collate(PAIRS)
     with torch.no_grad():
         padded = model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        layout = build_layout(input_ids, attention, completion, prefix_sharing=sharing, padding_free=packing, capacity=0)
+        layout = build_layout(
+            input_ids, attention, completion, prefix_sharing=sharing, padding_free=packing, capacity=0
+        )
         mask = layout_attention_mask(model, layout, torch.float32)
         packed = model.model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids)
     packed = packed.last_hidden_state.reshape(-1, padded.size(-1))
@@ -156,3 +166,23 @@ def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
             wrong = model.model(input_ids=layout.input_ids, attention_mask=plain, position_ids=layout.position_ids)
         wrong = wrong.last_hidden_state.reshape(-1, padded.size(-1))[layout.pred_index]
         assert (wrong - padded[:, :-1][layout.score_mask]).abs().max() > 1e-3
+
+
+def test_flex_block_mask_is_built_from_the_ids_on_the_layouts_device():
+    """The CUDA flex path's BlockMask, built here on CPU: its mask_mod is the dense mask, per layer type."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from trl_ipo.packed_forward import layout_attention_mask
+
+    layout = build_layout(*collate(PAIRS), prefix_sharing=True, padding_free=True)
+    model = _tiny("qwen2", "sdpa", use_sliding_window=True, sliding_window=3, max_window_layers=1)
+    model.config._attn_implementation = "flex_attention"
+    masks = layout_attention_mask(model, layout, torch.bfloat16)
+    assert set(masks) == {"full_attention", "sliding_attention"}
+    rows, length = layout.input_ids.shape
+    idx = torch.arange(length)
+    for name, window in (("full_attention", None), ("sliding_attention", 3)):
+        block = masks[name]
+        assert isinstance(block, BlockMask) and block.shape == (rows, 1, length, length)
+        dense = block.mask_mod(torch.zeros((), dtype=torch.long), 0, idx[:, None], idx[None, :])
+        assert torch.equal(dense, allowed_mask(layout, window)[0, 0])

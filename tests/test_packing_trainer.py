@@ -17,7 +17,11 @@ from trl_ipo import IPOConfig, IPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-LAYOUTS = {"S": dict(prefix_sharing=True), "Pf": dict(padding_free=True), "SP": dict(prefix_sharing=True, padding_free=True)}
+LAYOUTS = {
+    "S": dict(prefix_sharing=True),
+    "Pf": dict(padding_free=True),
+    "SP": dict(prefix_sharing=True, padding_free=True),
+}
 ROWS = make_pairs(8, seed=3, preference=True)
 TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "eval_runtime",
                "eval_samples_per_second", "eval_steps_per_second", "epoch", "total_flos"}
@@ -68,8 +72,11 @@ def _compare_step(load_model, tokenizer, rows, tmp_path, layouts=("S", "Pf", "SP
 LOSS_SETTINGS = {
     "hard-sym-paper-mean": dict(),
     "soft-asym-scaled-sum": dict(preference_column="q", symmetric=False, loss_form="scaled", logp_reduction="sum"),
-    "soft-sym-sum-sft": dict(preference_column="q", logp_reduction="sum", loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5]),
+    "soft-sym-sum-sft": dict(
+        preference_column="q", logp_reduction="sum", loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5]
+    ),
     "hard-asym-scaled-mean": dict(symmetric=False, loss_form="scaled"),
+    "trl-modifiers": dict(preference_column="q", ld_alpha=0.5, f_divergence_type="js_divergence", use_weighting=True),
 }
 
 
@@ -89,7 +96,8 @@ def _uneven_rows():
     for i in range(8):
         prompt = _sentence(rng, 1 if i % 2 else 40)
         short, long_ = " " + _sentence(rng, 1), " " + _sentence(rng, 30)
-        rows.append({"prompt": prompt, "chosen": short if i % 4 < 2 else long_, "rejected": long_ if i % 4 < 2 else short})
+        chosen, rejected = (short, long_) if i % 4 < 2 else (long_, short)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
 
 
@@ -176,7 +184,9 @@ def test_peft_lora_reference_is_the_adapter_disabled_model(load_model, tokenizer
     from peft import LoraConfig
 
     def make(out, **kw):
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
+        lora = LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False
+        )
         return IPOTrainer(
             model=load_model(),
             args=IPOConfig(**cpu_args(out, **RUN, **kw)),
@@ -191,7 +201,9 @@ def test_peft_lora_reference_is_the_adapter_disabled_model(load_model, tokenizer
 
 def test_bf16_within_bf16_tolerance(load_model, tokenizer, tmp_path):
     base = _perturb(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", bf16=True))
-    packed = _perturb(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", bf16=True, **LAYOUTS["SP"]))
+    packed = _perturb(
+        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", bf16=True, **LAYOUTS["SP"])
+    )
     loss_a, grads_a = loss_and_grads(base)
     loss_b, grads_b = loss_and_grads(packed)
     torch.testing.assert_close(loss_b, loss_a, rtol=2e-2, atol=0)
@@ -280,7 +292,8 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
     deepspeed = str(Path(sys.executable).with_name("deepspeed"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
     env["PATH"] = f"{Path(deepspeed).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(repo / "tests/workers/packed_ipo.py"), str(spec)]
+    worker = str(repo / "tests" / "workers" / "packed_ipo.py")
+    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), worker, str(spec)]
     with (tmp_path / "launch.log").open("w") as log:
         job = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

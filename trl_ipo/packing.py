@@ -97,7 +97,9 @@ def build_layout(
     ``capacity``: most tokens per packed row with ``padding_free`` (never below the longest segment group); ``None``
     packs everything into one row. Without ``padding_free`` each pair (shared) or each sequence gets its own row.
     """
-    input_ids, attention_mask, completion_mask = (t.detach().cpu() for t in (input_ids, attention_mask, completion_mask))
+    input_ids, attention_mask, completion_mask = (
+        t.detach().cpu() for t in (input_ids, attention_mask, completion_mask)
+    )
     rows, width = input_ids.shape
     if rows % 2:
         raise ValueError(f"a preference batch has an even number of rows (chosen then rejected), got {rows}.")
