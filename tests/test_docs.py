@@ -52,13 +52,6 @@ COMMANDS = (
     ". .venv",
 )
 
-# Snippets on pages this suite may not edit, that cannot run here and do not yet carry the marker: (page, first
-# line) -> reason. Each is reported as a skip with its reason; the page's owner moves it into the page as a marker.
-UNMARKED_ELSEWHERE = {
-    ("docs/results.md", "trl-ipo demo "): "the full demo (minutes); tests/test_demo.py runs it on a toy budget",
-}
-
-
 def fenced_blocks(text: str):
     """(line number, language, body) of every fenced block, backtick or tilde fences, nested in lists or not."""
     lines = text.splitlines()
@@ -98,9 +91,6 @@ def skip_reason(page: str, body: str) -> str | None:
     m = SKIP_MARK.match(first)
     if m:
         return m.group("reason")
-    for (where, start), reason in UNMARKED_ELSEWHERE.items():
-        if page == where and first.strip().startswith(start):
-            return f"{reason} (marker still to be added to {where})"
     return None
 
 
@@ -315,16 +305,6 @@ def test_every_page_is_scanned_and_snippets_are_found():
     assert [(b[1], b[2]) for b in blocks] == [("python", "x = 1\n"), ("bash", "echo hi\n"), ("", "plain\n")]
     assert kind_of("", "python scripts/x.py\n") == "shell" and kind_of("", "Δ = ρ(y_w) − ρ(y_l)\n") is None
     assert skip_reason("README.md", "# docs-test: skip (needs 8 GPUs)\nrun\n") == "needs 8 GPUs"
-
-
-def test_unmarked_skips_still_match_a_snippet():
-    """Each entry of UNMARKED_ELSEWHERE names a snippet that exists (drop it once the page carries the marker)."""
-    firsts = {(c.values[0], next(ln for ln in c.values[3].splitlines() if ln.strip()).strip()) for c in CASES}
-    for page, start in UNMARKED_ELSEWHERE:
-        assert any(p == page and f.startswith(start) for p, f in firsts), (
-            f"no snippet of {page} starts with {start!r} any more: if it now carries the `# docs-test: skip (...)` "
-            "marker, remove its entry from UNMARKED_ELSEWHERE"
-        )
 
 
 def test_marked_python_snippets_parse():
