@@ -1,31 +1,27 @@
-"""scripts/bench.py: the tiny benchmark reports every figure, consistently; the rotation is fair. No timing asserted."""
+"""benchmarks/ (scripts/bench.py): a tiny run reports every figure, consistently; the rotation is fair.
 
-import importlib.util
+No timing is asserted."""
+
 import json
-import sys
 import threading
 import time
 import warnings
 from dataclasses import replace
-from pathlib import Path
 from statistics import median
 
 import pytest
 import torch
 from conftest import global_rng_restored
 
-ROOT = Path(__file__).resolve().parents[1]
+import benchmarks
+
 VARIANTS = ["A", "A_prime", "B", "F", "F_metrics", "P"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("trl_ipo_bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    """The benchmark package, imported like any module (the repository root is on sys.path)."""
+    return benchmarks
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def report(bench, tmp_path_factory):
 def test_every_variant_has_its_figures(report):
     cfg = report["config"]
     assert list(report["variants"]) == VARIANTS
-    for name, v in report["variants"].items():
+    for v in report["variants"].values():
         steps = v["step_time_s"]
         assert len(steps["all"]) == cfg["steps"] == v["timed_steps"]
         assert (steps["min"], steps["median"], steps["max"]) == (min(steps["all"]), median(steps["all"]),
@@ -169,7 +165,7 @@ def test_rotation_runs_one_variant_at_a_time_in_alternating_order(bench):
 
     turns = bench.run_interleaved([Dummy("x"), Dummy("y"), Dummy("z")], None, rounds=3)
     # Never two variants inside a step at once: every begin is followed by its own end.
-    assert all(b == ("begin", e[1]) and e[0] == "end" for b, e in zip(events[::2], events[1::2]))
+    assert all(b == ("begin", e[1]) and e[0] == "end" for b, e in zip(events[::2], events[1::2], strict=True))
     assert [name for kind, name in events if kind == "begin"] == list("xyz" "zyx" "xyz")
     assert all(len(t.step_times) == 3 and len(t.iteration_times) == 2 for t in turns.values())
 
@@ -201,7 +197,7 @@ def test_shape_rows_tokenize_to_the_drawn_lengths_and_work_counts(bench):
     cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"], shapes=["prompt-heavy"])
     tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
     lengths = bench.shape_lengths(cfg, "prompt-heavy")
-    for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths):
+    for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths, strict=True):
         assert len(tokenizer(row["prompt"])["input_ids"]) == p
         assert len(row["chosen"]) + 1 == c and len(row["rejected"]) + 1 == r  # + EOS
     counts = {"non_embedding_parameters": 1000}
