@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from trl_ipo.lab.tiny import WORDS, make_pairs  # noqa: F401  (tests import them from conftest)
+from trl_ipo.lab.tiny import WORDS, make_pairs
+
+__all__ = ["WORDS", "cpu_args", "make_pairs"]  # tests import these from conftest
 
 
 @pytest.fixture(scope="module")

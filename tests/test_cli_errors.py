@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-
 from conftest import make_pairs
+
 from trl_ipo.cli import main as trl_ipo_main
 from trl_ipo.commands import compare
 from trl_ipo.commands import train as train_cmd
@@ -30,8 +30,18 @@ def error_line(capsys, rc, prog="trl-ipo train"):
 
 
 def train(tiny_dir, dataset, out, *extra):
-    return train_cmd.main(["--model_name_or_path", tiny_dir, "--dataset_name", str(dataset), "--output_dir", str(out),
-                           *CPU, *[str(e) for e in extra]])
+    return train_cmd.main(
+        [
+            "--model_name_or_path",
+            tiny_dir,
+            "--dataset_name",
+            str(dataset),
+            "--output_dir",
+            str(out),
+            *CPU,
+            *[str(e) for e in extra],
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ data files
@@ -79,6 +89,19 @@ def test_bad_rows_through_the_cli(tiny_dir, tmp_path, capsys):
     rows = [{**r, "chosen": [{"content": r["chosen"]}]} for r in ROWS]
     line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "b.jsonl", rows), tmp_path / "out"))
     assert "message 0 of column 'chosen', row 0 of the train (split 'train') dataset has no 'role'" in line
+
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        }
+        for r in ROWS
+    ]
+    line = error_line(
+        capsys, train(tiny_dir, jsonl(tmp_path / "c.jsonl", chat[:4] + ROWS[4:5] + chat[5:]), tmp_path / "out")
+    )
+    assert "row 4 of the train (split 'train') dataset is plain but row 0 is conversational" in line
 
 
 # ------------------------------------------------------------------------------------------------------- YAML types
@@ -131,16 +154,31 @@ def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_pa
 
 
 # --------------------------------------------------------------------------------------------------------- secrets
-def test_hub_token_never_reaches_training_args_bin(tiny_dir, tmp_path, monkeypatch):
+def test_hub_token_is_in_no_file_a_run_writes(tiny_dir, tmp_path, monkeypatch):
+    """training_args.bin, training_args.json, the model card and the wandb run files, scanned as bytes."""
+    import wandb
+
+    wandb.teardown()  # wandb's process-wide settings were read by earlier tests: read WANDB_DIR below afresh
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
     token = "hf_" + "q4" * 14
     out = tmp_path / "run"
-    rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, "--hub_token", token, "--max_steps", "1",
-               "--per_device_train_batch_size", "4", "--save_strategy", "no", "--gradient_checkpointing", "false")
+    extra = ["--hub_token", token, "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no"]
+    try:
+        rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, *extra, "--report_to", "wandb")
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()  # and leave no settings pointing at this test's folder
     assert rc == 0
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert out / "training_args.bin" in written  # pickled by Trainer; read here as bytes, never unpickled
-    leaking = [str(p) for p in written if token.encode() in p.read_bytes()]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "pairs.jsonl"]
+    assert {out / "training_args.bin", out / "training_args.json", out / "README.md"} <= set(written)
+    run_files = [p for p in written if "wandb" in p.parts]  # the offline run and wandb's logs of its config
+    assert any(b"hub_token" in p.read_bytes() for p in run_files)  # the run config was written and is scanned
+    leaking = [str(p) for p in written if token.encode() in p.read_bytes()]  # bytes: nothing is unpickled
     assert leaking == []
 
 
@@ -180,7 +218,10 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
     [
         (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
         (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
-        (["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"], "the weight of 'sft' must be a finite number >= 0"),
+        (
+            ["--loss_type", "ipo", "sft", "--loss_weights", "1", "-1"],
+            "the weight of 'sft' must be a finite number >= 0",
+        ),
     ],
     ids=["beta-inf", "loss-type-twice", "negative-weight"],
 )
@@ -196,12 +237,65 @@ def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
     assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
 
 
+def test_chat_rows_with_a_tokenizer_without_chat_template(tiny_dir, tmp_path, capsys):
+    import shutil
+
+    plain_model = tmp_path / "no-template"
+    shutil.copytree(tiny_dir, plain_model)
+    (plain_model / "chat_template.jinja").unlink()
+    config = json.loads((plain_model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain_model / "tokenizer_config.json").write_text(json.dumps(config))
+    chat = [
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        }
+    ] * 4
+    data = jsonl(tmp_path / "chat.jsonl", chat)
+    line = error_line(capsys, train(str(plain_model), data, tmp_path / "out"))
+    assert f"the tokenizer of --model_name_or_path '{plain_model}' has no chat template" in line
+    args = train_cmd.parse_args(
+        ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(tmp_path / "out"), *CPU]
+    )
+    train_cmd.prepare(*args)  # the same rows pass with a tokenizer that has one
+
+
+def test_streamed_data_without_max_steps(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true"))
+    assert "a streamed dataset (--dataset_streaming true) has no length: set --max_steps" in line
+
+
 def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, tmp_path, capsys):
     rows = make_pairs(12, seed=6, preference=True)
     rows[5]["q"] = -2.0
     data = jsonl(tmp_path / "pairs.jsonl", rows)
-    rc = train(tiny_dir, data, tmp_path / "out", "--dataset_streaming", "true", "--preference_column", "q",
-               "--max_steps", "6", "--per_device_train_batch_size", "2", "--save_strategy", "no",
-               "--gradient_checkpointing", "false", "--max_length", "64")
+    rc = train(
+        tiny_dir,
+        data,
+        tmp_path / "out",
+        "--dataset_streaming",
+        "true",
+        "--preference_column",
+        "q",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_strategy",
+        "no",
+        "--gradient_checkpointing",
+        "false",
+        "--max_length",
+        "64",
+    )
     line = error_line(capsys, rc)
     assert "Preference value -2.0 at column 'q', row 5 of the streamed train dataset is outside [0, 1]" in line
+
+
+def test_every_row_dropped_by_max_length_is_one_line(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--max_length", "1", "--max_steps", "1"))
+    assert f"all {len(ROWS)} rows of the train dataset were dropped" in line and "max_length=1" in line

@@ -4,8 +4,8 @@ import os
 import pickle
 
 import pytest
-
 from conftest import cpu_args
+
 from trl_ipo import IPOConfig
 from trl_ipo.config import move_hub_token_to_env
 from trl_ipo.errors import InputError
@@ -27,8 +27,11 @@ from trl_ipo.errors import InputError
         ({"loss_type": ["ipo", "sft", "sft"], "loss_weights": [1.0, 1.0, 1.0]}, r"names \['sft'\] more than once"),
         ({"loss_type": 5}, r"IPOConfig\.loss_type must be a list of names, got 5 \(int\)"),
         ({"loss_type": ["ipo", "sft"], "loss_weights": [1.0]}, r"IPOConfig\.loss_weights must be a list of 2"),
-        ({"loss_type": ["ipo", "sft"], "loss_weights": [1.0, -0.5]}, r"weight of 'sft' must be a finite number >= 0, "
-                                                                     r"got -0\.5"),
+        (
+            {"loss_type": ["ipo", "sft"], "loss_weights": [1.0, -0.5]},
+            r"weight of 'sft' must be a finite number >= 0, "
+            r"got -0\.5",
+        ),
         ({"loss_type": ["ipo", "sft"], "loss_weights": [1.0, "x"]}, r"weight of 'sft' .* got 'x' \(str\)"),
         ({"preference_column": 3}, r"IPOConfig\.preference_column must be a column name or None, got 3 \(int\)"),
         ({"preference_column": " "}, r"IPOConfig\.preference_column must be a column name or None, got ' '"),
@@ -75,8 +78,11 @@ def test_hub_token_is_kept_out_of_the_pickled_arguments(tmp_path, monkeypatch):
     [
         ({"mixture_coef": "half"}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got 'half' \(str\)"),
         ({"mixture_coef": float("nan")}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got nan"),
-        ({"temperature": float("inf")}, r"OnlineIPOConfig\.temperature must be a finite number in \(0\.0, inf\), "
-                                        r"got inf"),
+        (
+            {"temperature": float("inf")},
+            r"OnlineIPOConfig\.temperature must be a finite number in \(0\.0, inf\), "
+            r"got inf",
+        ),
         ({"temperature": 0.0}, r"OnlineIPOConfig\.temperature must be a finite number in \(0\.0, inf\), got 0\.0"),
         ({"bradley_terry_temperature": "1"}, r"OnlineIPOConfig\.bradley_terry_temperature .* got '1' \(str\)"),
     ],

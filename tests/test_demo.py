@@ -242,6 +242,25 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     assert results["wall_time_s"] > 0 and results["environment"]["torch_threads"] == 1
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--converged_pairs_per_prompt", "60"], "converged_pairs_per_prompt=60 must be <= pairs_per_prompt=48"),
+        (["--converged_betas", "0.1", "-1"], "every β must be > 0, got -1.0"),
+        (["--converged_steps", "0"], "DemoConfig.converged_steps must be >= 1, got 0"),
+    ],
+)
+def test_demo_rejects_bad_settings_in_one_line_before_running(tmp_path, capsys, argv, message):
+    from trl_ipo.commands import demo
+
+    out = tmp_path / "demo"
+    assert demo.main([*argv, "--output_dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("trl-ipo demo: error: ") and message in captured.err
+    assert not out.exists()
+
+
 @pytest.fixture
 def pairs_file(tmp_path):
     from conftest import make_pairs

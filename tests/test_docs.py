@@ -6,7 +6,8 @@ The files are found by glob, so a new page is covered as soon as it exists. The 
 * ``python`` blocks run in order, one namespace per page, in a fresh working folder per page. Names a reader brings
   are predefined: ``ds``, ``eval_ds`` (preference rows with ``prompt``, ``chosen``, ``rejected``, ``wins``,
   ``losses``, ``score_chosen``, ``score_rejected``), ``train``/``evaluation`` (the same two), ``tok``, ``model``,
-  ``lora``, ``prompts`` (prompt-only rows), ``chosen_logratios``, ``rejected_logratios``, ``q``.
+  ``lora``, ``prompts`` (prompt-only rows), ``args`` (an ``IPOConfig``), ``chosen_logratios``,
+  ``rejected_logratios``, ``q``.
 * ``bash``/``sh``/``shell`` blocks run with ``bash -eo pipefail`` in the same folder, the virtualenv first on
   ``PATH``; an unlabelled block whose first command is a known command line (``python``, ``trl-ipo``, ...) is shell.
 * The text ``path/or/model`` stands for a model folder and ``path/to/pairs.jsonl`` for a preference file; both are
@@ -14,7 +15,7 @@ The files are found by glob, so a new page is covered as soon as it exists. The 
   snippet presents as the reader's own DeepSpeed config, ``my_ds.json``, exists in the working folder.
 * ``trl-ipo`` command lines run in the test's own process (TRL is imported once), everything else in bash.
 * A ``yaml`` block must parse; one whose first line is ``# NAME.yaml`` is written to NAME.yaml in the page's folder.
-* In a ``diff`` block, the added ``import`` lines run.
+* In a ``diff`` block, the ``import`` lines of both sides run.
 * A snippet that cannot run here says so in its first line: ``# docs-test: skip (reason)``; it is skipped with that
   reason.
 """
@@ -36,17 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIP_MARK = re.compile(r"^\s*#\s*docs-test:\s*skip\s*\((?P<reason>.+)\)\s*$")
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
-COMMANDS = ("python ", "python3 ", "trl-ipo", "bash ", "pip ", "accelerate ", "deepspeed ", "torchrun ", "wandb ",
-            "srun ", "sbatch ", ". .venv")
-
-# Snippets on pages this suite may not edit, that cannot run here and do not yet carry the marker: (page, first
-# line) -> reason. Each is reported as a skip with its reason; the page's owner moves it into the page as a marker.
-UNMARKED_ELSEWHERE = {
-    ("docs/distributed.md", "# one node, 8 GPUs;"): "GPUs and several nodes",
-    ("docs/results.md", "trl-ipo demo "): "the full demo (minutes); tests/test_demo.py runs it on a toy budget",
-    ("docs/distributed.md", "python scripts/shard_memory.py"): "DeepSpeed on 1 and 2 CPU ranks, about a minute",
-}
-
+COMMANDS = (
+    "python ",
+    "python3 ",
+    "trl-ipo",
+    "bash ",
+    "pip ",
+    "accelerate ",
+    "deepspeed ",
+    "torchrun ",
+    "wandb ",
+    "srun ",
+    "sbatch ",
+    ". .venv",
+)
 
 def fenced_blocks(text: str):
     """(line number, language, body) of every fenced block, backtick or tilde fences, nested in lists or not."""
@@ -60,7 +64,7 @@ def fenced_blocks(text: str):
         indent, fence, lang = m.group(1), m.group(2), m.group(3).lower()
         body, j = [], i + 1
         while j < len(lines) and not re.match(rf"^\s*{fence[0]}{{{len(fence)},}}\s*$", lines[j]):
-            body.append(lines[j][len(indent):] if lines[j].startswith(indent) else lines[j].lstrip())
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
             j += 1
         yield i + 1, lang, "\n".join(body) + "\n"
         i = j + 1
@@ -87,9 +91,6 @@ def skip_reason(page: str, body: str) -> str | None:
     m = SKIP_MARK.match(first)
     if m:
         return m.group("reason")
-    for (where, start), reason in UNMARKED_ELSEWHERE.items():
-        if page == where and first.strip().startswith(start):
-            return f"{reason} (marker still to be added to {where})"
     return None
 
 
@@ -131,6 +132,7 @@ def reader_names(tiny_dir: str) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trl_ipo import IPOConfig
     from trl_ipo.lab.tiny import make_pairs
 
     def rows(n, seed):
@@ -142,7 +144,10 @@ def reader_names(tiny_dir: str) -> dict:
     ds, eval_ds = rows(16, 1), rows(8, 2)
     torch.manual_seed(0)
     return {
-        "ds": ds, "eval_ds": eval_ds, "train": ds, "evaluation": eval_ds,
+        "ds": ds,
+        "eval_ds": eval_ds,
+        "train": ds,
+        "evaluation": eval_ds,
         "tok": AutoTokenizer.from_pretrained(tiny_dir),
         "model": AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
         "lora": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
@@ -150,6 +155,7 @@ def reader_names(tiny_dir: str) -> dict:
         "chosen_logratios": torch.tensor([0.3, -0.1, 0.2]),
         "rejected_logratios": torch.tensor([0.1, 0.2, -0.4]),
         "q": torch.tensor([1.0, 0.5, 0.8]),
+        "args": IPOConfig(output_dir="out", report_to="none"),
     }
 
 
@@ -173,8 +179,14 @@ def page_state(page: str, tmp_path_factory, tiny_dir) -> tuple[dict, Path]:
 def shell_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", WANDB_MODE="offline", WANDB_SILENT="true",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -184,18 +196,26 @@ def test_snippet_runs(page, line, kind, body, placeholders, tiny_dir, tmp_path_f
     reason = skip_reason(page, body)
     if reason is not None:
         pytest.skip(f"{page}:{line}: {reason}")
+    import torch
+
     namespace, folder = page_state(page, tmp_path_factory, tiny_dir)
     monkeypatch.chdir(folder)
-    code = substitute(body, placeholders)
-    where = f"{page}:{line}"
-    if kind == "python":
-        import torch
+    threads, environ = torch.get_num_threads(), dict(os.environ)
+    torch.set_num_threads(1)  # tiny models run fastest on one thread
+    try:
+        run_snippet(kind, substitute(body, placeholders), f"{page}:{line}", namespace, folder)
+    finally:  # a snippet may set variables (e.g. HF_TOKEN) or threads: none of it reaches the other tests
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(environ)
 
-        torch.set_num_threads(1)
+
+def run_snippet(kind: str, code: str, where: str, namespace: dict, folder: Path) -> None:
+    if kind == "python":
         exec(compile(code, where, "exec"), namespace)  # noqa: S102 — running the documentation is the test
     elif kind == "diff":
-        added = [ln[1:].strip() for ln in code.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-        imports = [ln for ln in added if ln.startswith(("import ", "from "))]
+        changed = [ln[1:].strip() for ln in code.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+        imports = [ln for ln in changed if ln.startswith(("import ", "from "))]  # both sides must import
         for statement in imports:
             exec(compile(statement, where, "exec"), {})  # noqa: S102
     elif kind == "yaml":
@@ -246,8 +266,14 @@ def run_shell(code: str, folder: Path, where: str) -> None:
 
     def flush():
         if pending:
-            done = subprocess.run(["bash", "-eo", "pipefail", "-c", "\n".join(pending)], cwd=folder, env=shell_env(),
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                ["bash", "-eo", "pipefail", "-c", "\n".join(pending)],
+                cwd=folder,
+                env=shell_env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             assert done.returncode == 0, f"{where} exited {done.returncode}:\n{output}"
             pending.clear()
@@ -281,18 +307,12 @@ def test_every_page_is_scanned_and_snippets_are_found():
     assert skip_reason("README.md", "# docs-test: skip (needs 8 GPUs)\nrun\n") == "needs 8 GPUs"
 
 
-def test_unmarked_skips_still_match_a_snippet():
-    """Each entry of UNMARKED_ELSEWHERE names a snippet that exists (drop it once the page carries the marker)."""
-    firsts = {(c.values[0], next(ln for ln in c.values[3].splitlines() if ln.strip()).strip()) for c in CASES}
-    for page, start in UNMARKED_ELSEWHERE:
-        assert any(p == page and f.startswith(start) for p, f in firsts), (page, start)
-
-
-def test_python_snippets_parse():
-    """Cheap guard that also covers skipped snippets: every Python block is valid Python."""
+def test_marked_python_snippets_parse():
+    """A snippet marked as skipped is still valid Python (it is read, even if it cannot run here)."""
     for case in CASES:
         page, line, kind, body = case.values
-        if kind == "python":
+        first = next((ln for ln in body.splitlines() if ln.strip()), "")
+        if kind == "python" and SKIP_MARK.match(first):
             ast.parse(body, filename=f"{page}:{line}")
 
 

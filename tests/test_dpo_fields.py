@@ -12,7 +12,6 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import cpu_args, make_pairs
 
 
@@ -72,8 +71,12 @@ def test_refused_fields_stop_the_config(tmp_path, field, value, message):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("discopop_tau", 0.2), ("ref_model_mixup_alpha", 0.9), ("ref_model_sync_steps", 64),
-     ("f_alpha_divergence_coef", 0.3)],
+    [
+        ("discopop_tau", 0.2),
+        ("ref_model_mixup_alpha", 0.9),
+        ("ref_model_sync_steps", 64),
+        ("f_alpha_divergence_coef", 0.3),
+    ],
 )
 def test_ignored_fields_warn_by_name(tmp_path, field, value):
     from trl_ipo import IPOConfig
@@ -96,7 +99,9 @@ def test_alpha_coefficient_is_used_with_the_alpha_divergence(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        IPOConfig(output_dir=str(tmp_path), bf16=False, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3)
+        IPOConfig(
+            output_dir=str(tmp_path), bf16=False, f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3
+        )
     assert not [w for w in caught if "f_alpha_divergence_coef" in str(w.message)]
 
 
@@ -106,8 +111,9 @@ def test_dpo_config_with_a_dpo_loss_warns_and_trains_ipo(tmp_path):
 
     from trl_ipo.trainer import _as_ipo_config
 
-    dpo = DPOConfig(output_dir=str(tmp_path), bf16=False, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
-                    beta=0.3)
+    dpo = DPOConfig(
+        output_dir=str(tmp_path), bf16=False, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], beta=0.3
+    )
     with pytest.warns(UserWarning, match=r"loss_type=\['sigmoid', 'sft'\] and loss_weights=\[1\.0, 0\.5\] replaced"):
         ipo = _as_ipo_config(dpo, "model")
     assert (ipo.loss_type, ipo.loss_weights, ipo.beta) == (["ipo"], None, 0.3)
@@ -135,8 +141,10 @@ def test_last_logged_pairs_survive_the_summary_log(tmp_path, load_model, tokeniz
 
     beta = 0.25
     trainer = IPOTrainer(
-        model=load_model(), args=IPOConfig(**cpu_args(tmp_path, beta=beta, max_steps=2)),
-        train_dataset=Dataset.from_list(make_pairs(8, seed=5)), processing_class=tokenizer,
+        model=load_model(),
+        args=IPOConfig(**cpu_args(tmp_path, beta=beta, max_steps=2)),
+        train_dataset=Dataset.from_list(make_pairs(8, seed=5)),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert "train_runtime" in trainer.state.log_history[-1]  # the summary log came after the last step's log

@@ -5,9 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_args, make_pairs
 from datasets import Dataset
 
-from conftest import cpu_args, make_pairs
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.data import validate_preference_rows
 from trl_ipo.errors import InputError
@@ -54,8 +54,13 @@ def test_empty_dataset_is_named(load_model, tokenizer, tmp_path):
 
 def test_non_string_completion_names_column_row_and_value(load_model, tokenizer, tmp_path):
     # Arrow holds one type per column: a column of numbers fails at its first row.
-    dataset = Dataset.from_dict({"prompt": [r["prompt"] for r in ROWS], "chosen": [r["chosen"] for r in ROWS],
-                                 "rejected": [42, 1, 2, 3, 4, 5, 6, 7]})
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [r["prompt"] for r in ROWS],
+            "chosen": [r["chosen"] for r in ROWS],
+            "rejected": [42, 1, 2, 3, 4, 5, 6, 7],
+        }
+    )
     with pytest.raises(InputError, match=r"column 'rejected', row 0 of the train dataset holds int 42; expected text"):
         _trainer(load_model, tokenizer, tmp_path, dataset)
     # Rows of mixed types (as a stream or a hand-built dataset can deliver them): the absolute row is named.
@@ -74,8 +79,11 @@ def test_missing_value_in_a_jsonl_style_row(load_model, tokenizer, tmp_path):
     "message, expected",
     [
         ({"content": "sat"}, r"message 0 of column 'chosen', row 2 of the train dataset has no 'role'"),
-        ({"role": "assistant"}, r"message 0 of column 'chosen', row 2 of the train dataset \(role 'assistant'\) has no "
-                                r"'content'"),
+        (
+            {"role": "assistant"},
+            r"message 0 of column 'chosen', row 2 of the train dataset \(role 'assistant'\) has no "
+            r"'content'",
+        ),
         ({"role": "robot", "content": "sat"}, r"message 0 of column 'chosen', row 2 .* unknown role 'robot'"),
         ({"role": "assistant", "content": 7}, r"message 0 of column 'chosen', row 2 .* content of type int 7"),
     ],
@@ -86,23 +94,26 @@ def test_bad_chat_messages(load_model, tokenizer, tmp_path, message, expected):
     with pytest.raises(InputError, match=expected):
         validate_preference_rows(_ListDataset(rows), "train")
     if "content" in message and not isinstance(message["content"], str):
-        return  # Arrow cannot hold an int content next to text ones
+        return  # Dataset.from_list cannot type an int content next to text ones
     with pytest.raises(InputError, match=expected):
         _trainer(load_model, tokenizer, tmp_path, Dataset.from_list(rows))
 
 
 def test_mixed_conversational_and_plain_rows():
-    # (Arrow cannot hold such rows in one in-memory table; streams can: see test_streaming.py.)
+    # Hand-built rows here; a JSON Lines file below, and streams in test_streaming.py.
     plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
     with pytest.raises(InputError, match=r"row 3 of the eval dataset is plain but row 0 is conversational"):
         validate_preference_rows(_ListDataset([CHAT_ROW, CHAT_ROW, CHAT_ROW, plain]), "eval")
-    with pytest.raises(InputError, match=r"row 1 of the train dataset mixes .*'prompt' is conversational, 'chosen' is "
-                                         r"plain"):
+    with pytest.raises(
+        InputError,
+        match=r"row 1 of the train dataset mixes .*'prompt' is conversational, 'chosen' is "
+        r"plain",
+    ):
         validate_preference_rows(_ListDataset([CHAT_ROW, {**CHAT_ROW, "chosen": " sat"}]), "train")
 
 
 class _ListDataset:
-    """Rows of mixed types, which an Arrow table cannot hold; the checker only needs these three methods."""
+    """Rows of mixed types, which a typed Arrow column may not hold; the checker only needs these three methods."""
 
     def __init__(self, rows):
         self.rows = rows
@@ -129,10 +140,13 @@ def test_signal_free_pairs_are_counted_and_warned(load_model, tokenizer, tmp_pat
         warnings.simplefilter("always")
         trainer = _trainer(load_model, tokenizer, tmp_path, Dataset.from_list(rows))
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert any("2 of 8 pairs of the train dataset have 'chosen' identical to 'rejected'" in m and "[1, 4]" in m
-               for m in messages), messages
-    assert any("1 of 8 pairs of the train dataset have an empty 'chosen' or 'rejected'" in m and "[6]" in m
-               for m in messages), messages
+    assert any(
+        "2 of 8 pairs of the train dataset have 'chosen' identical to 'rejected'" in m and "[1, 4]" in m
+        for m in messages
+    ), messages
+    assert any(
+        "1 of 8 pairs of the train dataset have an empty 'chosen' or 'rejected'" in m and "[6]" in m for m in messages
+    ), messages
     assert (trainer.row_checks["train"].identical, trainer.row_checks["train"].empty) == ([1, 4], [6])
 
 
@@ -167,3 +181,21 @@ def test_judge_sequences_tensors_and_arrays_are_read_in_order():
     for returned in ([0.25, 1], (0.25, 1.0), torch.tensor([0.25, 1.0]), np.array([0.25, 1.0]), [np.float32(0.25), 1]):
         q = preference_from_judge(lambda p, a, b, r=returned: r, ["p0", "p1"], ["a0", "a1"], ["b0", "b1"])
         assert q.tolist() == [0.25, 1.0], returned
+
+
+def test_mixed_rows_of_a_json_lines_file_fail_in_the_trainer(load_model, tokenizer, tmp_path):
+    import json
+
+    from datasets import load_dataset
+
+    plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [CHAT_ROW, CHAT_ROW, CHAT_ROW, plain, CHAT_ROW]))
+    dataset = load_dataset("json", data_files=str(path), split="train")  # one JSON-typed column holds both kinds
+    assert dataset[3] == plain and dataset[0] == CHAT_ROW
+    with pytest.raises(
+        InputError,
+        match=r"row 3 of the train dataset is plain but row 0 is conversational; .* no "
+        r"end-of-sequence token",
+    ):
+        _trainer(load_model, tokenizer, tmp_path, dataset)

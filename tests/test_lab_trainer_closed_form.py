@@ -82,7 +82,7 @@ def test_ipo_trainer_matches_closed_form(tmp_path, preference):
     pi_ref, pi, curve = _train(IPOTrainer, IPOConfig, tmp_path, preference, logp_reduction="sum", **extra)
     expected = ipo_closed_form(D1, pi_ref, BETA, preference).policy
     torch.testing.assert_close(pi, expected, rtol=0, atol=TOL)
-    # Hand check of the closed form for hard labels: u* = (1/(3β), 0, −1/(3β)) (paper §5.4).
+    # Hand check of the closed form for hard labels: u* = (1/(3β), 0, −1/(3β)) (D1 of paper §5.4).
     if preference is None:
         u = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64) / (3 * BETA)
         torch.testing.assert_close(expected, torch.softmax(pi_ref.log() + u, 0))

@@ -220,3 +220,23 @@ def test_file_backed_dataset_reuses_its_cache_and_ld_alpha_changes_the_key(load_
     third = build(ld_alpha=0.5)
     assert len(cached()) == 2
     assert third.train_dataset["ref_chosen_logps"] != first.train_dataset["ref_chosen_logps"]
+
+
+def test_unwritable_cache_folder_keeps_the_columns_in_memory(load_model, tokenizer, tmp_path, monkeypatch):
+    from datasets import load_dataset
+
+    import trl_ipo.ref_cache as ref_cache
+    from trl_ipo import IPOConfig, IPOTrainer
+
+    def refuse(columns, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(ref_cache, "_write_atomically", refuse)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_pairs(4, seed=3)))
+    dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    args = IPOConfig(**cpu_args(tmp_path / "out", precompute_ref_log_probs=True))
+    with pytest.warns(UserWarning, match="Could not cache the reference log-probs .*kept in memory"):
+        trainer = IPOTrainer(model=load_model(), args=args, train_dataset=dataset, processing_class=tokenizer)
+    values = trainer.train_dataset["ref_chosen_logps"]
+    assert len(values) == 4 and all(v < 0 for v in values)

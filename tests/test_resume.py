@@ -171,3 +171,16 @@ def test_cli_resume_true_skips_the_incomplete_checkpoint(uninterrupted, tiny_dir
     assert any("Skipping incomplete checkpoint" in str(w.message) and "checkpoint-3" in str(w.message) for w in caught)
     state = json.loads((crashed / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+
+
+def test_resume_with_another_world_size_warns(uninterrupted, tmp_path):
+    from trl_ipo.checkpoints import resolve_resume
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0] / "checkpoint-2", run / "checkpoint-2")
+    path, messages = resolve_resume(True, run, world_size=1)
+    assert path == str(run / "checkpoint-2") and messages == []
+    marker = run / "checkpoint-2" / MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "world_size": 2}))
+    _, messages = resolve_resume(True, run, world_size=1)
+    assert len(messages) == 1 and "saved by 2 rank(s) and this run has 1" in messages[0]

@@ -3,9 +3,9 @@
 import warnings
 
 import pytest
+from conftest import cpu_args, make_pairs
 from datasets import IterableDataset
 
-from conftest import cpu_args, make_pairs
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.errors import InputError
 
@@ -47,8 +47,11 @@ def test_bad_preference_is_reported_by_its_index_in_the_stream(load_model, token
 
 
 def test_plain_row_in_a_conversational_stream(load_model, tokenizer, tmp_path):
-    chat = {"prompt": [{"role": "user", "content": "the cat"}], "chosen": [{"role": "assistant", "content": "sat"}],
-            "rejected": [{"role": "assistant", "content": "ran"}]}
+    chat = {
+        "prompt": [{"role": "user", "content": "the cat"}],
+        "chosen": [{"role": "assistant", "content": "sat"}],
+        "rejected": [{"role": "assistant", "content": "ran"}],
+    }
     plain = {"prompt": "the cat", "chosen": " sat", "rejected": " ran"}
     trainer = _trainer(load_model, tokenizer, tmp_path, stream([plain] * 5 + [chat]))
     with pytest.raises(InputError, match=r"row 5 of the streamed train dataset is conversational but row 0 is plain"):
@@ -67,8 +70,10 @@ def test_rows_dropped_by_length_are_counted_and_warned(load_model, tokenizer, tm
     assert kept == len(ROWS) - len(long_prompts)
     assert trainer.dropped_rows == {"train": len(long_prompts)}
     messages = [str(w.message) for w in caught]
-    assert any(f"row {long_prompts[0]} of the streamed train dataset was dropped" in m and "max_length=4" in m
-               for m in messages), messages
+    assert any(
+        f"row {long_prompts[0]} of the streamed train dataset was dropped" in m and "max_length=4" in m
+        for m in messages
+    ), messages
 
 
 def test_every_streamed_row_dropped_is_an_error_before_training(load_model, tokenizer, tmp_path):
@@ -83,6 +88,8 @@ def test_identical_pairs_in_a_stream_are_warned(load_model, tokenizer, tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         read_all(trainer)
-    assert any("streamed train dataset have 'chosen' identical to 'rejected'" in str(w.message)
-               and "[7]" in str(w.message) for w in caught)
+    assert any(
+        "streamed train dataset have 'chosen' identical to 'rejected'" in str(w.message) and "[7]" in str(w.message)
+        for w in caught
+    )
     assert trainer.row_checks["train"].identical == [7]

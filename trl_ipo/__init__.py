@@ -18,6 +18,7 @@ _EXPORTS = {
     "add_preference_from_scores": "trl_ipo.data",
     "validate_preference_column": "trl_ipo.data",
     "IPOMarginCallback": "trl_ipo.callbacks",
+    "InputError": "trl_ipo.errors",
     "OnlineIPOConfig": "trl_ipo.online",
     "OnlineIPOTrainer": "trl_ipo.online",
 }

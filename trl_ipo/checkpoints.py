@@ -201,12 +201,15 @@ def parse_resume_flag(value):
     return text
 
 
-def resolve_resume(value, output_dir, allow_missing_optimizer: bool = False) -> tuple[str | None, list[str]]:
+def resolve_resume(
+    value, output_dir, allow_missing_optimizer: bool = False, world_size: int | None = None
+) -> tuple[str | None, list[str]]:
     """The checkpoint to resume from, and the warnings to show.
 
     ``value``: ``True`` (the newest complete checkpoint of ``output_dir``), a checkpoint path, or ``None``/``False``
     (no resume). Raises ``ValueError`` when there is nothing complete to resume from, when an explicit path is
     incomplete, or when the checkpoint has no optimizer/scheduler state and ``allow_missing_optimizer`` is False.
+    Warns when the checkpoint's marker records another ``world_size`` than this run's.
     """
     value = parse_resume_flag(value)
     if value is None:
@@ -228,6 +231,12 @@ def resolve_resume(value, output_dir, allow_missing_optimizer: bool = False) -> 
             newest, _ = newest_complete_checkpoint(Path(value).parent)
             hint = f" The newest complete one there is {newest.path}." if newest is not None else ""
             raise ValueError(f"Checkpoint {value} is incomplete: {'; '.join(info.problems)}.{hint}")
+    saved_by = saved_world_size(info.path)
+    if world_size is not None and saved_by is not None and saved_by != world_size:
+        messages.append(
+            f"Checkpoint {info.path} was saved by {saved_by} rank(s) and this run has {world_size}: each rank's "
+            "batches and RNG stream differ, so the resumed run will not match an uninterrupted one exactly."
+        )
     missing = [name for name, present in (("optimizer", info.has_optimizer), ("scheduler", info.has_scheduler))
                if not present]
     if missing:
@@ -243,6 +252,14 @@ def resolve_resume(value, output_dir, allow_missing_optimizer: bool = False) -> 
             "(allow_resume_without_optimizer=True). The run will not match an uninterrupted one."
         )
     return info.path, messages
+
+
+def saved_world_size(path: str | os.PathLike) -> int | None:
+    """The number of ranks that saved the checkpoint, from its marker (``None`` without one)."""
+    try:
+        return int(json.loads((Path(path) / MARKER).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def logged_num_tokens(path: str | os.PathLike) -> int:

@@ -12,6 +12,8 @@ import sys
 
 from .errors import exit_on_input_error, report
 
+# The one home of each command's module and summary: `trl-ipo --help` lists them without importing the commands, and
+# each command module reads its own summary from here (``HELP = command_summary(name)``).
 SUBCOMMANDS = {
     "train": ("trl_ipo.commands.train", "train with IPO; same arguments as `trl dpo` plus the IPO fields"),
     "compare": ("trl_ipo.commands.compare", "DPO vs IPO (and soft-label IPO) on your own model and data"),
@@ -19,8 +21,13 @@ SUBCOMMANDS = {
     "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
     "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
     "example": ("trl_ipo.commands.example", "a short IPO run on the bundled example dataset with a tiny local model"),
-    "tiny-model": ("trl_ipo.commands.tiny_model", "build a tiny random model and tokenizer locally to try commands on"),
+    "tiny-model": ("trl_ipo.commands.tiny_model", "build a tiny random model and tokenizer locally (and optionally synthetic pairs) to try commands on"),
 }
+
+
+def command_summary(name: str) -> str:
+    """The one-line summary of subcommand ``name`` (its ``HELP``)."""
+    return SUBCOMMANDS[name][1]
 
 
 def _usage() -> str:
@@ -55,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_ipo_flags() -> None:
     """The IPO fields every training command accepts, with their meaning."""
-    from .config import IPOConfig
+    from .config import IPOConfig, ipo_setting_names
 
     print("\nIPO flags (train, compare, and scripts/train_ipo.py):")
-    for name in ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type"):
+    for name in ipo_setting_names(loss_weights=False):
         help_text = IPOConfig.__dataclass_fields__[name].metadata.get("help", "")
         print(f"  --{name:<19} {help_text}")
 

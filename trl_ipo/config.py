@@ -119,7 +119,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
         # must run before TrainingArguments sets up devices. Then stop if fewer ranks would train than were launched.
         prepare_launch(self)
-        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields IPO does not use: error or warning
+        apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields unused by IPO: error or warning
         super().__post_init__()
         check_launch(self)
 
@@ -216,7 +216,7 @@ def check_ipo_config_values(config) -> None:
                 f"IPOConfig.loss_weights must be a list of {len(loss_type)} number(s), one per loss_type "
                 f"{list(loss_type)!r}, got {_described(weights)}."
             )
-        for term, weight in zip(loss_type, weights):
+        for term, weight in zip(loss_type, weights, strict=True):
             number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
             if not number or not math.isfinite(weight) or weight < 0:
                 raise InputError(

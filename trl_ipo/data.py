@@ -82,8 +82,10 @@ def _value_kind(value, where: str) -> str:
     for i, message in enumerate(value):
         at = f"message {i} of {where}"
         if not isinstance(message, dict):
-            raise InputError(f"{at} is {type(message).__name__} {_short(message)}; a chat message is a mapping "
-                             "with 'role' and 'content'.")
+            raise InputError(
+                f"{at} is {type(message).__name__} {_short(message)}; a chat message is a mapping "
+                "with 'role' and 'content'."
+            )
         if "role" not in message or message["role"] is None:
             raise InputError(f"{at} has no 'role' (keys {sorted(message)}); expected one of {list(MESSAGE_ROLES)}.")
         if message["role"] not in MESSAGE_ROLES:
@@ -224,8 +226,8 @@ def validate_preference_rows(dataset, split: str = "train", preference_column: s
     columns = [c for c in (*TEXT_COLUMNS, preference_column) if c is not None and c in names]
     index = 0
     for batch in dataset.select_columns(columns).iter(batch_size=1000):
-        for values in zip(*(batch[c] for c in columns)):
-            checker(dict(zip(columns, values)), index)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            checker(dict(zip(columns, values, strict=True)), index)
             index += 1
     if warn:
         checker.warn()

@@ -75,16 +75,18 @@ def load_preference_dataset(name_or_path: str, config: str | None = None, stream
         try:
             dataset = load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
         except Exception as err:  # a CSV/Parquet parse error, an undecodable file, ...
-            raise InputError(f"Could not read dataset file {str(path)!r} as {builder} ({type(err).__name__}: "
-                             f"{one_line(err)}).") from None
+            raise InputError(
+                f"Could not read dataset file {str(path)!r} as {builder} ({type(err).__name__}: {one_line(err)})."
+            ) from None
         return dataset
     if path.is_dir():
         if _is_saved_dataset(path):
             try:  # Arrow files and JSON metadata only
                 dataset = load_from_disk(str(path))
             except Exception as err:
-                raise InputError(f"Could not read the saved dataset in {str(path)!r} ({type(err).__name__}: "
-                                 f"{one_line(err)}).") from None
+                raise InputError(
+                    f"Could not read the saved dataset in {str(path)!r} ({type(err).__name__}: {one_line(err)})."
+                ) from None
             if not isinstance(dataset, DatasetDict):
                 dataset = DatasetDict({"train": dataset})
             return _as_streaming(dataset) if streaming else dataset
@@ -96,9 +98,7 @@ def load_preference_dataset(name_or_path: str, config: str | None = None, stream
                 f"Expected data files of types {sorted(FILE_BUILDERS)} or a folder written by `save_to_disk`."
             ) from None
     if is_local_reference(name_or_path):
-        raise InputError(
-            f"Dataset file or folder not found: {name_or_path!r} (looked for {str(path.resolve())!r})."
-        )
+        raise InputError(f"Dataset file or folder not found: {name_or_path!r} (looked for {str(path.resolve())!r}).")
     try:
         return load_dataset(name_or_path, name=config, streaming=streaming)
     except Exception as err:  # not on the hub, no network, gated, unknown configuration, ...

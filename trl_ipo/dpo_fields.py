@@ -43,8 +43,14 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "precompute_ref_batch_size": (IMPLEMENTED, "as in TRL."),
     "loss_type": (REDEFINED, "`['ipo']` (default) or `['ipo', 'sft']`; any DPO loss type is a `ValueError`."),
     "loss_weights": (IMPLEMENTED, "weights of the `loss_type` terms, e.g. `[1.0, 0.1]` for IPO plus NLL."),
-    "ld_alpha": (IMPLEMENTED, "LD-DPO's length-desensitised log-probs (TRL's definition) enter Δ."),
-    "f_divergence_type": (IMPLEMENTED, "the f-divergence's transform of the log-ratios (TRL's definition) enters Δ."),
+    "ld_alpha": (
+        IMPLEMENTED,
+        "LD-DPO's length-desensitised log-ratios enter Δ, as in TRL (*Loss modifiers from TRL*).",
+    ),
+    "f_divergence_type": (
+        IMPLEMENTED,
+        "Δ is built from f′ scores of the log-ratios, as in TRL (*Loss modifiers from TRL*).",
+    ),
     "f_alpha_divergence_coef": (
         IMPLEMENTED,
         "used with `f_divergence_type='alpha_divergence'`; with any other type a non-default value is ignored "
@@ -56,7 +62,10 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
         "(`preference_column`).",
     ),
     "beta": (REDEFINED, "IPO's τ (Azar et al. 2023); must be > 0. The target is t/β (docs/choosing-beta.md)."),
-    "use_weighting": (IMPLEMENTED, "WPO's per-pair weights (TRL's definition) apply to the IPO loss."),
+    "use_weighting": (
+        IMPLEMENTED,
+        "WPO weights multiply each pair's squared error, as in TRL (*Loss modifiers from TRL*).",
+    ),
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
     "sync_ref_model": (
@@ -105,7 +114,10 @@ def resolve_bf16(config) -> None:
         config.bf16 = not config.fp16 and bf16_supported(config.use_cpu)
         return
     if isinstance(config.bf16, str):  # from YAML/CLI strings
-        config.bf16 = config.bf16.strip().lower() in ("true", "1", "yes")
+        lowered = config.bf16.strip().lower()
+        if lowered not in ("true", "1", "yes", "false", "0", "no"):
+            raise InputError(f"{name}.bf16 must be true or false, got {config.bf16!r}.")
+        config.bf16 = lowered in ("true", "1", "yes")
     if config.bf16 and not config.use_cpu and not bf16_supported(False):
         raise InputError(
             f"{name}.bf16=True, but this machine has no GPU with bf16 support. Set bf16=False (`--bf16 false`, "

@@ -5,7 +5,7 @@ entries' keys prefixed ``eval_``). :func:`plot_runs` draws, for one or several r
 β sweeps), a train and an eval panel of:
 
 * ``margin.png``: the regressed margin Δ (``ipo/delta``, solid) and its target (``ipo/target``, dashed). With
-  ``loss_form="paper"`` the target is t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 17);
+  ``loss_form="paper"`` the target is t/β with t = q − ½ (symmetric) or q (Azar et al. 2023, eq. 16–17);
 * ``residual.png``: ``ipo/residual`` = mean(Δ − target);
 * ``loss.png``: the training / evaluation loss;
 * ``reward_accuracy.png``: ``rewards/accuracies``, the fraction of pairs with β·ρ_w > β·ρ_l;

@@ -16,6 +16,7 @@ atomically by the main process, and the cache is used only when every rank can r
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
@@ -46,7 +47,10 @@ def precompute_ref_logps(trainer, dataset: Dataset, name: str, batch_size: int) 
         raise RuntimeError(f"reference pass over the {name} dataset gave {len(chosen)} rows for {len(dataset)}.")
     columns = Dataset.from_dict({COLUMNS[0]: chosen.numpy(), COLUMNS[1]: rejected.numpy()})
     if cache_file is not None and accelerator.is_main_process:
-        _write_atomically(columns, cache_file)
+        try:
+            _write_atomically(columns, cache_file)
+        except OSError as err:  # a read-only dataset cache: train from memory, recompute next time
+            warnings.warn(f"Could not cache the reference log-probs at {cache_file} ({err}); they are kept in memory.")
     accelerator.wait_for_everyone()
     return concatenate_datasets([dataset, columns], axis=1)
 
@@ -95,8 +99,12 @@ def _write_atomically(columns: Dataset, path: str) -> None:
     from datasets.arrow_writer import ArrowWriter
 
     partial = f"{path}.{os.getpid()}.partial"
-    with ArrowWriter(path=partial, features=columns.features) as writer:
-        writer.write_table(columns.data.table)
-        writer.finalize()
-    os.replace(partial, path)
+    try:
+        with ArrowWriter(path=partial, features=columns.features) as writer:
+            writer.write_table(columns.data.table)
+            writer.finalize()
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 

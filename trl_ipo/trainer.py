@@ -174,7 +174,7 @@ class IPOTrainer(DPOTrainer):
         if self.accelerator.is_main_process:
             try:
                 decision[0] = ("ok", *checkpoints.resolve_resume(
-                    value, self.args.output_dir, self.args.allow_resume_without_optimizer
+                    value, self.args.output_dir, self.args.allow_resume_without_optimizer, self.args.world_size
                 ))
             except ValueError as err:
                 decision[0] = ("error", str(err), [])

@@ -17,7 +17,9 @@ import argparse
 import sys
 import time
 
-HELP = "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"
+from ..cli import command_summary
+
+HELP = command_summary("bandit")
 
 
 def _floats(text: str, what: str) -> list[float]:

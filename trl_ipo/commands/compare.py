@@ -25,10 +25,11 @@ import os
 import time
 from pathlib import Path
 
+from ..cli import command_summary
 from ..datasets_io import check_writable_folder
 from ..errors import InputError, exit_on_input_error
 
-HELP = "DPO vs IPO (and soft-label IPO) on your own model and preference data"
+HELP = command_summary("compare")
 PROG = "trl-ipo compare"
 
 _REDUCTION_NOTE = {
@@ -214,7 +215,8 @@ def run_compare(args) -> dict:
     intro = (
         f"Model `{args.model}`, dataset `{args.dataset}`: {len(train)} training pairs, {len(held_out)} held-out pairs; "
         f"{args.max_steps} steps of {args.batch_size} pairs per method, β = {args.beta:g}, lr {args.learning_rate:g}, "
-        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
+        f"IPO logp_reduction={args.logp_reduction} ({_REDUCTION_NOTE[args.logp_reduction]}). "
+        f"KL on {len(prompts)} held-out prompts × {args.kl_samples} samples. "
         "Δ > 0 means the policy moved its log-ratio toward the chosen response."
     )
     written = write_report(out, "trl-ipo compare: DPO vs IPO", intro, runs, SUMMARY_COLUMNS)

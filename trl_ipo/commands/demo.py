@@ -37,7 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HELP = "RLHF vs DPO vs IPO on a synthetic task with a known ground truth"
+from ..cli import command_summary
+
+HELP = command_summary("demo")
+PROG = "trl-ipo demo"
 
 
 @dataclass
@@ -682,7 +685,7 @@ def _intro(
 # ----------------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="trl-ipo demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", default=DemoConfig.output_dir,
                    help="where the report, plots, log and runs go (default %(default)s)")
@@ -730,16 +733,16 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from ..errors import report
+
     try:
         config = config_from_args(argv)
     except ValueError as err:
-        print(f"trl-ipo demo: {err}")
-        return 2
+        return report(PROG, err)
     if config.report_to == "wandb":
         import importlib.util
 
         if importlib.util.find_spec("wandb") is None:
-            print("trl-ipo demo: --report_to wandb needs the wandb package (pip install 'trl_ipo[wandb]').")
-            return 2
+            return report(PROG, "--report_to wandb needs the wandb package (pip install 'trl_ipo[wandb]').")
     run_demo(config)
     return 0

@@ -14,7 +14,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-HELP = "a short IPO run on the bundled example dataset with a tiny local model"
+from ..cli import command_summary
+
+HELP = command_summary("example")
 
 
 def example_dataset_path() -> Path:

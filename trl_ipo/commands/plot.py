@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import command_summary
 from ..plotting import PANELS, PlotResult, plot_runs
 
-HELP = "PNG plots of margins, targets and losses from runs' trainer_state.json"
+HELP = command_summary("plot")
 
 
 def plot(run_dirs, out_dir, labels=None, betas=None, panels=None) -> PlotResult:

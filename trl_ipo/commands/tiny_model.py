@@ -17,7 +17,9 @@ import json
 import random
 from pathlib import Path
 
-HELP = "build a tiny random model and tokenizer locally (and optionally synthetic pairs) for trying commands"
+from ..cli import command_summary
+
+HELP = command_summary("tiny-model")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,9 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..datasets_io import (
-    check_model as check_model_reference,
-)
+from ..cli import command_summary
+from .. import datasets_io
 from ..datasets_io import (
     check_preference_columns,
     check_writable_folder,
@@ -33,12 +32,10 @@ from ..datasets_io import (
 )
 from ..errors import InputError, one_line, report
 
-HELP = "train with IPO; same arguments as `trl dpo` plus the IPO fields"
+HELP = command_summary("train")
 
 PROG = "trl-ipo train"
 
-# The fields IPOConfig adds to (or restricts in) DPOConfig; listed first in --help.
-IPO_FLAGS = ("beta", "loss_form", "symmetric", "logp_reduction", "preference_column", "loss_type", "loss_weights")
 
 
 def _parser_class():
@@ -77,13 +74,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def _description(config_class) -> str:
+    from ..config import ipo_setting_names
+
     fields = config_class.__dataclass_fields__
     lines = [
         "Train a causal LM with IPO (Azar et al. 2023). Takes the arguments of `trl dpo` (script, training, model",
         "and LoRA flags; `--config run.yaml` with command-line overrides) plus the IPO fields:",
         "",
     ]
-    for name in IPO_FLAGS:
+    for name in ipo_setting_names():  # the fields IPOConfig adds to (or restricts in) DPOConfig, listed first
         help_text = " ".join(fields[name].metadata.get("help", "").split())
         lines.append(f"  --{name:<19} {help_text}")
     lines += ["", "--deepspeed also takes a packaged config's short name (e.g. zero3). All options:"]
@@ -220,12 +219,32 @@ def _unknown(what: str, items: list[str], known: list[str], dashes: str) -> str:
 # ----------------------------------------------------------------------------------------------- checking
 def check_model(model_args, training_args) -> None:
     """Fail early, with the path or hub id, when the model cannot be found."""
-    check_model_reference(
+    datasets_io.check_model(
         model_args.model_name_or_path,
         model_args.model_revision,
         training_args.trust_remote_code,
         "--model_name_or_path",
     )
+
+
+def check_chat_template(model_args, training_args, dataset) -> None:
+    """Chat-message rows need a tokenizer with a chat template (TRL would fail on the first row, with a traceback)."""
+    from trl.data_utils import is_conversational
+
+    first = next(iter(dataset), None)
+    if first is None or not is_conversational(first):
+        return
+    from transformers import AutoTokenizer
+
+    name = model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InputError(
+            f"the dataset holds chat messages but the tokenizer of --model_name_or_path {name!r} has no chat template; "
+            "use a chat model's tokenizer, or plain-text prompt/chosen/rejected columns"
+        )
 
 
 def check_output_dir(training_args) -> None:
@@ -307,6 +326,9 @@ def prepare(script_args, training_args, model_args, dataset_args):
     check_model(model_args, training_args)
     resolve_resume(training_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
+    if not hasattr(train_dataset, "__len__") and training_args.max_steps <= 0:  # a stream has no length
+        raise InputError("a streamed dataset (--dataset_streaming true) has no length: set --max_steps")
+    check_chat_template(model_args, training_args, train_dataset)
     check_output_dir(training_args)
     model_init_kwargs = dict(
         revision=model_args.model_revision,

@@ -28,13 +28,13 @@ differences inside a component are the same.)
 
 Population optimum. For a preference matrix P (P[i, j] = p(y_i ≻ y_j): entries in [0, 1], P[i, i] = ½,
 P + Pᵀ = 1) and a behaviour policy μ, the score is s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j. The score-difference
-regression
+regression (Azar et al. eq. 13, times β²)
 
     E_{y1, y2 ~ μ} [ (β(u(y1) − u(y2)) − (s(y1) − s(y2)))² ],
 
-and the pairwise one (regress onto P[y1, y2] instead, Azar et al. eq. 13) differ by a constant (derived in
-docs/theory.md), and are minimised by β u = s + const on the support of μ, i.e. π* ∝ π_ref · exp(p(y ≻ μ)/β)
-(Azar et al. eq. 7 with τ = β).
+and the pairwise one (regress onto P[y1, y2] instead, Azar et al. eq. 16 up to a constant) differ by a constant
+(derived in docs/theory.md), and are minimised by β u = s + const on the support of μ, i.e.
+π* ∝ π_ref · exp(p(y ≻ μ)/β) (Azar et al. eq. 7 with τ = β).
 """
 
 from __future__ import annotations
@@ -251,14 +251,15 @@ def check_preference_matrix(preference_matrix, atol: float = 1e-9) -> torch.Tens
 
 
 def preference_against(preference_matrix, behaviour) -> torch.Tensor:
-    """s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j, the identity-preference reward of Azar et al. eq. 6."""
+    """s(y) = p(y ≻ μ) = Σ_j P[y, j] μ_j, the identity-preference reward of Azar et al. eq. 8."""
     p = check_preference_matrix(preference_matrix)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False)
     return p @ mu
 
 
 def population_loss_score_difference(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
-    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − E_{y~μ}[v(y1, y) − v(y2, y)])²], regression (A) of docs/theory.md."""
+    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − E_{y~μ}[v(y1, y) − v(y2, y)])²], regression (A) of docs/theory.md
+    (Azar et al. eq. 13, times β²)."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     score = p @ mu
@@ -268,7 +269,8 @@ def population_loss_score_difference(logratio: torch.Tensor, preference_matrix, 
 
 
 def population_loss_pairwise(logratio: torch.Tensor, preference_matrix, behaviour, beta: float) -> torch.Tensor:
-    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − v(y1, y2))²], onto the pairwise preference (Azar et al. eq. 13, times β²)."""
+    """E_{y1,y2~μ}[(β(u(y1) − u(y2)) − v(y1, y2))²], onto the pairwise preference (Azar et al. eq. 16
+    up to a constant, times β²)."""
     p = check_preference_matrix(preference_matrix).to(logratio.dtype)
     mu = check_distribution(behaviour, p.shape[0], "behaviour policy", positive=False).to(logratio.dtype)
     h = beta * (logratio[..., :, None] - logratio[..., None, :])
