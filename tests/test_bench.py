@@ -201,7 +201,7 @@ def test_shape_rows_tokenize_to_the_drawn_lengths_and_work_counts(bench):
     cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"], shapes=["prompt-heavy"])
     tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
     lengths = bench.shape_lengths(cfg, "prompt-heavy")
-    for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths):
+    for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths, strict=True):
         assert len(tokenizer(row["prompt"])["input_ids"]) == p
         assert len(row["chosen"]) + 1 == c and len(row["rejected"]) + 1 == r  # + EOS
     counts = {"non_embedding_parameters": 1000}
