@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from trl_ipo.packing import (
-    CHOSEN, REJECTED, SHARED, additive_mask, allowed_mask, build_layout, mask_mod, scatter_scored,
+    CHOSEN,
+    REJECTED,
+    SHARED,
+    additive_mask,
+    allowed_mask,
+    build_layout,
+    mask_mod,
+    scatter_scored,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,7 +119,12 @@ def test_flex_mask_mod_matches_the_dense_mask():
 # ------------------------------------------------------------------------------------ against the model forward
 def _tiny(kind, attn, **extra):
     from transformers import (
-        Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
     )
 
     common = dict(

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-from datasets import Dataset
-
 from conftest import WORDS, cpu_args, make_pairs
+from datasets import Dataset
 from trainer_utils import build, loss_and_grads, params
+
 from trl_ipo import IPOConfig, IPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +30,7 @@ TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_sec
 def _perturb(trainer):
     """Move the policy off the reference so that Δ ≠ 0 and every comparison is non-trivial."""
     with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
+        for p in trainer.model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.cos(torch.arange(p.numel(), dtype=torch.float32) * 0.37).view_as(p).to(p.dtype))
     return trainer
@@ -141,7 +141,7 @@ def _compare_runs(make, tmp_path, layout="SP", **overrides):
     packed.train()
     ha, hb = _history(base), _history(packed)
     assert len(ha) == len(hb) >= 2
-    for a, b in zip(ha, hb):
+    for a, b in zip(ha, hb, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), key
@@ -321,7 +321,7 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
         assert record["packed_calls"] == 2 * 3  # policy and reference, 3 steps
         got = [h for h in record["history"] if "loss" in h]
         assert len(got) == len(expected) == 3
-        for a, b in zip(expected, got):
+        for a, b in zip(expected, got, strict=True):
             keys = (set(a) & set(b)) - TIMING_KEYS - {"grad_norm"}
             assert {"loss", "ipo/delta", "rewards/margins", "entropy", "logits/chosen", "num_tokens"} <= keys
             for key in keys:
