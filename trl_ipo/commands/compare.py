@@ -161,9 +161,9 @@ def run_compare(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..lab.evaluate import EvaluationCallback, Evaluator
-    from ..lab.methods import METHOD_LABELS, finish_wandb
-    from ..lab.report import logged_target, text_table, write_report
+    from ..lab.experiments.methods import METHOD_LABELS, finish_wandb
+    from ..lab.experiments.report import logged_target, text_table, write_report
+    from ..lab.world.evaluate import EvaluationCallback, Evaluator
 
     started = time.time()
     train, held_out = prepare_inputs(args)

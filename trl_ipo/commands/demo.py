@@ -7,19 +7,19 @@ whatever β, so β does not hold the policy near π_ref, while IPO's margins set
 Pipeline (each stage's numbers come from the runs; nothing is precomputed):
 
 1. π_ref: a tiny Qwen2 + BPE tokenizer built locally, fine-tuned with TRL's SFTTrainer on the lab language
-   (:mod:`trl_ipo.lab.language`).
+   (:mod:`trl_ipo.lab.world.language`).
 2. Ground truth: a hidden reward r(x, y) and the preference model v(y, y′) = σ((r − r′)/T), deterministic (T → 0)
-   and noisy (:mod:`trl_ipo.lab.reward`). Pairs y₁, y₂ ~ μ = π_ref per training prompt, labelled by sampling v;
-   q = v(chosen, rejected) kept (:mod:`trl_ipo.lab.preferences`). Held-out evaluation of π_ref and of an oracle.
+   and noisy (:mod:`trl_ipo.lab.world.reward`). Pairs y₁, y₂ ~ μ = π_ref per training prompt, labelled by sampling v;
+   q = v(chosen, rejected) kept (:mod:`trl_ipo.lab.world.preferences`). Held-out evaluation of π_ref and of an oracle.
 3. Budget regime: many pairs, few epochs. DPO (TRL DPOTrainer), IPO (trl_ipo.IPOTrainer) and RLHF (TRL
    RewardTrainer + RLOOTrainer with a KL penalty to π_ref) on the same pairs and step budget, a β sweep for each
-   (:mod:`trl_ipo.lab.methods`); compared on one reward–KL frontier.
+   (:mod:`trl_ipo.lab.experiments.methods`); compared on one reward–KL frontier.
 4. Converged regime: a small subset of the same pairs, many epochs. DPO and IPO on a shared β sweep with the
    deterministic labels, and IPO with hard and soft labels on the noisy labels.
-5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.claims`); ``report.md``, PNG plots and
-   ``results.json`` in ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.report`).
+5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.experiments.claims`); ``report.md``, PNG
+   plots and ``results.json`` in ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.experiments.report`).
 
-Held-out measurements (:mod:`trl_ipo.lab.evaluate`): reward, win rate vs π_ref under v, KL(π‖π_ref), grammatical
+Held-out measurements (:mod:`trl_ipo.lab.world.evaluate`): reward, win rate vs π_ref under v, KL(π‖π_ref), grammatical
 share, over training steps. Library output (warnings, per-dataset bars, weight-loading reports) goes to ``demo.log``
 in the output folder; the terminal shows the stages, one progress bar per stage and the final tables.
 """
@@ -114,7 +114,7 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.noisy_methods must be among dpo, ipo, ipo_soft, got {self.noisy_methods!r}")
 
     def run_specs(self, regime: str):
-        from ..lab.methods import RunSpec
+        from ..lab.experiments.methods import RunSpec
 
         if regime == "budget":
             specs = [RunSpec("dpo", b) for b in self.dpo_betas] + [RunSpec("ipo", b) for b in self.ipo_betas]
@@ -123,7 +123,7 @@ class DemoConfig:
         return specs + [RunSpec(m, self.noisy_beta, "noisy", "converged") for m in self.noisy_methods]
 
     def train_settings(self, regime: str):
-        from ..lab.methods import TrainSettings
+        from ..lab.experiments.methods import TrainSettings
 
         return TrainSettings(
             max_steps=self.max_steps if regime == "budget" else self.converged_steps,
@@ -302,11 +302,11 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..lab import language
-    from ..lab.claims import evaluate_claims
-    from ..lab.evaluate import Evaluator
-    from ..lab.preferences import build_preference_rows, label_statistics
-    from ..lab.reward import PreferenceModel, best_response, max_reward
+    from ..lab.experiments.claims import evaluate_claims
+    from ..lab.world import language
+    from ..lab.world.evaluate import Evaluator
+    from ..lab.world.preferences import build_preference_rows, label_statistics
+    from ..lab.world.reward import PreferenceModel, best_response, max_reward
 
     started, cpu_started = time.time(), time.process_time()
     load_at_start = os.getloadavg()
@@ -427,10 +427,10 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
 
 def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console):
     """Train and evaluate the runs of one regime under one progress bar; returns (run records, reward-model log)."""
-    from ..lab.claims import last_quarter_trend, margin_series
-    from ..lab.evaluate import EvaluationCallback
-    from ..lab.methods import finish_wandb, train_preference_method, train_rlhf
-    from ..lab.report import logged_target
+    from ..lab.experiments.claims import last_quarter_trend, margin_series
+    from ..lab.experiments.methods import finish_wandb, train_preference_method, train_rlhf
+    from ..lab.experiments.report import logged_target
+    from ..lab.world.evaluate import EvaluationCallback
 
     settings = config.train_settings(regime)
     every = config.eval_every if regime == "budget" else config.converged_eval_every
@@ -527,15 +527,15 @@ def _claim_numbers(claim: dict) -> str:
 
 
 def _claim_rows(claims: list[dict]) -> list[dict]:
-    from ..lab.claims import verdict
+    from ..lab.experiments.claims import verdict
 
     return [{"number": str(i), "statement": c["statement"], "numbers": _claim_numbers(c) or "no runs",
              "verdict": f"**{verdict(c['holds'])}**"} for i, c in enumerate(claims, 1)]
 
 
 def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracle_reward, context) -> dict:
-    from ..lab.claims import kl_against_beta
-    from ..lab.report import markdown_table, plot_frontier, plot_kl_vs_beta, plot_margins, plot_over_steps
+    from ..lab.experiments.claims import kl_against_beta
+    from ..lab.experiments.report import markdown_table, plot_frontier, plot_kl_vs_beta, plot_margins, plot_over_steps
 
     budget = [r for r in runs if r["regime"] == "budget"]
     converged = [r for r in runs if r["regime"] == "converged"]
@@ -564,7 +564,7 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
         "",
         "## Claims",
         "",
-        "Each verdict is computed from the runs of this report by `trl_ipo.lab.claims` (thresholds there); "
+        "Each verdict is computed from the runs of this report by `trl_ipo.lab.experiments.claims` (thresholds there); "
         "`results.json` holds them under `claims` with every number.",
         "",
         markdown_table(_claim_rows(claims), CLAIM_COLUMNS),
@@ -604,8 +604,8 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
 
 
 def _terminal_summary(runs, claims, reference_row, oracle_row, wall_time, load, written, out) -> str:
-    from ..lab.claims import kl_against_beta, verdict
-    from ..lab.report import text_table
+    from ..lab.experiments.claims import kl_against_beta, verdict
+    from ..lab.experiments.report import text_table
 
     budget = [r["final"] for r in runs if r["regime"] == "budget"]
     converged = [r["final"] for r in runs if r["regime"] == "converged"]

@@ -5,7 +5,7 @@ Input is a list of run records, each a dict with
 * ``label`` (legend text), ``method``, ``beta``, ``labels`` (label regime or split name), optionally ``group`` (the
   panel a run is drawn in; default ``labels``);
 * ``history``: measurements over optimisation steps (dicts with ``step`` and any of ``reward``, ``win_rate``, ``kl``,
-  ``kl_stderr``, ``grammatical``), from :class:`trl_ipo.lab.evaluate.EvaluationCallback`;
+  ``kl_stderr``, ``grammatical``), from :class:`trl_ipo.lab.world.evaluate.EvaluationCallback`;
 * ``log_history``: the trainer's log entries (``rewards/margins`` = β·Δ with Δ the summed log-ratio margin);
 * ``final``: the row of the summary table.
 
@@ -164,7 +164,7 @@ def plot_margins(runs: Sequence[dict], path: Path, log_scale: bool = False) -> P
         for run in group_runs:
             steps, deltas = margin_series(run["log_history"], run["beta"])
             if log_scale:
-                steps, deltas = [s for s, d in zip(steps, deltas) if d > 0], [d for d in deltas if d > 0]
+                steps, deltas = [s for s, d in zip(steps, deltas, strict=False) if d > 0], [d for d in deltas if d > 0]
             style = styles[id(run)]
             ax.plot(steps, deltas, marker="o", ms=2, lw=1, label=run["label"], **style)
             target = run.get("target")
@@ -207,7 +207,7 @@ def plot_frontier(
 
 
 def plot_kl_vs_beta(rows: Sequence[dict], path: Path, title: str = "end KL(π‖π_ref) against β") -> Path | None:
-    """End KL ± s.e. against β for DPO and IPO; ``rows`` as from :func:`trl_ipo.lab.claims.kl_against_beta`.
+    """End KL ± s.e. against β for DPO and IPO; ``rows`` as from :func:`trl_ipo.lab.experiments.claims.kl_against_beta`.
 
     Log–log axes when every KL is positive (else the KL axis is symmetric-log, linear near 0).
     """

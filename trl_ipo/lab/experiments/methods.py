@@ -116,8 +116,8 @@ def train_preference_method(
         args = DPOConfig(loss_type=["sigmoid"], **common)
         trainer_cls, dataset = DPOTrainer, _pairs_dataset(rows, with_q=False)
     elif spec.method in ("ipo", "ipo_soft"):
-        from ..config import IPOConfig
-        from ..trainer import IPOTrainer
+        from ...config import IPOConfig
+        from ...trainer import IPOTrainer
 
         soft = spec.method == "ipo_soft"
         args = IPOConfig(logp_reduction=settings.logp_reduction, preference_column="q" if soft else None, **common)
