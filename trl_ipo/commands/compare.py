@@ -109,16 +109,11 @@ def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- runs
 def _train(method: str, args, train, held_out, callback):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..lab.experiments.methods import train_on_pairs
 
-    torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False)
-    common = dict(
+    trainer_args = dict(
         output_dir=str(Path(args.output_dir) / "runs" / method),
         run_name=f"compare-{method}",
-        beta=args.beta,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
@@ -134,26 +129,18 @@ def _train(method: str, args, train, held_out, callback):
         data_seed=args.seed,
         disable_tqdm=args.quiet,
     )
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        config, trainer_cls = DPOConfig(loss_type=["sigmoid"], **common), DPOTrainer
-    else:
-        from ..config import IPOConfig
-        from ..trainer import IPOTrainer
-
-        column = args.preference_column if method == "ipo_soft" else None
-        config = IPOConfig(logp_reduction=args.logp_reduction, preference_column=column, **common)
-        trainer_cls = IPOTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=config,
-        train_dataset=train,
+    trainer = train_on_pairs(
+        method,
+        args.model,
+        train,
+        trainer_args,
+        beta=args.beta,
+        logp_reduction=args.logp_reduction,
+        seed=args.seed,
+        preference_column=args.preference_column,
         eval_dataset=held_out,
-        processing_class=tokenizer,
         callbacks=[callback],
     )
-    trainer.train()
     return trainer, trainer.evaluate()
 
 

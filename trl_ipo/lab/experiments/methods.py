@@ -98,37 +98,76 @@ def _pairs_dataset(rows, with_q: bool):
     return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
+def train_on_pairs(
+    method: str,
+    model_dir,
+    train_dataset,
+    trainer_args: dict,
+    *,
+    beta: float,
+    logp_reduction: str,
+    seed: int,
+    preference_column: str | None = None,
+    eval_dataset=None,
+    callbacks=(),
+):
+    """DPO, IPO or IPO-soft from the model in ``model_dir`` on a preference dataset; returns the trained trainer.
+
+    The one place a pairwise method is built and trained (`trl-ipo demo` and `trl-ipo compare` both come here).
+    ``trainer_args`` are the ``TrainingArguments`` fields shared by the methods (output_dir, batch size, learning
+    rate, ...); ``beta`` is the KL strength, ``logp_reduction`` IPO's Δ reduction, and ``preference_column`` the
+    column holding q, used by ``"ipo_soft"`` only. Its model is the trained policy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args, trainer_cls = DPOConfig(loss_type=["sigmoid"], beta=beta, **trainer_args), DPOTrainer
+    elif method in ("ipo", "ipo_soft"):
+        from ...config import IPOConfig
+        from ...trainer import IPOTrainer
+
+        column = preference_column if method == "ipo_soft" else None
+        args = IPOConfig(logp_reduction=logp_reduction, preference_column=column, beta=beta, **trainer_args)
+        trainer_cls = IPOTrainer
+    else:
+        raise ValueError(f"train_on_pairs does not train {method!r}; use train_rlhf")
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    return trainer
+
+
 def train_preference_method(
     spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none"
 ):
     """DPO, IPO or IPO-soft from π_ref on ``rows``; returns the trainer (its model is the trained policy)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(ref_dir)
-    model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
-    common = _common_args(settings, Path(output_dir), spec.name, report_to)
-    common.update(beta=spec.beta, max_steps=settings.max_steps, max_length=settings.max_length)
-    if spec.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(loss_type=["sigmoid"], **common)
-        trainer_cls, dataset = DPOTrainer, _pairs_dataset(rows, with_q=False)
-    elif spec.method in ("ipo", "ipo_soft"):
-        from ...config import IPOConfig
-        from ...trainer import IPOTrainer
-
-        soft = spec.method == "ipo_soft"
-        args = IPOConfig(logp_reduction=settings.logp_reduction, preference_column="q" if soft else None, **common)
-        trainer_cls, dataset = IPOTrainer, _pairs_dataset(rows, with_q=soft)
-    else:
+    if spec.method not in ("dpo", "ipo", "ipo_soft"):
         raise ValueError(f"train_preference_method does not train {spec.method!r}; use train_rlhf")
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+    common = _common_args(settings, Path(output_dir), spec.name, report_to)
+    common.update(max_steps=settings.max_steps, max_length=settings.max_length)
+    return train_on_pairs(
+        spec.method,
+        ref_dir,
+        _pairs_dataset(rows, with_q=spec.method == "ipo_soft"),
+        common,
+        beta=spec.beta,
+        logp_reduction=settings.logp_reduction,
+        seed=settings.seed,
+        preference_column="q",
+        callbacks=callbacks,
     )
-    trainer.train()
-    return trainer
 
 
 class RewardModelScorer:
