@@ -149,6 +149,7 @@ def run_compare(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..lab.experiments.methods import METHOD_LABELS, finish_wandb
+    from ..lab.experiments.records import RunRecord
     from ..lab.experiments.report import logged_target, text_table, write_report
     from ..lab.world.evaluate import EvaluationCallback, Evaluator
 
@@ -185,18 +186,18 @@ def run_compare(args) -> dict:
             "train_s": train_s,
         }
         runs.append(
-            {
-                "name": method,
-                "label": METHOD_LABELS[method],
-                "method": method,
-                "beta": args.beta,
-                "labels": "held-out",
-                "target": logged_target(trainer.state.log_history) if args.logp_reduction == "sum" else None,
-                "history": callback.history,
-                "log_history": trainer.state.log_history,
-                "eval_metrics": metrics,
-                "final": final,
-            }
+            RunRecord(
+                name=method,
+                label=METHOD_LABELS[method],
+                method=method,
+                beta=args.beta,
+                labels="held-out",
+                target=logged_target(trainer.state.log_history) if args.logp_reduction == "sum" else None,
+                history=callback.history,
+                log_history=trainer.state.log_history,
+                eval_metrics=metrics,
+                final=final,
+            )
         )
         del trainer
     intro = (
@@ -213,11 +214,11 @@ def run_compare(args) -> dict:
         "train_rows": len(train),
         "held_out_rows": len(held_out),
         "kl_prompts": prompts,
-        "runs": runs,
+        "runs": [r.to_dict() for r in runs],
         "files": {k: str(v) for k, v in written.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\n" + text_table([r["final"] for r in runs], SUMMARY_COLUMNS) + f"\n\nreport: {written['report']}")
+    print("\n" + text_table([r.final for r in runs], SUMMARY_COLUMNS) + f"\n\nreport: {written['report']}")
     return results
 
 

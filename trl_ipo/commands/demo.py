@@ -429,6 +429,7 @@ def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console
     """Train and evaluate the runs of one regime under one progress bar; returns (run records, reward-model log)."""
     from ..lab.experiments.claims import last_quarter_trend, margin_series
     from ..lab.experiments.methods import finish_wandb, train_preference_method, train_rlhf
+    from ..lab.experiments.records import RunRecord
     from ..lab.experiments.report import logged_target
     from ..lab.world.evaluate import EvaluationCallback
 
@@ -468,22 +469,21 @@ def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console
                 final.update(delta=trend["mean"], trend=trend["relative_change"])
                 if target:
                     final["relative_error"] = abs(trend["mean"] - target) / abs(target)
-            runs.append(
-                {
-                    "name": spec.name,
-                    "label": spec.label,
-                    "method": spec.method,
-                    "beta": spec.beta,
-                    "labels": spec.labels,
-                    "regime": regime,
-                    "group": f"{regime}, {spec.labels}",
-                    "pairs": len(rows[spec.labels]),
-                    "target": target,
-                    "history": callback.history,
-                    "log_history": log_history,
-                    "final": final,
-                }
+            record = RunRecord(
+                name=spec.name,
+                label=spec.label,
+                method=spec.method,
+                beta=spec.beta,
+                labels=spec.labels,
+                regime=regime,
+                group=f"{regime}, {spec.labels}",
+                pairs=len(rows[spec.labels]),
+                target=target,
+                history=callback.history,
+                log_history=log_history,
+                final=final,
             )
+            runs.append(record.to_dict())
             del trainer
     return runs, reward_model_log
 

@@ -1,13 +1,7 @@
 """Markdown report with PNG plots for the lab's runs (``trl-ipo demo`` and ``trl-ipo compare``).
 
-Input is a list of run records, each a dict with
-
-* ``label`` (legend text), ``method``, ``beta``, ``labels`` (label regime or split name), optionally ``group`` (the
-  panel a run is drawn in; default ``labels``);
-* ``history``: measurements over optimisation steps (dicts with ``step`` and any of ``reward``, ``win_rate``, ``kl``,
-  ``kl_stderr``, ``grammatical``), from :class:`trl_ipo.lab.world.evaluate.EvaluationCallback`;
-* ``log_history``: the trainer's log entries (``rewards/margins`` = β·Δ with Δ the summed log-ratio margin);
-* ``final``: the row of the summary table.
+Input is a list of run records: :class:`trl_ipo.lab.experiments.records.RunRecord` objects or their
+:meth:`~trl_ipo.lab.experiments.records.RunRecord.to_dict` dicts (the plotting helpers take the dicts).
 
 Plots: the reward–KL frontier (final point per run, its trajectory faint), KL vs step per method and β, margin Δ vs
 step (linear, or log-scaled with each IPO target t/β drawn as a line of the run's colour; DPO's logistic loss has no
@@ -22,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .claims import margin_series
+from .records import RunRecord, as_dicts
 
 __all__ = [
     "logged_target",
@@ -243,13 +238,14 @@ def write_report(
     output_dir: str | Path,
     title: str,
     intro: str,
-    runs: Sequence[dict],
+    runs: Sequence[RunRecord | dict],
     columns: Sequence[tuple[str, str]],
     reference: dict | None = None,
     oracle_reward: float | None = None,
     extra_sections: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md`` and the PNGs into ``output_dir``; returns the paths written (by name)."""
+    runs = as_dicts(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
