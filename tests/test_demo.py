@@ -261,6 +261,24 @@ def test_demo_rejects_bad_settings_in_one_line_before_running(tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_demo_config_takes_its_optimisation_fields_from_train_settings():
+    import dataclasses
+
+    from trl_ipo.commands.demo import DemoConfig
+    from trl_ipo.lab.experiments.methods import TrainSettings
+
+    train = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    shared = [f for f in dataclasses.fields(DemoConfig) if "train_setting" in f.metadata]
+    assert {f.name for f in shared} == set(train) - {"max_length", "reward_learning_rate", "disable_tqdm"}
+    for f in shared:  # the demo's max_steps is the budget regime's, with its own default and help text
+        assert f.type == train[f.name].type
+        assert f.name == "max_steps" or f.metadata["help"] == train[f.name].metadata["help"]
+    assert DemoConfig.batch_size == TrainSettings.batch_size and DemoConfig.max_steps == 200
+    settings = DemoConfig(seed=3, learning_rate=0.01, rl_steps=7).train_settings("converged")
+    assert (settings.seed, settings.learning_rate, settings.rl_steps) == (3, 0.01, 7)
+    assert settings.max_steps == DemoConfig.converged_steps and settings.disable_tqdm
+
+
 @pytest.fixture
 def pairs_file(tmp_path):
     from conftest import make_pairs

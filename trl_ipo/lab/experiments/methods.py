@@ -15,7 +15,7 @@ for the regime's number of optimiser steps, and reports its training log history
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 METHODS = ("dpo", "ipo", "ipo_soft", "rlhf")
@@ -50,25 +50,53 @@ class RunSpec:
         return f"{METHOD_LABELS[self.method]} β={self.beta:g} ({self.labels})"
 
 
+def _setting(default, help_text: str | None = None) -> Field:
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class TrainSettings:
-    """Optimisation settings shared by every method (so runs compare on the same budget)."""
+    """Optimisation settings shared by every method (so runs compare on the same budget).
 
-    max_steps: int = 100
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    logging_steps: int = 10
-    logp_reduction: str = "sum"
-    max_length: int = 48
-    seed: int = 0
+    Each field's default and help text live here; a flat config that exposes a setting (``DemoConfig`` of
+    `trl-ipo demo`) declares it with :func:`shared_setting`.
+    """
+
+    max_steps: int = _setting(100, "optimiser steps of each preference run")
+    batch_size: int = _setting(16, "pairs (RLHF: sampled completions) per optimiser step")
+    learning_rate: float = _setting(3e-4, "learning rate of the preference runs")
+    logging_steps: int = _setting(10, "optimiser steps between the trainer's log entries")
+    logp_reduction: str = _setting("sum", "IPO's Δ from summed ('sum') or per-token mean ('mean') log-probs")
+    max_length: int = _setting(48, "longest prompt + response in tokens")
+    seed: int = _setting(0)
     # RLHF: the reward model's fit, and the RL stage
-    reward_steps: int = 60
-    reward_learning_rate: float = 1e-3
-    rl_steps: int = 100
-    rl_learning_rate: float = 1e-3
-    rl_num_generations: int = 4
-    max_new_tokens: int = 16
-    disable_tqdm: bool = False
+    reward_steps: int = _setting(60, "optimiser steps of the reward model's fit")
+    reward_learning_rate: float = _setting(1e-3, "learning rate of the reward model's fit")
+    rl_steps: int = _setting(100, "RLOO steps of the RLHF runs")
+    rl_learning_rate: float = _setting(1e-3, "learning rate of the RLOO stage")
+    rl_num_generations: int = _setting(4, "completions sampled per prompt in the RLOO stage")
+    max_new_tokens: int = _setting(16, "longest sampled completion in tokens")
+    disable_tqdm: bool = _setting(False, "no progress bars from the trainers")
+
+
+def shared_setting(name: str, default=MISSING, help_text: str | None = None) -> Field:
+    """A dataclass field standing for :class:`TrainSettings`' field ``name`` in another config.
+
+    It takes that field's default and help text (``metadata["help"]``), unless ``default`` or ``help_text`` is given;
+    :func:`settings_from` copies it back into a :class:`TrainSettings`.
+    """
+    source = {f.name: f for f in fields(TrainSettings)}[name]
+    return field(
+        default=source.default if default is MISSING else default,
+        metadata={"help": help_text or source.metadata["help"], "train_setting": name},
+    )
+
+
+def settings_from(config, **overrides) -> TrainSettings:
+    """The :class:`TrainSettings` whose fields ``config`` declares with :func:`shared_setting`, plus ``overrides``."""
+    shared = {f.metadata["train_setting"]: getattr(config, f.name) for f in fields(config) if "train_setting" in
+              f.metadata}
+    return TrainSettings(**{**shared, **overrides})
 
 
 def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
