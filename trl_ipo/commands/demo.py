@@ -532,7 +532,14 @@ def _claim_rows(claims: list[dict]) -> list[dict]:
 
 def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracle_reward, context) -> dict:
     from ..lab.experiments.claims import kl_against_beta
-    from ..lab.experiments.report import markdown_table, plot_frontier, plot_kl_vs_beta, plot_margins, plot_over_steps
+    from ..lab.experiments.report import (
+        markdown_table,
+        plot_frontier,
+        plot_kl_vs_beta,
+        plot_margins,
+        plot_over_steps,
+        write_markdown,
+    )
 
     budget = [r for r in runs if r["regime"] == "budget"]
     converged = [r for r in runs if r["regime"] == "converged"]
@@ -586,18 +593,8 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
         "",
         markdown_table([reference_row, oracle_row], BUDGET_COLUMNS[:-1]),
         "",
-        "## Plots",
-        "",
     ]
-    written = {}
-    for name, (path, caption) in plots.items():
-        if path is not None:
-            written[name] = path
-            lines += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    written["report"] = report
-    return written
+    return write_markdown(out, lines, plots)
 
 
 def _terminal_summary(runs, claims, reference_row, oracle_row, wall_time, load, written, out) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "plot_margins",
     "plot_over_steps",
     "text_table",
+    "write_markdown",
     "write_report",
 ]
 
@@ -248,7 +249,6 @@ def write_report(
     runs = as_dicts(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
     plots = {
         "frontier": plot_frontier(runs, output_dir / "frontier.png", reference, oracle_reward),
         "kl_vs_step": plot_over_steps(
@@ -267,12 +267,21 @@ def write_report(
     }
     lines = [f"# {title}", "", intro, "", "## Summary", "", markdown_table([r["final"] for r in runs], columns), ""]
     lines += list(extra_sections)
-    lines += ["## Plots", ""]
-    for name, path in plots.items():
+    return write_markdown(output_dir, lines, {name: (path, captions[name]) for name, path in plots.items()})
+
+
+def write_markdown(
+    output_dir: str | Path, lines: Sequence[str], plots: dict[str, tuple[Path | None, str]]
+) -> dict[str, Path]:
+    """Write ``report.md``: ``lines``, then a "Plots" section showing each drawn plot (``name: (path, caption)``; a
+    ``None`` path was not drawn). Returns the paths written by name, the plots' then ``"report"``."""
+    written: dict[str, Path] = {}
+    lines = [*lines, "## Plots", ""]
+    for name, (path, caption) in plots.items():
         if path is not None:
             written[name] = path
-            lines += [f"### {captions[name]}", "", f"![{captions[name]}]({path.name})", ""]
-    report = output_dir / "report.md"
+            lines += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    report = Path(output_dir) / "report.md"
     report.write_text("\n".join(lines))
     written["report"] = report
     return written
