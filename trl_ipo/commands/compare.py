@@ -109,31 +109,27 @@ def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- runs
 def _train(method: str, args, train, held_out, callback):
-    from ..lab.experiments.methods import train_on_pairs
+    from ..lab.experiments.methods import train_on_pairs, trainer_args
 
-    trainer_args = dict(
-        output_dir=str(Path(args.output_dir) / "runs" / method),
-        run_name=f"compare-{method}",
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
+    fields = trainer_args(
+        Path(args.output_dir) / "runs" / method,
+        f"compare-{method}",
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         logging_steps=args.logging_steps,
-        max_length=args.max_length,
-        save_strategy="no",
-        report_to=args.report_to,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=args.use_cpu,
         seed=args.seed,
-        data_seed=args.seed,
+        report_to=args.report_to,
+        use_cpu=args.use_cpu,
         disable_tqdm=args.quiet,
+        max_steps=args.max_steps,
+        per_device_eval_batch_size=args.batch_size,
+        max_length=args.max_length,
     )
     trainer = train_on_pairs(
         method,
         args.model,
         train,
-        trainer_args,
+        fields,
         beta=args.beta,
         logp_reduction=args.logp_reduction,
         seed=args.seed,

@@ -99,23 +99,52 @@ def settings_from(config, **overrides) -> TrainSettings:
     return TrainSettings(**{**shared, **overrides})
 
 
-def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
+def trainer_args(
+    output_dir,
+    run_name: str,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    logging_steps: int,
+    seed: int,
+    report_to,
+    use_cpu: bool,
+    disable_tqdm: bool,
+    **extra,
+) -> dict:
+    """``TrainingArguments`` fields of every lab run: no checkpoints, fp32 without gradient checkpointing, and one
+    seed for the model and the data order; ``extra`` adds fields."""
     return dict(
         output_dir=str(output_dir),
         run_name=run_name,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant",
-        logging_steps=settings.logging_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to=report_to,
         bf16=False,
         gradient_checkpointing=False,
-        use_cpu=True,
+        use_cpu=use_cpu,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=disable_tqdm,
+        **extra,
+    )
+
+
+def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
+    return trainer_args(
+        output_dir,
+        run_name,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        logging_steps=settings.logging_steps,
         seed=settings.seed,
-        data_seed=settings.seed,
-        dataloader_num_workers=0,
+        report_to=report_to,
+        use_cpu=True,
         disable_tqdm=settings.disable_tqdm,
+        lr_scheduler_type="constant",
+        dataloader_num_workers=0,
     )
 
 
