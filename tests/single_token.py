@@ -1,6 +1,6 @@
 """Test helper: a language model as a K-action bandit, one fixed prompt and K responses of one word-token each.
 
-This ties the real trainers to the exact finite-action solutions of :mod:`trl_ipo.lab.finite`. For a
+This ties the real trainers to the exact finite-action solutions of :mod:`trl_ipo.lab.theory.finite`. For a
 non-conversational dataset TRL appends the end token to every completion, so the complete response y_k is the
 two tokens (w_k, EOS) and its sequence log-probability is
 
@@ -8,7 +8,7 @@ two tokens (w_k, EOS) and its sequence log-probability is
 
 With ``logp_reduction="sum"`` the trainer's margin Δ is the difference of these sequence log-ratios
 u(y) = log π(y | x) − log π_ref(y | x), so the sampled IPO loss over the pairs is exactly the least-squares problem
-of :mod:`trl_ipo.lab.finite` (Azar et al. 2023 eq. 17) on the K responses. Its minimiser fixes the
+of :mod:`trl_ipo.lab.theory.finite` (Azar et al. 2023 eq. 17) on the K responses. Its minimiser fixes the
 differences of u, hence the policy restricted to the K responses and renormalised,
 
     π(y_k | x) / Σ_j π(y_j | x)  =  π*_k  ∝  π̃_ref(y_k | x) · exp(u*_k),
@@ -21,7 +21,7 @@ The tokenizer is word-level (whitespace split) with a handful of tokens, so ever
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from trl_ipo.lab import claims as C
+from trl_ipo.lab.experiments import claims as C
 
 STEPS = list(range(10, 1001, 10))
 
@@ -26,7 +26,9 @@ def run(method, beta, deltas, *, regime="converged", labels="deterministic", tar
         "labels": labels,
         "regime": regime,
         "target": target,
-        "log_history": [{"step": s, "rewards/margins": beta * d, "loss": 0.1} for s, d in zip(steps, deltas)]
+        "log_history": [
+            {"step": s, "rewards/margins": beta * d, "loss": 0.1} for s, d in zip(steps, deltas, strict=False)
+        ]
         + [{"step": steps[-1], "train_runtime": 1.0}],
         "history": [{"step": 0, "kl": 0.0, "kl_stderr": 0.0, "reward": -0.1, "reward_stderr": reward_se,
                      "grammatical": 0.9},
@@ -48,7 +50,7 @@ def test_last_quarter_trend_matches_numpy_least_squares():
     values = [0.3 * s**0.5 + 2 * wiggle(i) for i, s in enumerate(STEPS)]
     got = C.last_quarter_trend(STEPS, values)
     x = np.array([s for s in STEPS if s >= 750], dtype=float)
-    y = np.array([v for s, v in zip(STEPS, values) if s >= 750])
+    y = np.array([v for s, v in zip(STEPS, values, strict=False) if s >= 750])
     (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
     residual_var = ((y - (slope * x + intercept)) ** 2).sum() / (len(x) - 2)
     assert got["points"] == len(x) == 26
@@ -82,7 +84,7 @@ def test_ipo_claim_holds_for_converged_margins_and_dpo_claim_for_growing_ones():
     ipo = C.claim_ipo_converges(runs)
     assert ipo["holds"] is True and [e["beta"] for e in ipo["evidence"]] == [0.1, 0.5, 1.0]
     for e in ipo["evidence"]:
-        last = [d for s, d in zip(STEPS, converging(0.5 / e["beta"])) if s >= 750]
+        last = [d for s, d in zip(STEPS, converging(0.5 / e["beta"]), strict=False) if s >= 750]
         assert e["delta"] == pytest.approx(sum(last) / len(last))
         assert e["relative_error"] == pytest.approx(abs(e["delta"] - e["target"]) / e["target"])
         assert e["relative_error"] < 0.01 and abs(e["trend"]) < 0.01
@@ -130,9 +132,9 @@ def test_claims_without_their_runs_are_not_tested():
 # ------------------------------------------------------------------------------------------------------ claim 3
 def kl_runs(dpo_kls, ipo_kls, betas=(0.1, 0.5, 1.0)):
     runs = []
-    for beta, (kl, se) in zip(betas, dpo_kls):
+    for beta, (kl, se) in zip(betas, dpo_kls, strict=False):
         runs.append(run("dpo", beta, growing(beta), kl=kl, kl_se=se))
-    for beta, (kl, se) in zip(betas, ipo_kls):
+    for beta, (kl, se) in zip(betas, ipo_kls, strict=False):
         runs.append(run("ipo", beta, converging(0.5 / beta), target=0.5 / beta, kl=kl, kl_se=se))
     return runs
 

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from trl_ipo.lab import language
-from trl_ipo.lab.evaluate import exact_kl_first_tokens, kl_estimate, sample, score_completions, sequence_logps
-from trl_ipo.lab.preferences import label_pairs, label_statistics
-from trl_ipo.lab.reward import (
+from trl_ipo.lab.world import language
+from trl_ipo.lab.world.evaluate import exact_kl_first_tokens, kl_estimate, sample, score_completions, sequence_logps
+from trl_ipo.lab.world.preferences import label_pairs, label_statistics
+from trl_ipo.lab.world.reward import (
     INVALID_REWARD,
     PreferenceModel,
     best_response,
@@ -126,7 +126,7 @@ def test_oracle_gets_maximum_reward_and_beats_reference_win_rate():
     assert oracle["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     assert ref_vs_itself["win_rate"] == 0.5
     assert oracle["win_rate"] >= ref_vs_itself["win_rate"]
-    expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference)) / len(prompts)
+    expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference, strict=False)) / len(prompts)
     assert oracle["win_rate"] == pytest.approx(expected_wins) and oracle["grammatical"] == 1.0
 
 
@@ -144,7 +144,7 @@ def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread
     prompts = [tokenizer("the cat sat")["input_ids"], tokenizer("a big red dog ran on")["input_ids"]]
     completions = [tokenizer(" on a mat")["input_ids"] + [tokenizer.eos_token_id], tokenizer(" the log")["input_ids"]]
     batched = sequence_logps(model, prompts, completions, tokenizer.pad_token_id)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=False)):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([p + c])).logits[0].double()
         logps = torch.log_softmax(logits, -1)
@@ -180,7 +180,7 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     import logging
 
     from trl_ipo.commands import demo
-    from trl_ipo.lab.claims import evaluate_claims, margin_series
+    from trl_ipo.lab.experiments.claims import evaluate_claims, margin_series
 
     threads = torch.get_num_threads()
     handler_streams = [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")]
@@ -218,7 +218,7 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     # The converged regime's Δ is the mean of the logged margins over the last quarter of its steps.
     for run in (r for r in runs if r["regime"] == "converged"):
         steps, deltas = margin_series(run["log_history"], run["beta"])
-        last = [d for s, d in zip(steps, deltas) if s >= 0.75 * config["converged_steps"]]
+        last = [d for s, d in zip(steps, deltas, strict=False) if s >= 0.75 * config["converged_steps"]]
         assert run["final"]["delta"] == pytest.approx(sum(last) / len(last))
     ipo = next(r for r in runs if r["method"] == "ipo" and r["regime"] == "converged" and r["beta"] == 1.0)
     assert [e["ipo/target"] for e in ipo["log_history"] if "ipo/target" in e][0] == pytest.approx(0.5 / ipo["beta"])
@@ -261,6 +261,24 @@ def test_demo_rejects_bad_settings_in_one_line_before_running(tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_demo_config_takes_its_optimisation_fields_from_train_settings():
+    import dataclasses
+
+    from trl_ipo.commands.demo import DemoConfig
+    from trl_ipo.lab.experiments.methods import TrainSettings
+
+    train = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    shared = [f for f in dataclasses.fields(DemoConfig) if "train_setting" in f.metadata]
+    assert {f.name for f in shared} == set(train) - {"max_length", "reward_learning_rate", "disable_tqdm"}
+    for f in shared:  # the demo's max_steps is the budget regime's, with its own default and help text
+        assert f.type == train[f.name].type
+        assert f.name == "max_steps" or f.metadata["help"] == train[f.name].metadata["help"]
+    assert DemoConfig.batch_size == TrainSettings.batch_size and DemoConfig.max_steps == 200
+    settings = DemoConfig(seed=3, learning_rate=0.01, rl_steps=7).train_settings("converged")
+    assert (settings.seed, settings.learning_rate, settings.rl_steps) == (3, 0.01, 7)
+    assert settings.max_steps == DemoConfig.converged_steps and settings.disable_tqdm
+
+
 @pytest.fixture
 def pairs_file(tmp_path):
     from conftest import make_pairs
@@ -282,7 +300,7 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     results = json.loads((out / "results.json").read_text())
     assert (results["train_rows"], results["held_out_rows"]) == (18, 6)
     by_method = {r["method"]: r for r in results["runs"]}
-    for method, run in by_method.items():
+    for _method, run in by_method.items():
         metrics = run["eval_metrics"]
         assert run["final"]["accuracy"] == metrics["eval_rewards/accuracies"]
         assert run["final"]["delta"] == pytest.approx(metrics["eval_rewards/margins"] / 0.1)

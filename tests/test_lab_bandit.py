@@ -1,5 +1,5 @@
-"""Gradient-based IPO/DPO on the softmax bandit (trl_ipo.lab.bandit) and ``trl-ipo bandit``, checked against the
-closed form of trl_ipo.lab.finite, autograd through trl_ipo.losses.ipo_loss, and hand-written statistics."""
+"""Gradient-based IPO/DPO on the softmax bandit (trl_ipo.lab.theory.bandit) and ``trl-ipo bandit``, checked against the
+closed form of trl_ipo.lab.theory.finite, autograd through trl_ipo.losses.ipo_loss, and hand-written statistics."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trl_ipo.lab.bandit import (
+from trl_ipo.lab.theory.bandit import (
     D1,
     PAPER_TAUS,
     dpo_bandit_loss,
@@ -21,7 +21,7 @@ from trl_ipo.lab.bandit import (
     summarise,
     train_softmax_bandit,
 )
-from trl_ipo.lab.finite import ipo_closed_form
+from trl_ipo.lab.theory.finite import ipo_closed_form
 from trl_ipo.losses import ipo_loss
 
 F64 = torch.float64

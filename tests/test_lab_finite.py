@@ -1,4 +1,4 @@
-"""Exact finite-action IPO (trl_ipo.lab.finite) against hand-written formulas and independent solvers."""
+"""Exact finite-action IPO (trl_ipo.lab.theory.finite) against hand-written formulas and independent solvers."""
 
 import math
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from trl_ipo.lab.finite import (
+from trl_ipo.lab.theory.finite import (
     check_preference_matrix,
     comparison_laplacian,
     connected_components,
     ipo_closed_form,
     ipo_logratios,
-    population_loss_score_difference,
     population_loss_pairwise,
+    population_loss_score_difference,
     population_optimum,
     sampled_ipo_loss,
 )

@@ -3,7 +3,7 @@
 One prompt x, K = 3 responses y_k = (w_k, EOS) (TRL appends the end token to non-conversational completions), the
 IPO paper's dataset D1 = {(a, b), (b, c), (a, c)} (Azar et al. 2023 §5.4). With ``logp_reduction="sum"`` the
 trainer's margin is the difference of sequence log-ratios, so full-batch training minimises the least-squares loss
-whose minimiser is u* = L⁺ b (:func:`trl_ipo.lab.finite.ipo_closed_form`); the model's probabilities of the K
+whose minimiser is u* = L⁺ b (:func:`trl_ipo.lab.theory.finite.ipo_closed_form`); the model's probabilities of the K
 complete responses, renormalised over the K, must then equal π* ∝ π̃_ref · exp(u*), where π̃_ref is the
 reference model's renormalised probabilities of the same K sequences. TRL's DPO on the same data has no finite
 optimum (σ(βΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO") and drives the top response towards probability 1.
@@ -13,15 +13,15 @@ import copy
 
 import pytest
 import torch
+from conftest import cpu_args
 from datasets import Dataset
+from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from conftest import cpu_args
-from single_token import build_word_tokenizer, pair_rows, response_distribution, response_ids
 from trl_ipo import IPOConfig, IPOTrainer
-from trl_ipo.lab.bandit import D1
-from trl_ipo.lab.finite import ipo_closed_form
+from trl_ipo.lab.theory.bandit import D1
+from trl_ipo.lab.theory.finite import ipo_closed_form
 from trl_ipo.lab.tiny import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the generators
@@ -66,7 +66,7 @@ def _train(trainer_cls, config_cls, tmp_path, preference=None, **overrides):
     )
     # The trainer's own tokenisation is the format the helper reads: completion = (word, EOS) after the prompt.
     ids = response_ids(tokenizer, WORDS)
-    for row, (w, l) in zip(trainer.train_dataset, D1):
+    for row, (w, l) in zip(trainer.train_dataset, D1, strict=False):
         assert row["prompt_ids"] == ids[w, :1].tolist()
         assert row["chosen_ids"] == ids[w, 1:].tolist() and row["rejected_ids"] == ids[l, 1:].tolist()
     pi_ref = response_distribution(reference, tokenizer, WORDS)

@@ -8,7 +8,8 @@ replacement, 18,000 steps, 10 seeds; IPO and DPO. Writes into --out:
     bandit_results.json  the same numbers and the setting
     bandit_curves.png    learning curves, one panel per τ
 
-The math lives in :mod:`trl_ipo.lab.finite` (closed form) and :mod:`trl_ipo.lab.bandit` (training, rendering).
+The math lives in :mod:`trl_ipo.lab.theory.finite` (closed form) and :mod:`trl_ipo.lab.theory.bandit` (training,
+rendering).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from ..lab.bandit import parse_pairs, render_table, run_bandit, write_outputs
+    from ..lab.theory.bandit import parse_pairs, render_table, run_bandit, write_outputs
 
     try:
         actions, pairs = parse_pairs(args.pairs)

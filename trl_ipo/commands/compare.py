@@ -109,51 +109,34 @@ def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- runs
 def _train(method: str, args, train, held_out, callback):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..lab.experiments.methods import train_on_pairs, trainer_args
 
-    torch.manual_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False)
-    common = dict(
-        output_dir=str(Path(args.output_dir) / "runs" / method),
-        run_name=f"compare-{method}",
-        beta=args.beta,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
+    fields = trainer_args(
+        Path(args.output_dir) / "runs" / method,
+        f"compare-{method}",
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         logging_steps=args.logging_steps,
-        max_length=args.max_length,
-        save_strategy="no",
-        report_to=args.report_to,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=args.use_cpu,
         seed=args.seed,
-        data_seed=args.seed,
+        report_to=args.report_to,
+        use_cpu=args.use_cpu,
         disable_tqdm=args.quiet,
+        max_steps=args.max_steps,
+        per_device_eval_batch_size=args.batch_size,
+        max_length=args.max_length,
     )
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        config, trainer_cls = DPOConfig(loss_type=["sigmoid"], **common), DPOTrainer
-    else:
-        from ..config import IPOConfig
-        from ..trainer import IPOTrainer
-
-        column = args.preference_column if method == "ipo_soft" else None
-        config = IPOConfig(logp_reduction=args.logp_reduction, preference_column=column, **common)
-        trainer_cls = IPOTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=config,
-        train_dataset=train,
+    trainer = train_on_pairs(
+        method,
+        args.model,
+        train,
+        fields,
+        beta=args.beta,
+        logp_reduction=args.logp_reduction,
+        seed=args.seed,
+        preference_column=args.preference_column,
         eval_dataset=held_out,
-        processing_class=tokenizer,
         callbacks=[callback],
     )
-    trainer.train()
     return trainer, trainer.evaluate()
 
 
@@ -161,9 +144,10 @@ def run_compare(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..lab.evaluate import EvaluationCallback, Evaluator
-    from ..lab.methods import METHOD_LABELS, finish_wandb
-    from ..lab.report import logged_target, text_table, write_report
+    from ..lab.experiments.methods import METHOD_LABELS, finish_wandb
+    from ..lab.experiments.records import RunRecord
+    from ..lab.experiments.report import logged_target, text_table, write_report
+    from ..lab.world.evaluate import EvaluationCallback, Evaluator
 
     started = time.time()
     train, held_out = prepare_inputs(args)
@@ -198,18 +182,18 @@ def run_compare(args) -> dict:
             "train_s": train_s,
         }
         runs.append(
-            {
-                "name": method,
-                "label": METHOD_LABELS[method],
-                "method": method,
-                "beta": args.beta,
-                "labels": "held-out",
-                "target": logged_target(trainer.state.log_history) if args.logp_reduction == "sum" else None,
-                "history": callback.history,
-                "log_history": trainer.state.log_history,
-                "eval_metrics": metrics,
-                "final": final,
-            }
+            RunRecord(
+                name=method,
+                label=METHOD_LABELS[method],
+                method=method,
+                beta=args.beta,
+                labels="held-out",
+                target=logged_target(trainer.state.log_history) if args.logp_reduction == "sum" else None,
+                history=callback.history,
+                log_history=trainer.state.log_history,
+                eval_metrics=metrics,
+                final=final,
+            )
         )
         del trainer
     intro = (
@@ -226,11 +210,11 @@ def run_compare(args) -> dict:
         "train_rows": len(train),
         "held_out_rows": len(held_out),
         "kl_prompts": prompts,
-        "runs": runs,
+        "runs": [r.to_dict() for r in runs],
         "files": {k: str(v) for k, v in written.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print("\n" + text_table([r["final"] for r in runs], SUMMARY_COLUMNS) + f"\n\nreport: {written['report']}")
+    print("\n" + text_table([r.final for r in runs], SUMMARY_COLUMNS) + f"\n\nreport: {written['report']}")
     return results
 
 

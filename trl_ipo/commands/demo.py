@@ -7,19 +7,19 @@ whatever β, so β does not hold the policy near π_ref, while IPO's margins set
 Pipeline (each stage's numbers come from the runs; nothing is precomputed):
 
 1. π_ref: a tiny Qwen2 + BPE tokenizer built locally, fine-tuned with TRL's SFTTrainer on the lab language
-   (:mod:`trl_ipo.lab.language`).
+   (:mod:`trl_ipo.lab.world.language`).
 2. Ground truth: a hidden reward r(x, y) and the preference model v(y, y′) = σ((r − r′)/T), deterministic (T → 0)
-   and noisy (:mod:`trl_ipo.lab.reward`). Pairs y₁, y₂ ~ μ = π_ref per training prompt, labelled by sampling v;
-   q = v(chosen, rejected) kept (:mod:`trl_ipo.lab.preferences`). Held-out evaluation of π_ref and of an oracle.
+   and noisy (:mod:`trl_ipo.lab.world.reward`). Pairs y₁, y₂ ~ μ = π_ref per training prompt, labelled by sampling v;
+   q = v(chosen, rejected) kept (:mod:`trl_ipo.lab.world.preferences`). Held-out evaluation of π_ref and of an oracle.
 3. Budget regime: many pairs, few epochs. DPO (TRL DPOTrainer), IPO (trl_ipo.IPOTrainer) and RLHF (TRL
    RewardTrainer + RLOOTrainer with a KL penalty to π_ref) on the same pairs and step budget, a β sweep for each
-   (:mod:`trl_ipo.lab.methods`); compared on one reward–KL frontier.
+   (:mod:`trl_ipo.lab.experiments.methods`); compared on one reward–KL frontier.
 4. Converged regime: a small subset of the same pairs, many epochs. DPO and IPO on a shared β sweep with the
    deterministic labels, and IPO with hard and soft labels on the noisy labels.
-5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.claims`); ``report.md``, PNG plots and
-   ``results.json`` in ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.report`).
+5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.experiments.claims`); ``report.md``, PNG
+   plots and ``results.json`` in ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.experiments.report`).
 
-Held-out measurements (:mod:`trl_ipo.lab.evaluate`): reward, win rate vs π_ref under v, KL(π‖π_ref), grammatical
+Held-out measurements (:mod:`trl_ipo.lab.world.evaluate`): reward, win rate vs π_ref under v, KL(π‖π_ref), grammatical
 share, over training steps. Library output (warnings, per-dataset bars, weight-loading reports) goes to ``demo.log``
 in the output folder; the terminal shows the stages, one progress bar per stage and the final tables.
 """
@@ -34,13 +34,19 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import command_summary
+from ..lab.experiments.methods import settings_from, shared_setting
 
 HELP = command_summary("demo")
 PROG = "trl-ipo demo"
+
+
+def _option(default, help_text: str):
+    """A DemoConfig field with the help text of its command-line flag."""
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass
@@ -48,8 +54,8 @@ class DemoConfig:
     """Everything the demo does is set here; ``PRESETS`` holds the named variants."""
 
     output_dir: str = "outputs/demo"
-    seed: int = 0
-    threads: int = 1
+    seed: int = shared_setting("seed")
+    threads: int = _option(1, "torch threads (default 1: fastest for these tiny models)")
     report_to: str = "none"
     progress: bool = True
     # π_ref: model size and its SFT
@@ -62,28 +68,30 @@ class DemoConfig:
     sft_learning_rate: float = 3e-3
     # preference data (sampled once; the converged regime uses the first pairs of each prompt)
     num_eval_prompts: int = 8
-    pairs_per_prompt: int = 48
+    pairs_per_prompt: int = _option(48, "pairs sampled per training prompt (budget)")
     noisy_temperature: float = 0.25
-    max_new_tokens: int = 16
-    # shared optimiser settings
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    logging_steps: int = 10
-    logp_reduction: str = "sum"
+    max_new_tokens: int = shared_setting("max_new_tokens")
+    # shared optimiser settings (TrainSettings' fields, defaults and help text)
+    batch_size: int = shared_setting("batch_size")
+    learning_rate: float = shared_setting("learning_rate")
+    logging_steps: int = shared_setting("logging_steps")
+    logp_reduction: str = shared_setting("logp_reduction")
     # budget regime: all the pairs, a few epochs; methods and β sweeps
-    dpo_betas: tuple[float, ...] = (0.1, 0.5)
-    ipo_betas: tuple[float, ...] = (0.1, 0.5)
-    rlhf_betas: tuple[float, ...] = (0.1, 0.5)
-    max_steps: int = 200
-    reward_steps: int = 60
-    rl_steps: int = 200
-    rl_learning_rate: float = 1e-3
-    rl_num_generations: int = 4
+    dpo_betas: tuple[float, ...] = _option((0.1, 0.5), "β of the budget-regime DPO runs")
+    ipo_betas: tuple[float, ...] = _option((0.1, 0.5), "β of the budget-regime IPO runs")
+    rlhf_betas: tuple[float, ...] = _option((0.1, 0.5), "KL coefficients of the RLHF runs")
+    max_steps: int = shared_setting("max_steps", 200, "optimiser steps of each budget-regime preference run")
+    reward_steps: int = shared_setting("reward_steps")
+    rl_steps: int = shared_setting("rl_steps", 200)
+    rl_learning_rate: float = shared_setting("rl_learning_rate")
+    rl_num_generations: int = shared_setting("rl_num_generations")
     eval_every: int = 25
     # converged regime: a small set of pairs, many epochs; one β sweep shared by DPO and IPO
-    converged_pairs_per_prompt: int = 8
-    converged_steps: int = 1000
-    converged_betas: tuple[float, ...] = (0.1, 0.5, 1.0)
+    converged_pairs_per_prompt: int = _option(8, "pairs per training prompt in the converged regime")
+    converged_steps: int = _option(1000, "optimiser steps of each converged-regime run")
+    converged_betas: tuple[float, ...] = _option(
+        (0.1, 0.5, 1.0), "β sweep shared by DPO and IPO in the converged regime"
+    )
     converged_eval_every: int = 250
     noisy_beta: float = 0.1
     noisy_methods: tuple[str, ...] = ("ipo", "ipo_soft")
@@ -114,7 +122,7 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.noisy_methods must be among dpo, ipo, ipo_soft, got {self.noisy_methods!r}")
 
     def run_specs(self, regime: str):
-        from ..lab.methods import RunSpec
+        from ..lab.experiments.methods import RunSpec
 
         if regime == "budget":
             specs = [RunSpec("dpo", b) for b in self.dpo_betas] + [RunSpec("ipo", b) for b in self.ipo_betas]
@@ -123,20 +131,9 @@ class DemoConfig:
         return specs + [RunSpec(m, self.noisy_beta, "noisy", "converged") for m in self.noisy_methods]
 
     def train_settings(self, regime: str):
-        from ..lab.methods import TrainSettings
-
-        return TrainSettings(
+        return settings_from(
+            self,
             max_steps=self.max_steps if regime == "budget" else self.converged_steps,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            logging_steps=self.logging_steps,
-            logp_reduction=self.logp_reduction,
-            seed=self.seed,
-            reward_steps=self.reward_steps,
-            rl_steps=self.rl_steps,
-            rl_learning_rate=self.rl_learning_rate,
-            rl_num_generations=self.rl_num_generations,
-            max_new_tokens=self.max_new_tokens,
             disable_tqdm=True,  # one progress bar per stage instead (see _Console)
         )
 
@@ -302,11 +299,11 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..lab import language
-    from ..lab.claims import evaluate_claims
-    from ..lab.evaluate import Evaluator
-    from ..lab.preferences import build_preference_rows, label_statistics
-    from ..lab.reward import PreferenceModel, best_response, max_reward
+    from ..lab.experiments.claims import evaluate_claims
+    from ..lab.world import language
+    from ..lab.world.evaluate import Evaluator
+    from ..lab.world.preferences import build_preference_rows, label_statistics
+    from ..lab.world.reward import PreferenceModel, best_response, max_reward
 
     started, cpu_started = time.time(), time.process_time()
     load_at_start = os.getloadavg()
@@ -427,10 +424,11 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
 
 def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console):
     """Train and evaluate the runs of one regime under one progress bar; returns (run records, reward-model log)."""
-    from ..lab.claims import last_quarter_trend, margin_series
-    from ..lab.evaluate import EvaluationCallback
-    from ..lab.methods import finish_wandb, train_preference_method, train_rlhf
-    from ..lab.report import logged_target
+    from ..lab.experiments.claims import last_quarter_trend, margin_series
+    from ..lab.experiments.methods import finish_wandb, train_preference_method, train_rlhf
+    from ..lab.experiments.records import RunRecord
+    from ..lab.experiments.report import logged_target
+    from ..lab.world.evaluate import EvaluationCallback
 
     settings = config.train_settings(regime)
     every = config.eval_every if regime == "budget" else config.converged_eval_every
@@ -468,22 +466,21 @@ def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console
                 final.update(delta=trend["mean"], trend=trend["relative_change"])
                 if target:
                     final["relative_error"] = abs(trend["mean"] - target) / abs(target)
-            runs.append(
-                {
-                    "name": spec.name,
-                    "label": spec.label,
-                    "method": spec.method,
-                    "beta": spec.beta,
-                    "labels": spec.labels,
-                    "regime": regime,
-                    "group": f"{regime}, {spec.labels}",
-                    "pairs": len(rows[spec.labels]),
-                    "target": target,
-                    "history": callback.history,
-                    "log_history": log_history,
-                    "final": final,
-                }
+            record = RunRecord(
+                name=spec.name,
+                label=spec.label,
+                method=spec.method,
+                beta=spec.beta,
+                labels=spec.labels,
+                regime=regime,
+                group=f"{regime}, {spec.labels}",
+                pairs=len(rows[spec.labels]),
+                target=target,
+                history=callback.history,
+                log_history=log_history,
+                final=final,
             )
+            runs.append(record.to_dict())
             del trainer
     return runs, reward_model_log
 
@@ -527,15 +524,22 @@ def _claim_numbers(claim: dict) -> str:
 
 
 def _claim_rows(claims: list[dict]) -> list[dict]:
-    from ..lab.claims import verdict
+    from ..lab.experiments.claims import verdict
 
     return [{"number": str(i), "statement": c["statement"], "numbers": _claim_numbers(c) or "no runs",
              "verdict": f"**{verdict(c['holds'])}**"} for i, c in enumerate(claims, 1)]
 
 
 def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracle_reward, context) -> dict:
-    from ..lab.claims import kl_against_beta
-    from ..lab.report import markdown_table, plot_frontier, plot_kl_vs_beta, plot_margins, plot_over_steps
+    from ..lab.experiments.claims import kl_against_beta
+    from ..lab.experiments.report import (
+        markdown_table,
+        plot_frontier,
+        plot_kl_vs_beta,
+        plot_margins,
+        plot_over_steps,
+        write_markdown,
+    )
 
     budget = [r for r in runs if r["regime"] == "budget"]
     converged = [r for r in runs if r["regime"] == "converged"]
@@ -564,7 +568,7 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
         "",
         "## Claims",
         "",
-        "Each verdict is computed from the runs of this report by `trl_ipo.lab.claims` (thresholds there); "
+        "Each verdict is computed from the runs of this report by `trl_ipo.lab.experiments.claims` (thresholds there); "
         "`results.json` holds them under `claims` with every number.",
         "",
         markdown_table(_claim_rows(claims), CLAIM_COLUMNS),
@@ -589,23 +593,13 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
         "",
         markdown_table([reference_row, oracle_row], BUDGET_COLUMNS[:-1]),
         "",
-        "## Plots",
-        "",
     ]
-    written = {}
-    for name, (path, caption) in plots.items():
-        if path is not None:
-            written[name] = path
-            lines += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    written["report"] = report
-    return written
+    return write_markdown(out, lines, plots)
 
 
 def _terminal_summary(runs, claims, reference_row, oracle_row, wall_time, load, written, out) -> str:
-    from ..lab.claims import kl_against_beta, verdict
-    from ..lab.report import text_table
+    from ..lab.experiments.claims import kl_against_beta, verdict
+    from ..lab.experiments.report import text_table
 
     budget = [r["final"] for r in runs if r["regime"] == "budget"]
     converged = [r["final"] for r in runs if r["regime"] == "converged"]
@@ -683,6 +677,14 @@ def _intro(
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
+# DemoConfig fields that are also flags of `trl-ipo demo` (in --help order), besides --output_dir and --report_to
+CONFIG_FLAGS = (
+    "seed", "threads", "max_steps", "rl_steps", "learning_rate", "pairs_per_prompt", "dpo_betas", "ipo_betas",
+    "rlhf_betas", "converged_steps", "converged_pairs_per_prompt", "converged_betas",
+)
+_FLAG_TYPES = {"int": int, "float": float, "str": str}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -692,20 +694,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'quick' runs every stage on a toy budget")
     p.add_argument("--report_to", default="none", help="'none' (default) or 'wandb' (one wandb run per training run)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: fastest for these tiny models)")
-    p.add_argument("--max_steps", type=int, default=None, help="optimiser steps of each budget-regime preference run")
-    p.add_argument("--rl_steps", type=int, default=None, help="RLOO steps of the RLHF runs")
-    p.add_argument("--learning_rate", type=float, default=None, help="learning rate of the preference runs")
-    p.add_argument("--pairs_per_prompt", type=int, default=None, help="pairs sampled per training prompt (budget)")
-    p.add_argument("--dpo_betas", type=float, nargs="+", default=None, help="β of the budget-regime DPO runs")
-    p.add_argument("--ipo_betas", type=float, nargs="+", default=None, help="β of the budget-regime IPO runs")
-    p.add_argument("--rlhf_betas", type=float, nargs="+", default=None, help="KL coefficients of the RLHF runs")
-    p.add_argument("--converged_steps", type=int, default=None, help="optimiser steps of each converged-regime run")
-    p.add_argument("--converged_pairs_per_prompt", type=int, default=None,
-                   help="pairs per training prompt in the converged regime")
-    p.add_argument("--converged_betas", type=float, nargs="+", default=None,
-                   help="β sweep shared by DPO and IPO in the converged regime")
+    fields = {f.name: f for f in dataclasses.fields(DemoConfig)}
+    for name in CONFIG_FLAGS:  # type and help text from the DemoConfig field; unset flags keep the preset's value
+        kind = str(fields[name].type)
+        sweep = kind.startswith("tuple")
+        p.add_argument(f"--{name}", type=float if sweep else _FLAG_TYPES[kind], nargs="+" if sweep else None,
+                       default=None, help=fields[name].metadata["help"])
     p.add_argument("--no_noisy", action="store_true", help="skip the noisy-label runs")
     p.add_argument("--quiet", action="store_true", help="no stage lines or progress bars (the final tables remain)")
     return p
@@ -714,13 +708,10 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str]) -> DemoConfig:
     args = _parser().parse_args(argv)
     values = dict(PRESETS[args.preset])
-    for name in ("output_dir", "report_to", "seed", "threads", "max_steps", "rl_steps", "learning_rate",
-                 "pairs_per_prompt", "converged_steps", "converged_pairs_per_prompt"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    for name in ("dpo_betas", "ipo_betas", "rlhf_betas", "converged_betas"):
-        if getattr(args, name) is not None:
-            values[name] = tuple(getattr(args, name))
+    for name in ("output_dir", "report_to", *CONFIG_FLAGS):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = tuple(value) if isinstance(value, list) else value
     if args.no_noisy:
         values["noisy_methods"] = ()
     if args.quiet:

@@ -15,7 +15,7 @@ for the regime's number of optimiser steps, and reports its training log history
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 
 METHODS = ("dpo", "ipo", "ipo_soft", "rlhf")
@@ -50,44 +50,101 @@ class RunSpec:
         return f"{METHOD_LABELS[self.method]} β={self.beta:g} ({self.labels})"
 
 
+def _setting(default, help_text: str | None = None) -> Field:
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class TrainSettings:
-    """Optimisation settings shared by every method (so runs compare on the same budget)."""
+    """Optimisation settings shared by every method (so runs compare on the same budget).
 
-    max_steps: int = 100
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    logging_steps: int = 10
-    logp_reduction: str = "sum"
-    max_length: int = 48
-    seed: int = 0
+    Each field's default and help text live here; a flat config that exposes a setting (``DemoConfig`` of
+    `trl-ipo demo`) declares it with :func:`shared_setting`.
+    """
+
+    max_steps: int = _setting(100, "optimiser steps of each preference run")
+    batch_size: int = _setting(16, "pairs (RLHF: sampled completions) per optimiser step")
+    learning_rate: float = _setting(3e-4, "learning rate of the preference runs")
+    logging_steps: int = _setting(10, "optimiser steps between the trainer's log entries")
+    logp_reduction: str = _setting("sum", "IPO's Δ from summed ('sum') or per-token mean ('mean') log-probs")
+    max_length: int = _setting(48, "longest prompt + response in tokens")
+    seed: int = _setting(0)
     # RLHF: the reward model's fit, and the RL stage
-    reward_steps: int = 60
-    reward_learning_rate: float = 1e-3
-    rl_steps: int = 100
-    rl_learning_rate: float = 1e-3
-    rl_num_generations: int = 4
-    max_new_tokens: int = 16
-    disable_tqdm: bool = False
+    reward_steps: int = _setting(60, "optimiser steps of the reward model's fit")
+    reward_learning_rate: float = _setting(1e-3, "learning rate of the reward model's fit")
+    rl_steps: int = _setting(100, "RLOO steps of the RLHF runs")
+    rl_learning_rate: float = _setting(1e-3, "learning rate of the RLOO stage")
+    rl_num_generations: int = _setting(4, "completions sampled per prompt in the RLOO stage")
+    max_new_tokens: int = _setting(16, "longest sampled completion in tokens")
+    disable_tqdm: bool = _setting(False, "no progress bars from the trainers")
 
 
-def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
+def shared_setting(name: str, default=MISSING, help_text: str | None = None) -> Field:
+    """A dataclass field standing for :class:`TrainSettings`' field ``name`` in another config.
+
+    It takes that field's default and help text (``metadata["help"]``), unless ``default`` or ``help_text`` is given;
+    :func:`settings_from` copies it back into a :class:`TrainSettings`.
+    """
+    source = {f.name: f for f in fields(TrainSettings)}[name]
+    return field(
+        default=source.default if default is MISSING else default,
+        metadata={"help": help_text or source.metadata["help"], "train_setting": name},
+    )
+
+
+def settings_from(config, **overrides) -> TrainSettings:
+    """The :class:`TrainSettings` whose fields ``config`` declares with :func:`shared_setting`, plus ``overrides``."""
+    shared = {f.metadata["train_setting"]: getattr(config, f.name) for f in fields(config) if "train_setting" in
+              f.metadata}
+    return TrainSettings(**{**shared, **overrides})
+
+
+def trainer_args(
+    output_dir,
+    run_name: str,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    logging_steps: int,
+    seed: int,
+    report_to,
+    use_cpu: bool,
+    disable_tqdm: bool,
+    **extra,
+) -> dict:
+    """``TrainingArguments`` fields of every lab run: no checkpoints, fp32 without gradient checkpointing, and one
+    seed for the model and the data order; ``extra`` adds fields."""
     return dict(
         output_dir=str(output_dir),
         run_name=run_name,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="constant",
-        logging_steps=settings.logging_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to=report_to,
         bf16=False,
         gradient_checkpointing=False,
-        use_cpu=True,
+        use_cpu=use_cpu,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=disable_tqdm,
+        **extra,
+    )
+
+
+def _common_args(settings: TrainSettings, output_dir: Path, run_name: str, report_to) -> dict:
+    return trainer_args(
+        output_dir,
+        run_name,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        logging_steps=settings.logging_steps,
         seed=settings.seed,
-        data_seed=settings.seed,
-        dataloader_num_workers=0,
+        report_to=report_to,
+        use_cpu=True,
         disable_tqdm=settings.disable_tqdm,
+        lr_scheduler_type="constant",
+        dataloader_num_workers=0,
     )
 
 
@@ -98,37 +155,76 @@ def _pairs_dataset(rows, with_q: bool):
     return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
+def train_on_pairs(
+    method: str,
+    model_dir,
+    train_dataset,
+    trainer_args: dict,
+    *,
+    beta: float,
+    logp_reduction: str,
+    seed: int,
+    preference_column: str | None = None,
+    eval_dataset=None,
+    callbacks=(),
+):
+    """DPO, IPO or IPO-soft from the model in ``model_dir`` on a preference dataset; returns the trained trainer.
+
+    The one place a pairwise method is built and trained (`trl-ipo demo` and `trl-ipo compare` both come here).
+    ``trainer_args`` are the ``TrainingArguments`` fields shared by the methods (output_dir, batch size, learning
+    rate, ...); ``beta`` is the KL strength, ``logp_reduction`` IPO's Δ reduction, and ``preference_column`` the
+    column holding q, used by ``"ipo_soft"`` only. Its model is the trained policy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args, trainer_cls = DPOConfig(loss_type=["sigmoid"], beta=beta, **trainer_args), DPOTrainer
+    elif method in ("ipo", "ipo_soft"):
+        from ...config import IPOConfig
+        from ...trainer import IPOTrainer
+
+        column = preference_column if method == "ipo_soft" else None
+        args = IPOConfig(logp_reduction=logp_reduction, preference_column=column, beta=beta, **trainer_args)
+        trainer_cls = IPOTrainer
+    else:
+        raise ValueError(f"train_on_pairs does not train {method!r}; use train_rlhf")
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.train()
+    return trainer
+
+
 def train_preference_method(
     spec: RunSpec, ref_dir, rows, settings: TrainSettings, output_dir, callbacks=(), report_to="none"
 ):
     """DPO, IPO or IPO-soft from π_ref on ``rows``; returns the trainer (its model is the trained policy)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(ref_dir)
-    model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
-    common = _common_args(settings, Path(output_dir), spec.name, report_to)
-    common.update(beta=spec.beta, max_steps=settings.max_steps, max_length=settings.max_length)
-    if spec.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(loss_type=["sigmoid"], **common)
-        trainer_cls, dataset = DPOTrainer, _pairs_dataset(rows, with_q=False)
-    elif spec.method in ("ipo", "ipo_soft"):
-        from ..config import IPOConfig
-        from ..trainer import IPOTrainer
-
-        soft = spec.method == "ipo_soft"
-        args = IPOConfig(logp_reduction=settings.logp_reduction, preference_column="q" if soft else None, **common)
-        trainer_cls, dataset = IPOTrainer, _pairs_dataset(rows, with_q=soft)
-    else:
+    if spec.method not in ("dpo", "ipo", "ipo_soft"):
         raise ValueError(f"train_preference_method does not train {spec.method!r}; use train_rlhf")
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=list(callbacks)
+    common = _common_args(settings, Path(output_dir), spec.name, report_to)
+    common.update(max_steps=settings.max_steps, max_length=settings.max_length)
+    return train_on_pairs(
+        spec.method,
+        ref_dir,
+        _pairs_dataset(rows, with_q=spec.method == "ipo_soft"),
+        common,
+        beta=spec.beta,
+        logp_reduction=settings.logp_reduction,
+        seed=settings.seed,
+        preference_column="q",
+        callbacks=callbacks,
     )
-    trainer.train()
-    return trainer
 
 
 class RewardModelScorer:

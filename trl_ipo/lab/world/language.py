@@ -121,8 +121,8 @@ def train_reference(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from .methods import finish_wandb
-    from .tiny import build_model, build_tokenizer
+    from ..experiments.methods import finish_wandb
+    from ..tiny import build_model, build_tokenizer
 
     output_dir = Path(output_dir)
     tokenizer = build_tokenizer(corpus(seed=seed), vocab_size=400)

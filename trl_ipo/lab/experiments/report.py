@@ -1,13 +1,7 @@
 """Markdown report with PNG plots for the lab's runs (``trl-ipo demo`` and ``trl-ipo compare``).
 
-Input is a list of run records, each a dict with
-
-* ``label`` (legend text), ``method``, ``beta``, ``labels`` (label regime or split name), optionally ``group`` (the
-  panel a run is drawn in; default ``labels``);
-* ``history``: measurements over optimisation steps (dicts with ``step`` and any of ``reward``, ``win_rate``, ``kl``,
-  ``kl_stderr``, ``grammatical``), from :class:`trl_ipo.lab.evaluate.EvaluationCallback`;
-* ``log_history``: the trainer's log entries (``rewards/margins`` = β·Δ with Δ the summed log-ratio margin);
-* ``final``: the row of the summary table.
+Input is a list of run records: :class:`trl_ipo.lab.experiments.records.RunRecord` objects or their
+:meth:`~trl_ipo.lab.experiments.records.RunRecord.to_dict` dicts (the plotting helpers take the dicts).
 
 Plots: the reward–KL frontier (final point per run, its trajectory faint), KL vs step per method and β, margin Δ vs
 step (linear, or log-scaled with each IPO target t/β drawn as a line of the run's colour; DPO's logistic loss has no
@@ -22,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .claims import margin_series
+from .records import RunRecord, as_dicts
 
 __all__ = [
     "logged_target",
@@ -32,6 +27,7 @@ __all__ = [
     "plot_margins",
     "plot_over_steps",
     "text_table",
+    "write_markdown",
     "write_report",
 ]
 
@@ -164,7 +160,7 @@ def plot_margins(runs: Sequence[dict], path: Path, log_scale: bool = False) -> P
         for run in group_runs:
             steps, deltas = margin_series(run["log_history"], run["beta"])
             if log_scale:
-                steps, deltas = [s for s, d in zip(steps, deltas) if d > 0], [d for d in deltas if d > 0]
+                steps, deltas = [s for s, d in zip(steps, deltas, strict=False) if d > 0], [d for d in deltas if d > 0]
             style = styles[id(run)]
             ax.plot(steps, deltas, marker="o", ms=2, lw=1, label=run["label"], **style)
             target = run.get("target")
@@ -207,7 +203,7 @@ def plot_frontier(
 
 
 def plot_kl_vs_beta(rows: Sequence[dict], path: Path, title: str = "end KL(π‖π_ref) against β") -> Path | None:
-    """End KL ± s.e. against β for DPO and IPO; ``rows`` as from :func:`trl_ipo.lab.claims.kl_against_beta`.
+    """End KL ± s.e. against β for DPO and IPO; ``rows`` as from :func:`trl_ipo.lab.experiments.claims.kl_against_beta`.
 
     Log–log axes when every KL is positive (else the KL axis is symmetric-log, linear near 0).
     """
@@ -243,16 +239,16 @@ def write_report(
     output_dir: str | Path,
     title: str,
     intro: str,
-    runs: Sequence[dict],
+    runs: Sequence[RunRecord | dict],
     columns: Sequence[tuple[str, str]],
     reference: dict | None = None,
     oracle_reward: float | None = None,
     extra_sections: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.md`` and the PNGs into ``output_dir``; returns the paths written (by name)."""
+    runs = as_dicts(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
     plots = {
         "frontier": plot_frontier(runs, output_dir / "frontier.png", reference, oracle_reward),
         "kl_vs_step": plot_over_steps(
@@ -271,12 +267,21 @@ def write_report(
     }
     lines = [f"# {title}", "", intro, "", "## Summary", "", markdown_table([r["final"] for r in runs], columns), ""]
     lines += list(extra_sections)
-    lines += ["## Plots", ""]
-    for name, path in plots.items():
+    return write_markdown(output_dir, lines, {name: (path, captions[name]) for name, path in plots.items()})
+
+
+def write_markdown(
+    output_dir: str | Path, lines: Sequence[str], plots: dict[str, tuple[Path | None, str]]
+) -> dict[str, Path]:
+    """Write ``report.md``: ``lines``, then a "Plots" section showing each drawn plot (``name: (path, caption)``; a
+    ``None`` path was not drawn). Returns the paths written by name, the plots' then ``"report"``."""
+    written: dict[str, Path] = {}
+    lines = [*lines, "## Plots", ""]
+    for name, (path, caption) in plots.items():
         if path is not None:
             written[name] = path
-            lines += [f"### {captions[name]}", "", f"![{captions[name]}]({path.name})", ""]
-    report = output_dir / "report.md"
+            lines += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    report = Path(output_dir) / "report.md"
     report.write_text("\n".join(lines))
     written["report"] = report
     return written

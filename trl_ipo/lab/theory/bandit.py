@@ -16,21 +16,21 @@ sampled batches (the same for every τ and both losses, i.e. common random numbe
 
 The paper's Figure 1 setting: D1 = {(a, b), (b, c), (a, c)}, uniform π_ref, τ ∈ {0.1, 0.5, 1, 2, 10}, Adam with
 learning rate 0.01, batch 9, 18,000 steps. There the sampled IPO loss has the closed form u* = (1/(3τ), 0, −1/(3τ))
-(:mod:`trl_ipo.lab.finite`), while DPO drives π(a) → 1 whatever τ (σ(τΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO").
+(:mod:`trl_ipo.lab.theory.finite`), while DPO drives π(a) → 1 whatever τ (σ(τΔ) → 1 needs Δ → ∞; docs/theory.md, "DPO").
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..losses import ipo_loss, ipo_target
+from ...losses import ipo_loss, ipo_target
 from .finite import as_pairs, check_distribution, ipo_closed_form
 
 __all__ = [

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import ipo_target
+from ...losses import ipo_target
 
 __all__ = [
     "FiniteIPOSolution",
@@ -176,7 +176,7 @@ def connected_components(pairs, num_actions: int, weights=None) -> torch.Tensor:
             i = parent[i]
         return i
 
-    for (w, l), weight in zip(pairs.tolist(), m.tolist()):
+    for (w, l), weight in zip(pairs.tolist(), m.tolist(), strict=False):
         if weight > 0:
             parent[find(w)] = find(l)
     labels: dict[int, int] = {}
