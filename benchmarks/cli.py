@@ -35,23 +35,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cuda: bf16, 0.66B Qwen2, sequence 1024")
     p.add_argument("--tiny", action="store_true", help="a model and run small enough for a test (seconds)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    for name in ("hidden", "layers", "heads", "intermediate", "vocab", "seq", "pairs", "warmup", "steps",
-                 "scan-warmup", "scan-steps", "memory-steps", "threads", "seed"):
+    for name in (
+        "hidden",
+        "layers",
+        "heads",
+        "intermediate",
+        "vocab",
+        "seq",
+        "pairs",
+        "warmup",
+        "steps",
+        "scan-warmup",
+        "scan-steps",
+        "memory-steps",
+        "threads",
+        "seed",
+    ):
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--scan-seqs", type=_int_list, default=None, help="comma-separated sequence lengths")
     p.add_argument("--scan-variants", type=_name_list, default=None, help="comma-separated, e.g. A,F")
     p.add_argument("--variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--shapes", type=_name_list, default=None,
-                   help=f"comma-separated workload shapes for the layout variants, of {','.join(SHAPES)}")
-    p.add_argument("--shape-variants", type=_name_list, default=None,
-                   help=f"comma-separated subset of {','.join(SHAPE_VARIANTS)}")
+    p.add_argument(
+        "--shapes",
+        type=_name_list,
+        default=None,
+        help=f"comma-separated workload shapes for the layout variants, of {','.join(SHAPES)}",
+    )
+    p.add_argument(
+        "--shape-variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(SHAPE_VARIANTS)}"
+    )
     for name in ("shape-pairs", "shape-mean", "shape-max", "shape-warmup", "shape-steps", "shape-memory-steps"):
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--only-shapes", action="store_true", help="measure only the workload shapes")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--no-memory", action="store_true", help="skip the memory child process")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile one step of each variant (torch.profiler, top ops by self time) into the JSON")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one step of each variant (torch.profiler, top ops by self time) into the JSON",
+    )
     p.add_argument("--out", default=None, help="write the JSON here (it is always printed)")
     p.add_argument("--workdir", default=None, help="where the model checkpoint is built (default: a temp dir)")
     p.add_argument("--render", default=None, metavar="JSON", help="print the markdown tables of a result and exit")
@@ -66,10 +88,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
         values.update(PRESETS["tiny"])
         if args.device == "cuda":
             values.update(device="cuda", dtype="bfloat16")
-    for key in ("device", "dtype", "hidden", "layers", "heads", "intermediate", "vocab", "seq", "pairs", "warmup",
-                "steps", "scan_warmup", "scan_steps", "memory_steps", "threads", "seed", "scan_seqs",
-                "scan_variants", "variants", "peak_tflops", "shapes", "shape_variants", "shape_pairs", "shape_mean",
-                "shape_max", "shape_warmup", "shape_steps", "shape_memory_steps"):
+    for key in (
+        "device",
+        "dtype",
+        "hidden",
+        "layers",
+        "heads",
+        "intermediate",
+        "vocab",
+        "seq",
+        "pairs",
+        "warmup",
+        "steps",
+        "scan_warmup",
+        "scan_steps",
+        "memory_steps",
+        "threads",
+        "seed",
+        "scan_seqs",
+        "scan_variants",
+        "variants",
+        "peak_tflops",
+        "shapes",
+        "shape_variants",
+        "shape_pairs",
+        "shape_mean",
+        "shape_max",
+        "shape_warmup",
+        "shape_steps",
+        "shape_memory_steps",
+    ):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -143,8 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             shape_memory = run_shape_memory_child(cfg, workdir)
         variants = {}
         if not cfg.only_shapes:
-            variants = time_variants(cfg, cfg.variants, checkpoint, workdir, cfg.seq, cfg.warmup, cfg.steps, device,
-                                     counts, before_timed=finish_memory)
+            variants = time_variants(
+                cfg,
+                cfg.variants,
+                checkpoint,
+                workdir,
+                cfg.seq,
+                cfg.warmup,
+                cfg.steps,
+                device,
+                counts,
+                before_timed=finish_memory,
+            )
         else:
             finish_memory()
         phases["timing_s"] = time.perf_counter() - phases.pop("timed_from")
@@ -155,16 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         scan_start = time.perf_counter()
 
         scan = []
-        for seq in ([] if cfg.only_shapes else cfg.scan_seqs):
+        for seq in [] if cfg.only_shapes else cfg.scan_seqs:
             names = list(cfg.scan_variants)
             reuse = {n: variants[n] for n in names if seq == cfg.seq and n in variants}
             todo = [n for n in names if n not in reuse]
             row = dict(reuse)
             if todo:
-                row.update(time_variants(cfg, todo, checkpoint, workdir, seq, cfg.scan_warmup, cfg.scan_steps,
-                                         device, counts))
-            scan.append({"seq": seq, "variants": {n: row[n] for n in names},
-                         "reused_from_main": sorted(reuse)})
+                row.update(
+                    time_variants(cfg, todo, checkpoint, workdir, seq, cfg.scan_warmup, cfg.scan_steps, device, counts)
+                )
+            scan.append({"seq": seq, "variants": {n: row[n] for n in names}, "reused_from_main": sorted(reuse)})
         load_after = os.getloadavg()
         phases["scan_s"] = time.perf_counter() - scan_start
         profile = None
@@ -179,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(device, cfg),
             "load_average": {"start": load_start, "before_timing": load_before, "after": load_after},
             "config": asdict(cfg),
-            "model": {**counts, "architecture": "Qwen2 (random init)", "dtype": cfg.dtype,
-                      "flops_per_token": flops_per_token(cfg, cfg.seq, counts["non_embedding_parameters"])},
+            "model": {
+                **counts,
+                "architecture": "Qwen2 (random init)",
+                "dtype": cfg.dtype,
+                "flops_per_token": flops_per_token(cfg, cfg.seq, counts["non_embedding_parameters"]),
+            },
             "variants": variants,
             "ratios": ratio,
             "cpu_time_ratios": ratios(variants, "cpu_time_s"),
@@ -208,4 +270,3 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     print(text)
     return 0
-

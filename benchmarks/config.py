@@ -22,8 +22,11 @@ SHAPE_VARIANTS = {
     "Pf": "IPOTrainer, padding_free=True",
     "SP": "IPOTrainer, prefix_sharing=True and padding_free=True",
 }
-SHAPE_FLAGS = {"S": dict(prefix_sharing=True), "Pf": dict(padding_free=True),
-               "SP": dict(prefix_sharing=True, padding_free=True)}
+SHAPE_FLAGS = {
+    "S": dict(prefix_sharing=True),
+    "Pf": dict(padding_free=True),
+    "SP": dict(prefix_sharing=True, padding_free=True),
+}
 # Workload shapes: mean prompt : completion, lengths log-normal with spread SHAPE_SIGMA; "equal" is the padding-free
 # equal-length workload of the main table (TRL's best case).
 SHAPES = {"equal": None, "prompt-heavy": (3, 1), "balanced": (1, 1), "completion-heavy": (1, 3)}
@@ -83,24 +86,69 @@ class BenchConfig:
 
 PRESETS = {
     "tiny": dict(
-        hidden=32, layers=2, heads=4, intermediate=64, vocab=512, seq=32, pairs=2, warmup=1, steps=2,
-        scan_seqs=[32, 64], scan_warmup=1, scan_steps=1, memory_steps=2, tiny=True,
-        shape_pairs=3, shape_mean=24, shape_max=64, shape_warmup=0, shape_steps=2,
+        hidden=32,
+        layers=2,
+        heads=4,
+        intermediate=64,
+        vocab=512,
+        seq=32,
+        pairs=2,
+        warmup=1,
+        steps=2,
+        scan_seqs=[32, 64],
+        scan_warmup=1,
+        scan_steps=1,
+        memory_steps=2,
+        tiny=True,
+        shape_pairs=3,
+        shape_mean=24,
+        shape_max=64,
+        shape_warmup=0,
+        shape_steps=2,
     ),
     # Qwen2-0.5B widths (hidden 896, 24 layers, 14 heads, MLP 4864, vocab 151936), untied head, full KV heads.
     "cuda": dict(
-        device="cuda", dtype="bfloat16", hidden=896, layers=24, heads=14, intermediate=4864, vocab=151936,
-        seq=1024, pairs=4, warmup=3, steps=10, scan_seqs=[256, 512, 1024], scan_variants=["A", "F"],
-        scan_warmup=2, scan_steps=5, memory_steps=3,
-        shape_pairs=8, shape_mean=768, shape_max=2048, shape_warmup=1, shape_steps=3, shape_memory_steps=1,
+        device="cuda",
+        dtype="bfloat16",
+        hidden=896,
+        layers=24,
+        heads=14,
+        intermediate=4864,
+        vocab=151936,
+        seq=1024,
+        pairs=4,
+        warmup=3,
+        steps=10,
+        scan_seqs=[256, 512, 1024],
+        scan_variants=["A", "F"],
+        scan_warmup=2,
+        scan_steps=5,
+        memory_steps=3,
+        shape_pairs=8,
+        shape_mean=768,
+        shape_max=2048,
+        shape_warmup=1,
+        shape_steps=3,
+        shape_memory_steps=1,
     ),
 }
 
 
 def validate_config(cfg: BenchConfig) -> None:
     """Reject a configuration that cannot be measured, naming the offending option, before anything is built."""
-    for name in ("hidden", "layers", "heads", "intermediate", "vocab", "seq", "pairs", "steps", "threads",
-                 "scan_steps", "memory_steps"):
+    for name in (
+        "hidden",
+        "layers",
+        "heads",
+        "intermediate",
+        "vocab",
+        "seq",
+        "pairs",
+        "steps",
+        "threads",
+        "scan_steps",
+        "memory_steps",
+    ):
         if getattr(cfg, name) < 1:
             raise SystemExit(f"bench: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}.")
     if cfg.warmup < 0 or cfg.scan_warmup < 0:
@@ -131,4 +179,3 @@ def validate_config(cfg: BenchConfig) -> None:
 
         if not torch.cuda.is_available():
             raise SystemExit("bench: --device cuda needs a CUDA device, but torch.cuda.is_available() is False.")
-

@@ -106,4 +106,3 @@ def _init_torch(cfg: BenchConfig) -> None:
     import trl  # noqa: F401  (imported up front: in the memory child this overlaps the parent's start-up)
 
     import trl_ipo  # noqa: F401
-

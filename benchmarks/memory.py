@@ -39,8 +39,12 @@ def measure_shape_memory_child(cfg, checkpoint, workdir, result_path) -> None:
             runner.close()
             del runner
             results.setdefault(shape, {})[name] = {
-                "metric": device.memory_metric(), "peak_bytes": peak, "before_bytes": before,
-                "added_bytes": peak - before, "peak_reset": reset, "steps": cfg.shape_memory_steps,
+                "metric": device.memory_metric(),
+                "peak_bytes": peak,
+                "before_bytes": before,
+                "added_bytes": peak - before,
+                "peak_reset": reset,
+                "steps": cfg.shape_memory_steps,
             }
     result_path.write_text(json.dumps(results))
 
@@ -111,7 +115,6 @@ def run_shape_memory_child(cfg: BenchConfig, workdir: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"shape memory child process failed with exit code {code}")
     return json.loads((workdir / "shape-memory-result.json").read_text())
-
 
 
 def _child_command(flag: str, workdir: Path) -> list[str]:

@@ -232,4 +232,3 @@ def throughput(cfg, name, seq, step_s, counts, device) -> dict:
         "achieved_tflops": achieved,
         "mfu": achieved / device.peak_tflops if device.peak_tflops else None,
     }
-

@@ -116,7 +116,9 @@ class ShapeRunner(TrainerRunner):
             trainer_cls, args = IPOTrainer, IPOConfig(**kwargs, **SHAPE_FLAGS.get(name, {}))
         rows = make_shape_rows(cfg, self.shape)[: cfg.shape_pairs * self.n_steps]
         self.trainer = trainer_cls(
-            model=str(self.checkpoint), args=args, train_dataset=Dataset.from_list(rows),
+            model=str(self.checkpoint),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
             processing_class=AutoTokenizer.from_pretrained(self.checkpoint),
         )
         self.trainer.remove_callback(PrinterCallback)
@@ -143,8 +145,9 @@ class FloorRunner:
     F_metrics: the same, with the head also computing the per-token outputs DPOTrainer logs.
     """
 
-    def __init__(self, cfg: BenchConfig, checkpoint: Path, workdir: Path, seq: int, n_steps: int, device: Device,
-                 name: str = "F"):
+    def __init__(
+        self, cfg: BenchConfig, checkpoint: Path, workdir: Path, seq: int, n_steps: int, device: Device, name: str = "F"
+    ):
         self.cfg, self.checkpoint, self.seq, self.n_steps, self.device = cfg, checkpoint, seq, n_steps, device
         self.name = name
         self.head_outputs = TRL_HEAD_OUTPUTS if name == "F_metrics" else ("log_probs",)
@@ -187,8 +190,9 @@ class FloorRunner:
         for i in range(0, len(examples), cfg.pairs):
             batch = collate(examples[i : i + cfg.pairs])
             if tuple(batch["input_ids"].shape) != (2 * cfg.pairs, self.seq):
-                raise RuntimeError(f"floor batch has shape {tuple(batch['input_ids'].shape)}, expected "
-                                   f"{(2 * cfg.pairs, self.seq)}")
+                raise RuntimeError(
+                    f"floor batch has shape {tuple(batch['input_ids'].shape)}, expected {(2 * cfg.pairs, self.seq)}"
+                )
             self.batches.append({k: v.to(torch_device) for k, v in batch.items()})
 
     def step(self, batch) -> None:
@@ -197,8 +201,13 @@ class FloorRunner:
         from trl_ipo.losses import ipo_loss
 
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                      fused_lm_head=True, use_cache=False)
+        inputs = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=labels,
+            fused_lm_head=True,
+            use_cache=False,
+        )
         with self.autocast():
             logps = self.policy(**inputs).log_probs.sum(dim=1)
             with torch.no_grad():
@@ -222,4 +231,3 @@ def make_runner(name: str, cfg: BenchConfig, checkpoint: Path, workdir: Path, se
     if name in ("F", "F_metrics"):
         return FloorRunner(cfg, checkpoint, workdir, seq, n_steps, device, name)
     return TrainerRunner(name, cfg, checkpoint, workdir, seq, n_steps)
-

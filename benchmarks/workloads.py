@@ -43,8 +43,13 @@ def build_checkpoint(cfg: BenchConfig, directory: Path) -> dict[str, int]:
 
     tokenizer = build_tokenizer([CHARSET], vocab_size=BYTE_VOCAB)
     model = build_model(
-        tokenizer, hidden_size=cfg.hidden, num_layers=cfg.layers, num_heads=cfg.heads,
-        intermediate_size=cfg.intermediate, seed=cfg.seed, vocab_size=cfg.vocab,
+        tokenizer,
+        hidden_size=cfg.hidden,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        seed=cfg.seed,
+        vocab_size=cfg.vocab,
         dtype=cfg.dtype,
     )
     model.to(getattr(torch, cfg.dtype)).save_pretrained(directory)
@@ -105,8 +110,9 @@ def make_shape_rows(cfg: BenchConfig, shape: str) -> list[dict]:
     rng = random.Random(cfg.seed + 17)
     text = lambda k: "".join(rng.choices(CHARSET, k=k))  # noqa: E731  (one token per character)
     # TRL appends EOS to each completion: c - 1 characters make c tokens.
-    return [{"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)}
-            for p, c, r in shape_lengths(cfg, shape)]
+    return [
+        {"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)} for p, c, r in shape_lengths(cfg, shape)
+    ]
 
 
 def shape_work(cfg: BenchConfig, shape: str, counts: dict) -> dict:
@@ -124,6 +130,10 @@ def shape_work(cfg: BenchConfig, shape: str, counts: dict) -> dict:
         per_row = [(2.0 * counts["non_embedding_parameters"] + 4.0 * cfg.layers * cfg.hidden * r) * r for r in rows]
         flops.append(4.0 * sum(per_row))  # policy training pass (3 forwards) + reference forward
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"pairs": n, "real_tokens": mean(real), "padded_tokens": mean(padded),
-            "shared_tokens": mean(shared), "useful_flops": mean(flops)}
-
+    return {
+        "pairs": n,
+        "real_tokens": mean(real),
+        "padded_tokens": mean(padded),
+        "shared_tokens": mean(shared),
+        "useful_flops": mean(flops),
+    }

@@ -31,6 +31,7 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
     import random
 
     rng = random.Random(seed)
+
     def sentence(lo, hi):
         return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
 

@@ -51,8 +51,11 @@ def test_every_variant_has_its_figures(report):
     for v in report["variants"].values():
         steps = v["step_time_s"]
         assert len(steps["all"]) == cfg["steps"] == v["timed_steps"]
-        assert (steps["min"], steps["median"], steps["max"]) == (min(steps["all"]), median(steps["all"]),
-                                                                  max(steps["all"]))
+        assert (steps["min"], steps["median"], steps["max"]) == (
+            min(steps["all"]),
+            median(steps["all"]),
+            max(steps["all"]),
+        )
         assert len(v["iteration_time_s"]["all"]) >= cfg["steps"] - 1
         cpu = v["cpu_time_s"]["all"]
         assert len(cpu) == cfg["steps"] and v["cpu_time_s"]["median"] == median(cpu)
@@ -81,9 +84,14 @@ def test_model_flops_follow_the_hand_formula(report):
 
 def test_ratios_and_targets_are_the_medians_quotients(report):
     med = {n: v["step_time_s"]["median"] for n, v in report["variants"].items()}
-    expected = {"A/B": med["A"] / med["B"], "A_prime/A": med["A_prime"] / med["A"], "A/F": med["A"] / med["F"],
-                "P/A": med["P"] / med["A"], "F_metrics/F": med["F_metrics"] / med["F"],
-                "A/F_metrics": med["A"] / med["F_metrics"]}
+    expected = {
+        "A/B": med["A"] / med["B"],
+        "A_prime/A": med["A_prime"] / med["A"],
+        "A/F": med["A"] / med["F"],
+        "P/A": med["P"] / med["A"],
+        "F_metrics/F": med["F_metrics"] / med["F"],
+        "A/F_metrics": med["A"] / med["F_metrics"],
+    }
     assert report["ratios"] == pytest.approx(expected)
     cpu = {n: v["cpu_time_s"]["median"] for n, v in report["variants"].items()}
     assert report["cpu_time_ratios"]["A/B"] == pytest.approx(cpu["A"] / cpu["B"])
@@ -122,8 +130,14 @@ def test_analytic_parameter_count_matches_a_built_model(bench):
 
     cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"])
     tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
-    model = build_model(tokenizer, hidden_size=cfg.hidden, num_layers=cfg.layers, num_heads=cfg.heads,
-                        intermediate_size=cfg.intermediate, vocab_size=cfg.vocab)
+    model = build_model(
+        tokenizer,
+        hidden_size=cfg.hidden,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        vocab_size=cfg.vocab,
+    )
     assert bench.parameter_count(cfg)["parameters"] == sum(p.numel() for p in model.parameters())
     # The byte tokenizer gives one token per character, so the synthetic rows have the length asked for.
     row = bench.make_rows(cfg, 48, 1, preference=True)[0]
@@ -166,7 +180,7 @@ def test_rotation_runs_one_variant_at_a_time_in_alternating_order(bench):
     turns = bench.run_interleaved([Dummy("x"), Dummy("y"), Dummy("z")], None, rounds=3)
     # Never two variants inside a step at once: every begin is followed by its own end.
     assert all(b == ("begin", e[1]) and e[0] == "end" for b, e in zip(events[::2], events[1::2], strict=True))
-    assert [name for kind, name in events if kind == "begin"] == list("xyz" "zyx" "xyz")
+    assert [name for kind, name in events if kind == "begin"] == list("xyzzyxxyz")
     assert all(len(t.step_times) == 3 and len(t.iteration_times) == 2 for t in turns.values())
 
 
@@ -216,8 +230,11 @@ def test_shape_checks_compare_the_best_layout_with_b(bench):
     def entry(samples, cpu):
         return {"samples_per_s": samples, "cpu_time_s": {"median": cpu}}
 
-    shapes = {"prompt-heavy": {"variants": {"B": entry(1.0, 4.0), "A": entry(1.0, 4.0), "S": entry(1.6, 2.0),
-                                            "SP": entry(1.4, 2.5)}}}
+    shapes = {
+        "prompt-heavy": {
+            "variants": {"B": entry(1.0, 4.0), "A": entry(1.0, 4.0), "S": entry(1.6, 2.0), "SP": entry(1.4, 2.5)}
+        }
+    }
     memory = {"prompt-heavy": {n: {"peak_bytes": b} for n, b in (("B", 100), ("A", 100), ("S", 90), ("SP", 101))}}
     check = bench.shape_checks(shapes, memory)["prompt-heavy"]
     assert check["best"] == "S" and check["met"] is True and check["target"] == 1.5

@@ -81,7 +81,6 @@ def completion_logp(model, prompt_ids, completion_ids):
 @pytest.fixture(scope="module")
 def offline_run(tiny_dir, tmp_path_factory):
     import wandb
-
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("wandb-offline")
@@ -96,13 +95,22 @@ def offline_run(tiny_dir, tmp_path_factory):
             eval_rows = make_pairs(5, seed=7, preference=True)
             args = IPOConfig(
                 **cpu_args(
-                    root / "out", report_to="wandb", preference_column="q", max_steps=2, eval_strategy="steps",
-                    eval_steps=2, per_device_eval_batch_size=3, run_name="offline",
+                    root / "out",
+                    report_to="wandb",
+                    preference_column="q",
+                    max_steps=2,
+                    eval_strategy="steps",
+                    eval_steps=2,
+                    per_device_eval_batch_size=3,
+                    run_name="offline",
                 )
             )
             trainer = IPOTrainer(
-                model, args=args, train_dataset=Dataset.from_list(make_pairs(8, preference=True)),
-                eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                model,
+                args=args,
+                train_dataset=Dataset.from_list(make_pairs(8, preference=True)),
+                eval_dataset=Dataset.from_list(eval_rows),
+                processing_class=tokenizer,
             )
             margin_cb = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, IPOMarginCallback))
             margin_cb.table_size = 3  # fewer rows than the eval set: the table must pick the worst
@@ -117,8 +125,13 @@ def offline_run(tiny_dir, tmp_path_factory):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     history, config = read_offline_run(run_dir)
     return {
-        "trainer": trainer, "spy": spy, "run_dir": run_dir, "history": history, "config": config,
-        "eval_rows": eval_rows, "tiny_dir": tiny_dir,
+        "trainer": trainer,
+        "spy": spy,
+        "run_dir": run_dir,
+        "history": history,
+        "config": config,
+        "eval_rows": eval_rows,
+        "tiny_dir": tiny_dir,
     }
 
 
@@ -136,8 +149,13 @@ def test_offline_run_scalars_match_log_history(offline_run):
                 assert logged[entry["step"]][wandb_prefix + key] == entry[prefix + key], (key, entry["step"])
     # the IPO settings are in the run config
     assert offline_run["config"]["ipo"] == {
-        "beta": BETA, "loss_form": "paper", "symmetric": True, "logp_reduction": "mean",
-        "preference_column": "q", "loss_type": ["ipo"], "trainer": "IPOTrainer",
+        "beta": BETA,
+        "loss_form": "paper",
+        "symmetric": True,
+        "logp_reduction": "mean",
+        "preference_column": "q",
+        "loss_type": ["ipo"],
+        "trainer": "IPOTrainer",
     }
 
 
@@ -189,7 +207,7 @@ def test_offline_run_worst_fit_table(offline_run):
     worst = sorted(by_hand, key=lambda r: (-r[0], r[1]))[:3]
 
     for (_, i, delta, target), (index, prompt, chosen, rejected, t_delta, t_target, t_residual, q) in zip(
-        worst, table["data"]
+        worst, table["data"], strict=True
     ):
         assert index == i
         assert (prompt, chosen, rejected) == (eval_rows[i]["prompt"], eval_rows[i]["chosen"], eval_rows[i]["rejected"])
@@ -217,11 +235,25 @@ def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_
     wandb_dir = tmp_path / "wandb-root"
     wandb_dir.mkdir()
     env = {
-        **os.environ, "WANDB_DIR": str(wandb_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
+        **os.environ,
+        "WANDB_DIR": str(wandb_dir),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), tiny_dir, str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        tiny_dir,
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -287,8 +319,12 @@ def test_callback_on_stock_dpo_trainer_measures_ipo_margins(tiny_dir, tokenizer,
     common = cpu_args(tmp_path / "dpo", per_device_eval_batch_size=2)
 
     dpo = DPOTrainer(
-        load_model(), ref_model=ref_model, args=DPOConfig(**common), train_dataset=eval_rows,
-        eval_dataset=eval_rows, processing_class=tokenizer,
+        load_model(),
+        ref_model=ref_model,
+        args=DPOConfig(**common),
+        train_dataset=eval_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
     )
     callback = IPOMarginCallback(dpo, loss_form="scaled", logp_reduction="sum")  # Δ = TRL's per-pair margin
     dpo.add_callback(callback)
@@ -301,8 +337,12 @@ def test_callback_on_stock_dpo_trainer_measures_ipo_margins(tiny_dir, tokenizer,
     dpo_pairs = recorder.take("eval")
 
     ipo = IPOTrainer(
-        load_model(), ref_model=ref_model, args=IPOConfig(**common), train_dataset=eval_rows,
-        eval_dataset=eval_rows, processing_class=tokenizer,
+        load_model(),
+        ref_model=ref_model,
+        args=IPOConfig(**common),
+        train_dataset=eval_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
     )
     ipo.evaluate()
     ipo_pairs = ipo.last_logged_pairs("eval")
@@ -333,7 +373,9 @@ def test_worst_fit_order_and_pair_texts(tokenizer):
 
     eos = tokenizer.eos_token
     assert pair_texts({"prompt": "a cat", "chosen": f" sat{eos}", "rejected": " ran"}, tokenizer) == (
-        "a cat", " sat", " ran"
+        "a cat",
+        " sat",
+        " ran",
     )
     conversational = {
         "prompt": [{"role": "user", "content": "hi"}],

@@ -15,8 +15,21 @@ def wiggle(i: int) -> float:
     return 0.01 * math.sin(1.7 * i)
 
 
-def run(method, beta, deltas, *, regime="converged", labels="deterministic", target=None, kl=None, kl_se=0.1,
-        reward=0.0, reward_se=0.01, grammatical=1.0, steps=STEPS):
+def run(
+    method,
+    beta,
+    deltas,
+    *,
+    regime="converged",
+    labels="deterministic",
+    target=None,
+    kl=None,
+    kl_se=0.1,
+    reward=0.0,
+    reward_se=0.01,
+    grammatical=1.0,
+    steps=STEPS,
+):
     """A run record as the demo writes it: Δ goes into ``rewards/margins`` = β·Δ, the end point into history."""
     return {
         "name": f"{regime}-{method}-b{beta:g}-{labels}",
@@ -27,13 +40,20 @@ def run(method, beta, deltas, *, regime="converged", labels="deterministic", tar
         "regime": regime,
         "target": target,
         "log_history": [
-            {"step": s, "rewards/margins": beta * d, "loss": 0.1} for s, d in zip(steps, deltas, strict=False)
+            {"step": s, "rewards/margins": beta * d, "loss": 0.1} for s, d in zip(steps, deltas, strict=True)
         ]
         + [{"step": steps[-1], "train_runtime": 1.0}],
-        "history": [{"step": 0, "kl": 0.0, "kl_stderr": 0.0, "reward": -0.1, "reward_stderr": reward_se,
-                     "grammatical": 0.9},
-                    {"step": steps[-1], "kl": kl, "kl_stderr": kl_se, "reward": reward, "reward_stderr": reward_se,
-                     "grammatical": grammatical}],
+        "history": [
+            {"step": 0, "kl": 0.0, "kl_stderr": 0.0, "reward": -0.1, "reward_stderr": reward_se, "grammatical": 0.9},
+            {
+                "step": steps[-1],
+                "kl": kl,
+                "kl_stderr": kl_se,
+                "reward": reward,
+                "reward_stderr": reward_se,
+                "grammatical": grammatical,
+            },
+        ],
     }
 
 
@@ -50,7 +70,7 @@ def test_last_quarter_trend_matches_numpy_least_squares():
     values = [0.3 * s**0.5 + 2 * wiggle(i) for i, s in enumerate(STEPS)]
     got = C.last_quarter_trend(STEPS, values)
     x = np.array([s for s in STEPS if s >= 750], dtype=float)
-    y = np.array([v for s, v in zip(STEPS, values, strict=False) if s >= 750])
+    y = np.array([v for s, v in zip(STEPS, values, strict=True) if s >= 750])
     (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
     residual_var = ((y - (slope * x + intercept)) ** 2).sum() / (len(x) - 2)
     assert got["points"] == len(x) == 26
@@ -72,8 +92,11 @@ def test_last_quarter_trend_needs_three_points():
 
 
 def test_margin_series_divides_trl_margins_by_beta_and_skips_eval_entries():
-    log = [{"step": 10, "rewards/margins": 0.25}, {"step": 10, "eval_rewards/margins": 9.0},
-           {"step": 20, "rewards/margins": 0.5}]
+    log = [
+        {"step": 10, "rewards/margins": 0.25},
+        {"step": 10, "eval_rewards/margins": 9.0},
+        {"step": 20, "rewards/margins": 0.5},
+    ]
     assert C.margin_series(log, 0.5) == ([10, 20], [0.5, 1.0])
 
 
@@ -84,7 +107,7 @@ def test_ipo_claim_holds_for_converged_margins_and_dpo_claim_for_growing_ones():
     ipo = C.claim_ipo_converges(runs)
     assert ipo["holds"] is True and [e["beta"] for e in ipo["evidence"]] == [0.1, 0.5, 1.0]
     for e in ipo["evidence"]:
-        last = [d for s, d in zip(STEPS, converging(0.5 / e["beta"]), strict=False) if s >= 750]
+        last = [d for s, d in zip(STEPS, converging(0.5 / e["beta"]), strict=True) if s >= 750]
         assert e["delta"] == pytest.approx(sum(last) / len(last))
         assert e["relative_error"] == pytest.approx(abs(e["delta"] - e["target"]) / e["target"])
         assert e["relative_error"] < 0.01 and abs(e["trend"]) < 0.01
@@ -122,8 +145,12 @@ def test_claims_without_their_runs_are_not_tested():
         if claim["id"] != "budget_one_frontier":
             assert claim["holds"] is None, claim["id"]
     assert [c["id"] for c in C.evaluate_claims([])] == [
-        "ipo_margin_converges", "dpo_margin_grows", "dpo_drift_not_controlled_by_beta", "drift_buys_no_reward",
-        "budget_one_frontier", "soft_labels_drift_less",
+        "ipo_margin_converges",
+        "dpo_margin_grows",
+        "dpo_drift_not_controlled_by_beta",
+        "drift_buys_no_reward",
+        "budget_one_frontier",
+        "soft_labels_drift_less",
     ]
     assert C.verdict(True) == "holds" and C.verdict(False) == "does not hold"
     assert C.verdict(None) == "not tested at this budget"
@@ -132,9 +159,9 @@ def test_claims_without_their_runs_are_not_tested():
 # ------------------------------------------------------------------------------------------------------ claim 3
 def kl_runs(dpo_kls, ipo_kls, betas=(0.1, 0.5, 1.0)):
     runs = []
-    for beta, (kl, se) in zip(betas, dpo_kls, strict=False):
+    for beta, (kl, se) in zip(betas, dpo_kls, strict=True):
         runs.append(run("dpo", beta, growing(beta), kl=kl, kl_se=se))
-    for beta, (kl, se) in zip(betas, ipo_kls, strict=False):
+    for beta, (kl, se) in zip(betas, ipo_kls, strict=True):
         runs.append(run("ipo", beta, converging(0.5 / beta), target=0.5 / beta, kl=kl, kl_se=se))
     return runs
 
@@ -177,8 +204,12 @@ def test_negative_ipo_kl_estimate_gives_an_infinite_ratio_and_a_finite_fall_fact
 # ------------------------------------------------------------------------------------------------------ claim 4
 def test_drift_cost_claim_compares_rewards_within_their_standard_errors():
     runs = kl_runs([(80.0, 6.0), (21.0, 2.0)], [(13.0, 1.0), (0.6, 0.1)], betas=(0.1, 1.0))
-    rewards = {("dpo", 0.1): (-1.4, 0.02, 0.05), ("ipo", 0.1): (-1.2, 0.05, 0.2),
-               ("dpo", 1.0): (-1.2, 0.05, 0.2), ("ipo", 1.0): (-0.2, 0.05, 0.8)}
+    rewards = {
+        ("dpo", 0.1): (-1.4, 0.02, 0.05),
+        ("ipo", 0.1): (-1.2, 0.05, 0.2),
+        ("dpo", 1.0): (-1.2, 0.05, 0.2),
+        ("ipo", 1.0): (-0.2, 0.05, 0.8),
+    }
     for r in runs:
         reward, se, grammatical = rewards[r["method"], r["beta"]]
         r["history"][-1].update(reward=reward, reward_stderr=se, grammatical=grammatical)
@@ -195,15 +226,20 @@ def test_drift_cost_claim_compares_rewards_within_their_standard_errors():
 
 # ------------------------------------------------------------------------------------------------------ claim 5
 def budget_run(method, beta, kl, reward, se=0.02, grammatical=0.95):
-    return run(method, beta, growing(beta), regime="budget", kl=kl, reward=reward, reward_se=se,
-               grammatical=grammatical)
+    return run(
+        method, beta, growing(beta), regime="budget", kl=kl, reward=reward, reward_se=se, grammatical=grammatical
+    )
 
 
 def test_frontier_claim_fits_one_line_through_the_reference_and_stable_runs():
     reference = {"reward": -0.1, "reward_stderr": 0.02}
-    runs = [budget_run("dpo", 0.1, 2.0, 0.1 + 0.005), budget_run("dpo", 0.5, 1.0, 0.0),
-            budget_run("ipo", 0.1, 1.0, 0.0 - 0.005), budget_run("ipo", 0.5, 0.1, -0.09),
-            budget_run("rlhf", 0.1, 8.7, -1.5, grammatical=0.0)]
+    runs = [
+        budget_run("dpo", 0.1, 2.0, 0.1 + 0.005),
+        budget_run("dpo", 0.5, 1.0, 0.0),
+        budget_run("ipo", 0.1, 1.0, 0.0 - 0.005),
+        budget_run("ipo", 0.5, 0.1, -0.09),
+        budget_run("rlhf", 0.1, 8.7, -1.5, grammatical=0.0),
+    ]
     claim = C.claim_one_frontier(runs, reference)
     xs = np.array([2.0, 1.0, 1.0, 0.1, 0.0])
     ys = np.array([0.105, 0.0, -0.005, -0.09, -0.1])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import make_pairs
+
 from trl_ipo.commands import train as train_cmd
 from trl_ipo.config import IPOConfig
 from trl_ipo.datasets_io import load_preference_dataset
@@ -90,7 +90,8 @@ def test_yaml_config_and_overrides_train_and_save_model_with_card(tiny_dir, data
     trained = AutoModelForCausalLM.from_pretrained(out)
     initial = AutoModelForCausalLM.from_pretrained(tiny_dir)
     changed = [
-        n for (n, p), (_, p0) in zip(trained.named_parameters(), initial.named_parameters(), strict=True)
+        n
+        for (n, p), (_, p0) in zip(trained.named_parameters(), initial.named_parameters(), strict=True)
         if not torch.equal(p, p0)
     ]
     assert changed
@@ -155,7 +156,9 @@ def test_trl_dpo_yaml_runs_unchanged(tiny_dir, data, tmp_path, capsys):
 
 
 def test_trl_dpo_yaml_with_a_dpo_loss_type_is_rejected(tiny_dir, data, tmp_path, capsys):
-    config = write_yaml(tmp_path / "dpo.yaml", {**trl_dpo_yaml(tiny_dir, data["jsonl"], tmp_path), "loss_type": "sigmoid"})
+    config = write_yaml(
+        tmp_path / "dpo.yaml", {**trl_dpo_yaml(tiny_dir, data["jsonl"], tmp_path), "loss_type": "sigmoid"}
+    )
     rc, _, err = run_cli(["--config", config], capsys)
     assert rc == 2
     assert "loss_type=['sigmoid']" in err and "['ipo'] or ['ipo', 'sft']" in err and "Traceback" not in err
@@ -163,7 +166,17 @@ def test_trl_dpo_yaml_with_a_dpo_loss_type_is_rejected(tiny_dir, data, tmp_path,
 
 # ------------------------------------------------------------------------------------------------ must hold 3
 def base_argv(tiny_dir, dataset, out):
-    return ["--model_name_or_path", tiny_dir, "--dataset_name", dataset, "--output_dir", out, "--use_cpu", "--bf16", "false"]
+    return [
+        "--model_name_or_path",
+        tiny_dir,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        out,
+        "--use_cpu",
+        "--bf16",
+        "false",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -193,14 +206,21 @@ def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys
     assert rc == 2 and f"Dataset file or folder not found: '{missing}'" in err
 
     renamed = tmp_path / "renamed.jsonl"  # columns question/good/bad instead of prompt/chosen/rejected
-    renamed.write_text("".join(json.dumps({"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}) + "\n" for r in data["rows"]))
+    renamed.write_text(
+        "".join(
+            json.dumps({"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}) + "\n"
+            for r in data["rows"]
+        )
+    )
     rc, _, err = run_cli(base_argv(tiny_dir, renamed, tmp_path), capsys)
     assert rc == 2
     assert "missing column(s) ['chosen', 'rejected']" in err and "Its columns are ['question', 'good', 'bad']" in err
     assert "expects 'chosen' and 'rejected' (and optionally 'prompt')" in err
 
     bad_q = tmp_path / "bad_q.jsonl"
-    bad_q.write_text("".join(json.dumps({**r, "q": 1.5 if i == 3 else r["q"]}) + "\n" for i, r in enumerate(data["rows"])))
+    bad_q.write_text(
+        "".join(json.dumps({**r, "q": 1.5 if i == 3 else r["q"]}) + "\n" for i, r in enumerate(data["rows"]))
+    )
     rc, _, err = run_cli(base_argv(tiny_dir, bad_q, tmp_path) + ["--preference_column", "q"], capsys)
     assert rc == 2 and "1.5" in err and "row 3" in err
 
@@ -294,7 +314,9 @@ def test_packaged_configs_parse(name, tmp_path):
     values.update(bf16=False, report_to="none")  # this test host has no GPU and need not have a tracker
     script, training, model, _ = train_cmd.parse_args(["--config", write_yaml(tmp_path / "c.yaml", values)])
     assert (script.dataset_name, model.model_name_or_path, training.beta) == (
-        values["dataset_name"], values["model_name_or_path"], values["beta"],
+        values["dataset_name"],
+        values["model_name_or_path"],
+        values["beta"],
     )
     assert model.use_peft is bool(values.get("use_peft", False))
 

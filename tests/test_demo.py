@@ -43,8 +43,14 @@ def test_reward_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "response",
-    [" the red red ball .", " the ball", "the ball .", " the ball and .", " the ball and the hat and the box .",
-     " the dog ."],
+    [
+        " the red red ball .",
+        " the ball",
+        "the ball .",
+        " the ball and .",
+        " the ball and the hat and the box .",
+        " the dog .",
+    ],
 )
 def test_ungrammatical_responses_get_the_invalid_reward(response):
     assert language.parse_response(response) is None
@@ -126,7 +132,7 @@ def test_oracle_gets_maximum_reward_and_beats_reference_win_rate():
     assert oracle["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     assert ref_vs_itself["win_rate"] == 0.5
     assert oracle["win_rate"] >= ref_vs_itself["win_rate"]
-    expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference, strict=False)) / len(prompts)
+    expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference, strict=True)) / len(prompts)
     assert oracle["win_rate"] == pytest.approx(expected_wins) and oracle["grammatical"] == 1.0
 
 
@@ -144,7 +150,7 @@ def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread
     prompts = [tokenizer("the cat sat")["input_ids"], tokenizer("a big red dog ran on")["input_ids"]]
     completions = [tokenizer(" on a mat")["input_ids"] + [tokenizer.eos_token_id], tokenizer(" the log")["input_ids"]]
     batched = sequence_logps(model, prompts, completions, tokenizer.pad_token_id)
-    for i, (p, c) in enumerate(zip(prompts, completions, strict=False)):
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([p + c])).logits[0].double()
         logps = torch.log_softmax(logits, -1)
@@ -191,24 +197,37 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # global state restored
     assert [h.stream for h in logging.getLogger("transformers").handlers if hasattr(h, "stream")] == handler_streams
     results = json.loads((out / "results.json").read_text())
-    for name in ("report.md", "frontier.png", "kl_vs_step.png", "margins_vs_step.png", "margins_log.png",
-                 "kl_vs_beta.png", "pairs_deterministic.jsonl", "demo.log"):
+    for name in (
+        "report.md",
+        "frontier.png",
+        "kl_vs_step.png",
+        "margins_vs_step.png",
+        "margins_log.png",
+        "kl_vs_beta.png",
+        "pairs_deterministic.jsonl",
+        "demo.log",
+    ):
         assert (out / name).stat().st_size > 0, name
     runs = results["runs"]
     assert [(r["regime"], r["method"], r["labels"], r["beta"]) for r in runs] == [
-        ("budget", "dpo", "deterministic", 0.1), ("budget", "ipo", "deterministic", 0.1),
+        ("budget", "dpo", "deterministic", 0.1),
+        ("budget", "ipo", "deterministic", 0.1),
         ("budget", "rlhf", "deterministic", 0.1),
-        ("converged", "dpo", "deterministic", 0.1), ("converged", "dpo", "deterministic", 1.0),
-        ("converged", "ipo", "deterministic", 0.1), ("converged", "ipo", "deterministic", 1.0),
-        ("converged", "ipo", "noisy", 0.1), ("converged", "ipo_soft", "noisy", 0.1),
+        ("converged", "dpo", "deterministic", 0.1),
+        ("converged", "dpo", "deterministic", 1.0),
+        ("converged", "ipo", "deterministic", 0.1),
+        ("converged", "ipo", "deterministic", 1.0),
+        ("converged", "ipo", "noisy", 0.1),
+        ("converged", "ipo_soft", "noisy", 0.1),
     ]
     config = results["config"]
     train_prompts = results["prompts"]["train"]
     report = (out / "report.md").read_text()
     # Numbers come from the runs: the table's final values are the last in-training evaluation of each run.
     for run in runs:
-        steps = config["rl_steps" if run["method"] == "rlhf" else "max_steps" if run["regime"] == "budget"
-                      else "converged_steps"]
+        steps = config[
+            "rl_steps" if run["method"] == "rlhf" else "max_steps" if run["regime"] == "budget" else "converged_steps"
+        ]
         assert (run["history"][0]["step"], run["history"][-1]["step"]) == (0, steps)
         assert run["final"]["kl"] == run["history"][-1]["kl"]
         assert abs(run["history"][0]["kl"]) < 1e-6  # the untrained policy is π_ref
@@ -218,7 +237,7 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     # The converged regime's Δ is the mean of the logged margins over the last quarter of its steps.
     for run in (r for r in runs if r["regime"] == "converged"):
         steps, deltas = margin_series(run["log_history"], run["beta"])
-        last = [d for s, d in zip(steps, deltas, strict=False) if s >= 0.75 * config["converged_steps"]]
+        last = [d for s, d in zip(steps, deltas, strict=True) if s >= 0.75 * config["converged_steps"]]
         assert run["final"]["delta"] == pytest.approx(sum(last) / len(last))
     ipo = next(r for r in runs if r["method"] == "ipo" and r["regime"] == "converged" and r["beta"] == 1.0)
     assert [e["ipo/target"] for e in ipo["log_history"] if "ipo/target" in e][0] == pytest.approx(0.5 / ipo["beta"])
@@ -292,10 +311,35 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     from trl_ipo.commands import compare
 
     out = tmp_path / "cmp"
-    argv = ["--model", tiny_dir, "--dataset", str(pairs_file), "--methods", "dpo", "ipo_soft",
-            "--preference_column", "q", "--max_steps", "2", "--batch_size", "3", "--learning_rate", "1e-3",
-            "--eval_fraction", "0.25", "--kl_prompts", "3",
-            "--kl_samples", "2", "--max_new_tokens", "6", "--output_dir", str(out), "--quiet", "--use_cpu"]
+    argv = [
+        "--model",
+        tiny_dir,
+        "--dataset",
+        str(pairs_file),
+        "--methods",
+        "dpo",
+        "ipo_soft",
+        "--preference_column",
+        "q",
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        "--eval_fraction",
+        "0.25",
+        "--kl_prompts",
+        "3",
+        "--kl_samples",
+        "2",
+        "--max_new_tokens",
+        "6",
+        "--output_dir",
+        str(out),
+        "--quiet",
+        "--use_cpu",
+    ]
     assert compare.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert (results["train_rows"], results["held_out_rows"]) == (18, 6)

@@ -24,7 +24,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import cpu_args, global_rng_restored, make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +64,7 @@ class Job:
             subprocess.Popen(
                 cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
             )
-            for cmd, log in zip(commands, self.logs)
+            for cmd, log in zip(commands, self.logs, strict=True)
         ]
         self._codes = None
 
@@ -241,7 +240,7 @@ def test_zero3_checkpoint_loads_in_transformers_and_resume_continues_the_same(jo
         assert sharded[name].shape == tensor.shape, name
         torch.testing.assert_close(sharded[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     for rank, record in records.items():
-        resumed = dict(zip(record["resumed_steps"], record["resumed_losses"]))
+        resumed = dict(zip(record["resumed_steps"], record["resumed_losses"], strict=True))
         assert sorted(resumed)[-2:] == [3, 4]
         assert [resumed[3], resumed[4]] == pytest.approx(record["losses"][2:], rel=1e-5), rank
 
@@ -401,12 +400,44 @@ def test_launch_script_builds_the_deepspeed_command(tmp_path):
     def run(*args):
         return subprocess.run([str(LAUNCH_SCRIPT), *args], capture_output=True, text=True, cwd=REPO)
 
-    multi = run("--hostfile", str(hostfile), "--master-addr", "10.0.0.1", "--master-port", "29501", "--num-nodes", "2",
-                "--gpus-per-node", "2", "--node-rank", "1", "--dry-run", "--", str(WORKER), "spec.json", "--flag")
+    multi = run(
+        "--hostfile",
+        str(hostfile),
+        "--master-addr",
+        "10.0.0.1",
+        "--master-port",
+        "29501",
+        "--num-nodes",
+        "2",
+        "--gpus-per-node",
+        "2",
+        "--node-rank",
+        "1",
+        "--dry-run",
+        "--",
+        str(WORKER),
+        "spec.json",
+        "--flag",
+    )
     assert multi.returncode == 0, multi.stderr
     assert multi.stdout.split() == [
-        "deepspeed", "--master_port", "29501", "--hostfile", str(hostfile), "--master_addr", "10.0.0.1",
-        "--num_nodes", "2", "--num_gpus", "2", "--no_ssh", "--node_rank", "1", str(WORKER), "spec.json", "--flag",
+        "deepspeed",
+        "--master_port",
+        "29501",
+        "--hostfile",
+        str(hostfile),
+        "--master_addr",
+        "10.0.0.1",
+        "--num_nodes",
+        "2",
+        "--num_gpus",
+        "2",
+        "--no_ssh",
+        "--node_rank",
+        "1",
+        str(WORKER),
+        "spec.json",
+        "--flag",
     ]
     default = run("--dry-run")
     assert default.returncode == 0 and default.stdout.split()[-1] == str(REPO / "scripts" / "train_ipo.py")

@@ -52,6 +52,7 @@ COMMANDS = (
     ". .venv",
 )
 
+
 def fenced_blocks(text: str):
     """(line number, language, body) of every fenced block, backtick or tilde fences, nested in lists or not."""
     lines = text.splitlines()

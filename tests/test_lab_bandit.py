@@ -80,7 +80,6 @@ def test_table_cells_are_mean_and_student_t_interval(paper_run):
         assert f"| {tau:g} | IPO exact (L⁺b) | {exact} |" in table
 
 
-
 def test_plot_is_a_small_png_with_one_panel_per_tau(tmp_path):
     small = run_bandit(taus=(0.1, 1.0, 10.0), seeds=(0, 1), steps=60, record_every=20)
     path = tmp_path / "curves.png"
@@ -165,8 +164,15 @@ def test_soft_labels_gradient_equals_closed_form_and_tie_keeps_reference_ratio()
     q = [0.9, 0.7, 0.8, 0.6, 0.5]
     taus = (0.25, 1.0, 4.0)
     result = run_bandit(
-        pairs=pairs, actions="abcd", reference=reference, taus=taus, seeds=range(8), methods=("ipo",),
-        preference=q, steps=6000, record_every=6000,
+        pairs=pairs,
+        actions="abcd",
+        reference=reference,
+        taus=taus,
+        seeds=range(8),
+        methods=("ipo",),
+        preference=q,
+        steps=6000,
+        record_every=6000,
     )
     ipo = result.final[0]  # (S, T, K)
     for j, tau in enumerate(taus):
@@ -206,8 +212,25 @@ def test_command_writes_table_and_json(tmp_path, capsys):
     from trl_ipo.commands import bandit as command
 
     out = tmp_path / "out"
-    argv = ["--out", str(out), "--steps", "300", "--seeds", "3", "--taus", "0.5,2", "--record-every", "100",
-            "--pairs", "x>y,y>z", "--preference", "0.9,0.7", "--reference", "0.2,0.3,0.5", "--no-plot"]
+    argv = [
+        "--out",
+        str(out),
+        "--steps",
+        "300",
+        "--seeds",
+        "3",
+        "--taus",
+        "0.5,2",
+        "--record-every",
+        "100",
+        "--pairs",
+        "x>y,y>z",
+        "--preference",
+        "0.9,0.7",
+        "--reference",
+        "0.2,0.3,0.5",
+        "--no-plot",
+    ]
     assert command.main(argv) == 0
     printed = capsys.readouterr().out
     table = (out / "bandit_table.md").read_text()
@@ -216,8 +239,16 @@ def test_command_writes_table_and_json(tmp_path, capsys):
     assert results["setting"]["pairs"] == [["x", "y"], ["y", "z"]]
     assert not (out / "bandit_curves.png").exists()  # --no-plot; the PNG itself is checked above
 
-    expected = run_bandit(pairs=[(0, 1), (1, 2)], actions="xyz", reference=[0.2, 0.3, 0.5], taus=(0.5, 2.0),
-                          seeds=range(3), preference=[0.9, 0.7], steps=300, record_every=100)
+    expected = run_bandit(
+        pairs=[(0, 1), (1, 2)],
+        actions="xyz",
+        reference=[0.2, 0.3, 0.5],
+        taus=(0.5, 2.0),
+        seeds=range(3),
+        preference=[0.9, 0.7],
+        steps=300,
+        record_every=100,
+    )
     means = summarise(expected)["ipo"]["mean"]
     np.testing.assert_allclose(results["final"]["ipo"]["2.0"]["mean"], means[1].numpy(), atol=1e-12)
     # a tree is fitted exactly: y/z at τ = 2 is (0.3/0.5)·exp(0.2/2)

@@ -150,8 +150,9 @@ def _random_preference_matrix(rng, k):
 def _minimise(objective, k):
     """Numerically minimise an objective of the log-ratio of a softmax policy (LBFGS on the logits, float64)."""
     logits = torch.zeros(k, dtype=F64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([logits], lr=1.0, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                  line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [logits], lr=1.0, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimiser.zero_grad()

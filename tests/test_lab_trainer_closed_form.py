@@ -66,7 +66,7 @@ def _train(trainer_cls, config_cls, tmp_path, preference=None, **overrides):
     )
     # The trainer's own tokenisation is the format the helper reads: completion = (word, EOS) after the prompt.
     ids = response_ids(tokenizer, WORDS)
-    for row, (w, l) in zip(trainer.train_dataset, D1, strict=False):
+    for row, (w, l) in zip(trainer.train_dataset, D1, strict=True):
         assert row["prompt_ids"] == ids[w, :1].tolist()
         assert row["chosen_ids"] == ids[w, 1:].tolist() and row["rejected_ids"] == ids[l, 1:].tolist()
     pi_ref = response_distribution(reference, tokenizer, WORDS)

@@ -5,6 +5,7 @@ import torch
 
 from trl_ipo.losses import ipo_loss, ipo_regression, ipo_target, reduce_logps
 
+
 @pytest.fixture
 def pairs():
     g = torch.Generator().manual_seed(0)
@@ -17,7 +18,7 @@ def pairs():
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 3.0])
 def test_hard_label_paper_form_is_azar_eq17(pairs, beta):
     chosen, rejected, _ = pairs
-    expected = [((c - r) - 1 / (2 * beta)) ** 2 for c, r in zip(chosen.tolist(), rejected.tolist())]
+    expected = [((c - r) - 1 / (2 * beta)) ** 2 for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]
     assert ipo_loss(chosen, rejected, beta).tolist() == pytest.approx(expected, rel=1e-12)
 
 

@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from trl import DPOConfig, DPOTrainer
-
 from conftest import cpu_args, make_pairs
 from trainer_utils import assert_grads_close, build, full_batch, loss_and_grads
+from trl import DPOConfig, DPOTrainer
+
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.losses import f_divergence_scores, sequence_logps, wpo_pair_weights
 
@@ -82,8 +82,17 @@ def test_symmetric_with_modifier_equals_doubled_dataset(name, load_model, tokeni
         build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q", **modifier)
     )
     doubled = _moved(
-        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS + swapped, tmp_path / "b", preference_column="q",
-              symmetric=False, **modifier)
+        build(
+            IPOTrainer,
+            IPOConfig,
+            load_model,
+            tokenizer,
+            ROWS + swapped,
+            tmp_path / "b",
+            preference_column="q",
+            symmetric=False,
+            **modifier,
+        )
     )
     _, grads_sym = loss_and_grads(sym)
     _, grads_dbl = loss_and_grads(doubled)
@@ -120,13 +129,13 @@ def test_modifier_functions_against_hand_formulas():
     torch.testing.assert_close(sequence_logps(logps, mask, None), logps.sum(dim=1))
 
     u = torch.tensor([-1.5, -0.2, 0.0, 0.7, 2.0], dtype=torch.float64)
-    for x, y in zip(f_divergence_scores(u, "forward_kl").tolist(), u.tolist()):
+    for x, y in zip(f_divergence_scores(u, "forward_kl").tolist(), u.tolist(), strict=True):
         assert x == pytest.approx(1 - math.exp(-y))
-    for x, y in zip(f_divergence_scores(u, "js_divergence").tolist(), u.tolist()):
+    for x, y in zip(f_divergence_scores(u, "js_divergence").tolist(), u.tolist(), strict=True):
         t = math.exp(y)
         assert x == pytest.approx(math.log(2 * t / (t + 1)))
     for a in (0.3, 2.0):
-        for x, y in zip(f_divergence_scores(u, "alpha_divergence", a).tolist(), u.tolist()):
+        for x, y in zip(f_divergence_scores(u, "alpha_divergence", a).tolist(), u.tolist(), strict=True):
             t = math.exp(y)
             assert x == pytest.approx((t ** (a - 1) - 1) / (a - 1))
     torch.testing.assert_close(f_divergence_scores(u, "alpha_divergence", 1.0), u)

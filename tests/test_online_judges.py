@@ -17,7 +17,7 @@ def test_hard_labels_make_exact_ties_one_half():
 def test_bradley_terry_link():
     a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
     for temperature in (1.0, 0.5):
-        expected = [1 / (1 + math.exp(-(x - y) / temperature)) for x, y in zip(a.tolist(), b.tolist())]
+        expected = [1 / (1 + math.exp(-(x - y) / temperature)) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
         got = preference_from_rewards(a, b, "bradley_terry", temperature)
         torch.testing.assert_close(got, torch.tensor(expected), atol=1e-6, rtol=0)
 

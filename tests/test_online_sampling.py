@@ -15,7 +15,6 @@ from trl_ipo.online.sampling import (
     sample_completions,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
 
 
@@ -36,12 +35,13 @@ REF_LOGITS = [-1.0, 1.5, 0.5, 0.0]
 
 def hand_mixture(policy_logits, ref_logits, lam):
     """π_θ^(1−λ)·π_ref^λ / Z, from the two probability vectors, in plain floats."""
+
     def probs(logits):
         z = sum(math.exp(v) for v in logits)
         return [math.exp(v) / z for v in logits]
 
     p, r = probs(policy_logits), probs(ref_logits)
-    w = [pi ** (1 - lam) * ri**lam for pi, ri in zip(p, r)]
+    w = [pi ** (1 - lam) * ri**lam for pi, ri in zip(p, r, strict=True)]
     return [wi / sum(w) for wi in w]
 
 
@@ -120,8 +120,14 @@ def test_sampler_logps_equal_full_forward_mixture(two_models, lam):
     prompt_ids, prompt_mask = _prompts(tokenizer)
     torch.manual_seed(0)
     sampled = sample_completions(
-        policy, prompt_ids, prompt_mask, max_new_tokens=6, eos_token_ids=[tokenizer.eos_token_id],
-        pad_token_id=tokenizer.pad_token_id, ref_model=reference, mixture_coef=lam,
+        policy,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=6,
+        eos_token_ids=[tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        ref_model=reference,
+        mixture_coef=lam,
     )
     assert sampled.completion_mask.sum() > 0
     for i in range(prompt_ids.size(0)):
@@ -140,13 +146,26 @@ def test_lambda_zero_reproduces_generate_and_its_scoring(two_models):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     torch.manual_seed(123)
     generated = policy.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, max_new_tokens=8, temperature=1.0,
-        top_k=0, top_p=1.0, pad_token_id=pad, eos_token_id=eos,
-    )[:, prompt_ids.size(1):]
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        do_sample=True,
+        max_new_tokens=8,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )[:, prompt_ids.size(1) :]
     torch.manual_seed(123)
     sampled = sample_completions(
-        policy, prompt_ids, prompt_mask, max_new_tokens=8, eos_token_ids=[eos], pad_token_id=pad,
-        ref_model=reference, mixture_coef=0.0,
+        policy,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=8,
+        eos_token_ids=[eos],
+        pad_token_id=pad,
+        ref_model=reference,
+        mixture_coef=0.0,
     )
     expected_mask = completion_mask_from_eos(generated, [eos])
     assert torch.equal(sampled.completion_ids, generated.masked_fill(expected_mask == 0, pad))
@@ -154,4 +173,3 @@ def test_lambda_zero_reproduces_generate_and_its_scoring(two_models):
     scored = completion_logps(policy, prompt_ids, prompt_mask, sampled.completion_ids, sampled.completion_mask)
     mask = sampled.completion_mask.bool()
     torch.testing.assert_close(scored[mask], sampled.logps[mask], atol=1e-5, rtol=0)
-

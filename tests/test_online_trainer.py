@@ -11,7 +11,6 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
 
 PROMPTS = ["the cat sat", "a dog ran", "big red sun", "the moon sat"]
@@ -30,7 +29,7 @@ def text_length_reward(prompts, completions, **kwargs):
 
 def soft_length_judge(prompts, completions_a, completions_b):
     """q = σ((|a| − |b|)/8): swapping a and b gives 1 − q."""
-    return [1 / (1 + math.exp(-(len(a) - len(b)) / 8)) for a, b in zip(completions_a, completions_b)]
+    return [1 / (1 + math.exp(-(len(a) - len(b)) / 8)) for a, b in zip(completions_a, completions_b, strict=True)]
 
 
 def fixed_pairs(tokenizer, prompts, device, swap=False):
@@ -131,8 +130,13 @@ def assert_grads_close(got, expected, rtol=1e-5, atol=1e-5):
 
 def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model, tokenizer, tmp_path):
     ours, our_grads = build(
-        FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path / "ours",
-        logp_reduction="sum", reward_to_preference="hard",
+        FixedOnlineIPO,
+        OnlineIPOConfig,
+        load_model,
+        tokenizer,
+        tmp_path / "ours",
+        logp_reduction="sum",
+        reward_to_preference="hard",
     )
     theirs, their_grads = build(
         FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "trl", loss_type="ipo"
@@ -149,9 +153,15 @@ def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model,
 
 def test_ties_do_not_move_the_policy(load_model, tokenizer, tmp_path):
     trainer, capture = build(
-        OnlineIPOTrainer, OnlineIPOConfig, load_model, tokenizer, tmp_path,
+        OnlineIPOTrainer,
+        OnlineIPOConfig,
+        load_model,
+        tokenizer,
+        tmp_path,
         trainer_kwargs={"judge": lambda prompts, a, b: [0.5] * len(prompts)},
-        max_steps=3, weight_decay=0.0, mixture_coef=0.5,  # IPO-MD sampling: ties make sampling irrelevant
+        max_steps=3,
+        weight_decay=0.0,
+        mixture_coef=0.5,  # IPO-MD sampling: ties make sampling irrelevant
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     # At initialisation: zero loss and exactly zero gradient.
@@ -176,8 +186,14 @@ def test_gradient_accumulation_matches_one_large_batch(load_model, tokenizer, tm
     judge = {"judge": soft_length_judge}
     large, large_grads = build(FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path / "a", judge)
     accumulated, accumulated_grads = build(
-        FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path / "b", judge,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        FixedOnlineIPO,
+        OnlineIPOConfig,
+        load_model,
+        tokenizer,
+        tmp_path / "b",
+        judge,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
     )
     large.train()
     accumulated.train()
@@ -191,8 +207,14 @@ def test_trl_online_dpo_accumulated_gradient_is_steps_times_too_large(load_model
     """The flaw the trainer above avoids: TRL 1.16 back-propagates each micro-batch mean undivided."""
     large, large_grads = build(FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "a", loss_type="ipo")
     accumulated, accumulated_grads = build(
-        FixedOnlineDPO, OnlineDPOConfig, load_model, tokenizer, tmp_path / "b", loss_type="ipo",
-        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        FixedOnlineDPO,
+        OnlineDPOConfig,
+        load_model,
+        tokenizer,
+        tmp_path / "b",
+        loss_type="ipo",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
     )
     large.train()
     accumulated.train()
@@ -201,9 +223,7 @@ def test_trl_online_dpo_accumulated_gradient_is_steps_times_too_large(load_model
 
 
 def test_swapping_completions_and_q_leaves_the_loss_unchanged(load_model, tokenizer, tmp_path):
-    trainer, _ = build(
-        FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path, {"judge": soft_length_judge}
-    )
+    trainer, _ = build(FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path, {"judge": soft_length_judge})
     # Move the policy off the reference so that the margins are not all zero.
     with torch.no_grad():
         for p in trainer.model.parameters():
@@ -241,10 +261,14 @@ def completion_logratio_sums(policy, reference, tokenizer, prompt, completion, e
 def test_logged_metrics_against_hand_computation(load_model, tokenizer, tmp_path):
     from trl_ipo.lab.tiny import build_model
 
-    q_of = dict(zip(PROMPTS, [1.0, 0.5, 0.25, 0.5]))
+    q_of = dict(zip(PROMPTS, [1.0, 0.5, 0.25, 0.5], strict=True))
     reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=4, seed=1)
     trainer, _ = build(
-        FixedOnlineIPO, OnlineIPOConfig, load_model, tokenizer, tmp_path,
+        FixedOnlineIPO,
+        OnlineIPOConfig,
+        load_model,
+        tokenizer,
+        tmp_path,
         {"judge": lambda prompts, a, b: [q_of[p] for p in prompts], "ref_model": reference},
     )
     beta = 0.1
@@ -261,8 +285,17 @@ def test_logged_metrics_against_hand_computation(load_model, tokenizer, tmp_path
     trainer.train()
     log = trainer.state.log_history[0]
 
-    for key in ("ipo/delta", "ipo/target", "ipo/residual", "ipo/sq_error", "online/judge_agreement",
-                "online/preference_mean", "online/tie_fraction", "online/kl", "loss"):
+    for key in (
+        "ipo/delta",
+        "ipo/target",
+        "ipo/residual",
+        "ipo/sq_error",
+        "online/judge_agreement",
+        "online/preference_mean",
+        "online/tie_fraction",
+        "online/kl",
+        "loss",
+    ):
         assert key in log, key
     assert log["online/preference_mean"] == pytest.approx(0.5625)
     assert log["online/tie_fraction"] == 0.5
@@ -287,13 +320,19 @@ def test_trainer_rejects_bad_setups(load_model, tokenizer, tmp_path):
         OnlineIPOTrainer(model=model, args=args, train_dataset=prompt_dataset(), processing_class=tokenizer)
     with pytest.raises(ValueError, match="needs a `prompt` column; it has \\['text'\\]"):
         OnlineIPOTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list([{"text": "x"}]), processing_class=tokenizer,
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([{"text": "x"}]),
+            processing_class=tokenizer,
             judge=soft_length_judge,
         )
     with pytest.raises(ValueError, match="row 1: empty prompt"):
         OnlineIPOTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": ""}]),
-            processing_class=tokenizer, judge=soft_length_judge,
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": ""}]),
+            processing_class=tokenizer,
+            judge=soft_length_judge,
         )
 
 
@@ -345,8 +384,11 @@ def test_conversational_prompts_reach_the_judge_as_messages(load_model, tokenize
 
     rows = [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS]
     trainer = OnlineIPOTrainer(
-        model=load_model(), args=OnlineIPOConfig(**config_kwargs(tmp_path, mixture_coef=0.5)),
-        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, judge=judge,
+        model=load_model(),
+        args=OnlineIPOConfig(**config_kwargs(tmp_path, mixture_coef=0.5)),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        judge=judge,
     )
     trainer.train()
     prompts, completions_a, completions_b = seen[0]

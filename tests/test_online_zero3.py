@@ -11,8 +11,8 @@ is the worker of one launched rank: ``torchrun --nproc_per_node 2 tests/test_onl
 import importlib
 import json
 import math
-import os
 import multiprocessing
+import os
 import socket
 import subprocess
 import sys
@@ -29,15 +29,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
 
 
 def soft_length_judge(prompts, completions_a, completions_b):
-    return [1 / (1 + math.exp(-(len(a) - len(b)) / 8)) for a, b in zip(completions_a, completions_b)]
+    return [1 / (1 + math.exp(-(len(a) - len(b)) / 8)) for a, b in zip(completions_a, completions_b, strict=True)]
 
 
 def config_kwargs(output_dir, **overrides):
     base = dict(
-        output_dir=str(output_dir), bf16=False, gradient_checkpointing=False, report_to="none", disable_tqdm=True,
-        save_strategy="no", seed=0, dataloader_num_workers=0, learning_rate=LEARNING_RATE, optim="sgd",
-        lr_scheduler_type="constant", max_steps=1, logging_steps=1, max_grad_norm=0.0, beta=0.1,
-        max_new_tokens=4, mixture_coef=0.5, dataloader_pin_memory=False,
+        output_dir=str(output_dir),
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        learning_rate=LEARNING_RATE,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=1,
+        logging_steps=1,
+        max_grad_norm=0.0,
+        beta=0.1,
+        max_new_tokens=4,
+        mixture_coef=0.5,
+        dataloader_pin_memory=False,
     )
     base.update(overrides)
     return base
@@ -58,24 +72,31 @@ def worker(model_dir: str, out: str) -> None:
         def _generate(self, model, prompts, images=None):
             result = super()._generate(model, prompts, images)
             prompt_ids, prompt_mask, completion_ids, completion_mask, _ = result
-            rows = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
+            rows = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask, strict=True)]
             for i, prompt in enumerate(prompts):
-                self.recorded.append({
-                    "prompt": prompt,
-                    "a": rows[i],
-                    "b": rows[i + len(prompts)],
-                })
+                self.recorded.append(
+                    {
+                        "prompt": prompt,
+                        "a": rows[i],
+                        "b": rows[i + len(prompts)],
+                    }
+                )
             return result
 
     args = OnlineIPOConfig(
         **config_kwargs(
-            Path(out) / "run", deepspeed="zero3", per_device_train_batch_size=2,
+            Path(out) / "run",
+            deepspeed="zero3",
+            per_device_train_batch_size=2,
             model_init_kwargs={"dtype": "float32", "device_map": None},
         )
     )
     trainer = RecordingTrainer(
-        model=model_dir, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
-        processing_class=AutoTokenizer.from_pretrained(model_dir), judge=soft_length_judge,
+        model=model_dir,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        judge=soft_length_judge,
     )
     shards = {"policy": parameter_shards(trainer.model_wrapped), "reference": parameter_shards(trainer.ref_model)}
     trainer.train()
@@ -98,8 +119,13 @@ def _free_port() -> int:
 
 def _launched_rank(rank: int, world_size: int, port: int, model_dir: str, out: str) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
     worker(model_dir, out)
@@ -112,8 +138,17 @@ def _launch_two_ranks(model_dir: str, out) -> None:
 
     if torch.distributed.is_initialized():
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               __file__, model_dir, str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            model_dir,
+            str(out),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return
@@ -158,8 +193,9 @@ def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
 
     class Replay(OnlineIPOTrainer):
         def _generate(self, model, prompts, images=None):
-            enc = tokenizer(text=list(prompts), return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=False)
+            enc = tokenizer(
+                text=list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+            )
             rows = [pairs[p]["a"] for p in prompts] + [pairs[p]["b"] for p in prompts]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), tokenizer.pad_token_id)
@@ -175,7 +211,8 @@ def test_zero3_two_cpu_ranks_match_a_single_process_step(tiny_dir, tmp_path):
         model=AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
         args=OnlineIPOConfig(**config_kwargs(tmp_path / "replay", per_device_train_batch_size=4, use_cpu=True)),
         train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
-        processing_class=tokenizer, judge=soft_length_judge,
+        processing_class=tokenizer,
+        judge=soft_length_judge,
     )
     replay.train()
     log = replay.state.log_history[0]

@@ -128,8 +128,14 @@ def _tiny(kind, attn, **extra):
     )
 
     common = dict(
-        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD_ID,
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=PAD_ID,
     )
     torch.manual_seed(0)
     if kind == "mistral":
@@ -146,7 +152,9 @@ MODELS = {
     "qwen2-sdpa": ("qwen2", "sdpa", {}),
     "qwen2-eager": ("qwen2", "eager", {}),
     "qwen2-sliding-layer": (
-        "qwen2", "sdpa", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
+        "qwen2",
+        "sdpa",
+        dict(use_sliding_window=True, sliding_window=3, max_window_layers=1),
     ),
     "mistral-window-3": ("mistral", "sdpa", {}),
     "gemma2-window-3-eager": ("gemma2", "eager", {}),

@@ -23,8 +23,16 @@ LAYOUTS = {
     "SP": dict(prefix_sharing=True, padding_free=True),
 }
 ROWS = make_pairs(8, seed=3, preference=True)
-TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "eval_runtime",
-               "eval_samples_per_second", "eval_steps_per_second", "epoch", "total_flos"}
+TIMING_KEYS = {
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "epoch",
+    "total_flos",
+}
 
 
 def _perturb(trainer):
@@ -220,10 +228,20 @@ def test_moe_router_aux_loss_is_kept(tokenizer, tmp_path):
     def load():
         torch.manual_seed(0)
         config = Qwen2MoeConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-            shared_expert_intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            num_experts=4, num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            output_router_logits=True,
+            router_aux_loss_coef=0.1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         return Qwen2MoeForCausalLM(config)
 
@@ -233,7 +251,9 @@ def test_moe_router_aux_loss_is_kept(tokenizer, tmp_path):
 # --------------------------------------------------------------------------------------------------- refusals
 def _trainer(model, tmp_path, peft_config=None, **kw):
     return IPOTrainer(
-        model=model, args=IPOConfig(**cpu_args(tmp_path, **kw)), train_dataset=Dataset.from_list(ROWS),
+        model=model,
+        args=IPOConfig(**cpu_args(tmp_path, **kw)),
+        train_dataset=Dataset.from_list(ROWS),
         peft_config=peft_config,
     )
 
@@ -282,8 +302,14 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
     ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     (tmp_path / "zero3.json").write_text(json.dumps(ds_config))
     run = dict(max_steps=3, preference_column="q", learning_rate=1e-3)
-    args = cpu_args(tmp_path / "zero3-run", per_device_train_batch_size=2, deepspeed=str(tmp_path / "zero3.json"),
-                    ddp_timeout=90, **run, **LAYOUTS["SP"])
+    args = cpu_args(
+        tmp_path / "zero3-run",
+        per_device_train_batch_size=2,
+        deepspeed=str(tmp_path / "zero3.json"),
+        ddp_timeout=90,
+        **run,
+        **LAYOUTS["SP"],
+    )
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": tiny_dir, "data": str(data), "out": str(tmp_path / "out"), "args": args}))
     with socket.socket() as sock:

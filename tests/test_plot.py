@@ -59,8 +59,15 @@ def _ipo_history(beta, steps=4, eval_every=2, seed=0):
 def _dpo_history(steps=3):
     """A stock DPOTrainer log_history: TRL's keys only, no ipo/*."""
     return [
-        {"loss": 0.69 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
-         "rewards/accuracies": 0.5, "rewards/margins": 0.02 * s, "epoch": s / steps, "step": s}
+        {
+            "loss": 0.69 - 0.01 * s,
+            "rewards/chosen": 0.01 * s,
+            "rewards/rejected": -0.01 * s,
+            "rewards/accuracies": 0.5,
+            "rewards/margins": 0.02 * s,
+            "epoch": s / steps,
+            "step": s,
+        }
         for s in range(1, steps + 1)
     ]
 
@@ -186,9 +193,9 @@ def test_plot_never_unpickles_training_args_bin(tmp_path, capsys):
 
 
 def test_trainer_writes_a_json_args_record_without_secrets(tmp_path, load_model, tokenizer):
+    from conftest import cpu_args, make_pairs
     from datasets import Dataset
 
-    from conftest import cpu_args, make_pairs
     from trl_ipo import IPOConfig, IPOTrainer
     from trl_ipo.run_args import read_args_record, recorded_beta
 

@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import cpu_args, make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +38,14 @@ def _free_port() -> int:
 
 def _args(output_dir, **overrides):
     base = dict(
-        per_device_train_batch_size=GLOBAL_BATCH // 2, max_steps=STEPS, preference_column="q", ddp_timeout=120,
-        precompute_ref_log_probs=True, precompute_ref_batch_size=3, save_strategy="steps", save_steps=1,
+        per_device_train_batch_size=GLOBAL_BATCH // 2,
+        max_steps=STEPS,
+        preference_column="q",
+        ddp_timeout=120,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=3,
+        save_strategy="steps",
+        save_steps=1,
     )
     return cpu_args(output_dir, **{**base, **overrides})
 
@@ -65,15 +70,19 @@ def jobs(setup):
     started = {}
     for name, extra in (("ddp", {}), ("zero3", {"deepspeed": setup.ds_config})):
         spec = {
-            "model": setup.model, "data": str(setup.data), "out": str(root / f"{name}-out"),
-            "args": _args(root / f"{name}-run", **extra), "crashed_dir": str(root / f"{name}-crashed"),
+            "model": setup.model,
+            "data": str(setup.data),
+            "out": str(root / f"{name}-out"),
+            "args": _args(root / f"{name}-run", **extra),
+            "crashed_dir": str(root / f"{name}-crashed"),
         }
         (root / f"{name}.json").write_text(json.dumps(spec))
         log = root / f"{name}.log"
         cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), str(WORKER)]
         cmd.append(str(root / f"{name}.json"))
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         started[name] = SimpleNamespace(name=name, proc=proc, log=log, out=root / f"{name}-out", root=root)
     yield started
     for job in started.values():

@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import cpu_args, make_pairs
 from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
-from conftest import cpu_args, make_pairs
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.checkpoints import MARKER, inspect_checkpoint, newest_complete_checkpoint, parse_resume_flag
 
@@ -26,7 +26,9 @@ STEPS = 4
 def _trainer(load_model, tokenizer, out, **overrides):
     kw = {**dict(max_steps=STEPS, save_strategy="steps", save_steps=1, preference_column="q"), **overrides}
     return IPOTrainer(
-        model=load_model(), args=IPOConfig(**cpu_args(out, **kw)), train_dataset=Dataset.from_list(ROWS),
+        model=load_model(),
+        args=IPOConfig(**cpu_args(out, **kw)),
+        train_dataset=Dataset.from_list(ROWS),
         processing_class=tokenizer,
     )
 
@@ -159,10 +161,35 @@ def test_cli_resume_true_skips_the_incomplete_checkpoint(uninterrupted, tiny_dir
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     argv = [
-        "--model_name_or_path", tiny_dir, "--dataset_name", str(data), "--output_dir", str(crashed), "--use_cpu",
-        "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--max_steps", "3",
-        "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate",
-        "1e-3", "--preference_column", "q", "--resume_from_checkpoint", "true", "--disable_tqdm", "true",
+        "--model_name_or_path",
+        tiny_dir,
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(crashed),
+        "--use_cpu",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--report_to",
+        "none",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
+        "--preference_column",
+        "q",
+        "--resume_from_checkpoint",
+        "true",
+        "--disable_tqdm",
+        "true",
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from trl import DPOConfig, DPOTrainer
-
 from conftest import make_pairs
 from trainer_utils import assert_grads_close, build, full_batch, hand_logps, loss_and_grads, params
+from trl import DPOConfig, DPOTrainer
+
 from trl_ipo import IPOConfig, IPOTrainer
 
 pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
@@ -29,7 +29,7 @@ def test_defaults_match_trl_ipo_loss_grads_and_steps(load_model, tokenizer, tmp_
 
     ours.train()
     stock.train()
-    for x, y in zip(ours.state.log_history[:-1], stock.state.log_history[:-1]):
+    for x, y in zip(ours.state.log_history[:-1], stock.state.log_history[:-1], strict=True):
         for key in ("loss", "rewards/margins", "rewards/chosen", "logps/chosen", "entropy", "mean_token_accuracy"):
             assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), key
     pa, pb = params(ours.model), params(stock.model)
@@ -50,7 +50,13 @@ def test_metrics_and_sum_reduction_against_hand_logps(load_model, tokenizer, tmp
     for reduction in ("sum", "mean"):
         trainer = _perturbed(
             build(
-                IPOTrainer, IPOConfig, load_model, tokenizer, rows, tmp_path / reduction, logp_reduction=reduction,
+                IPOTrainer,
+                IPOConfig,
+                load_model,
+                tokenizer,
+                rows,
+                tmp_path / reduction,
+                logp_reduction=reduction,
                 beta=beta,
             )
         )
@@ -82,7 +88,14 @@ def test_scaled_form_is_beta_squared_paper(load_model, tokenizer, tmp_path):
     )
     scaled = _perturbed(
         build(
-            IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "s", beta=beta, preference_column="q",
+            IPOTrainer,
+            IPOConfig,
+            load_model,
+            tokenizer,
+            ROWS,
+            tmp_path / "s",
+            beta=beta,
+            preference_column="q",
             loss_form="scaled",
         )
     )
@@ -97,7 +110,13 @@ def test_symmetric_equals_explicitly_doubled_dataset(load_model, tokenizer, tmp_
     sym = _perturbed(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q"))
     doubled = _perturbed(
         build(
-            IPOTrainer, IPOConfig, load_model, tokenizer, ROWS + swapped, tmp_path / "b", preference_column="q",
+            IPOTrainer,
+            IPOConfig,
+            load_model,
+            tokenizer,
+            ROWS + swapped,
+            tmp_path / "b",
+            preference_column="q",
             symmetric=False,
         )
     )

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import cpu_args, make_pairs
 from datasets import Dataset
+from trainer_utils import assert_grads_close, build, loss_and_grads, params
 from trl import DPOConfig, DPOTrainer
 
-from conftest import cpu_args, make_pairs
-from trainer_utils import assert_grads_close, build, loss_and_grads, params
 from trl_ipo import IPOConfig, IPOTrainer
 
 pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
@@ -44,7 +44,13 @@ def test_peft_lora_reference_is_adapter_disabled(load_model, tokenizer, tmp_path
 def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer, tmp_path):
     online = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q")
     pre = build(
-        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", preference_column="q",
+        IPOTrainer,
+        IPOConfig,
+        load_model,
+        tokenizer,
+        ROWS,
+        tmp_path / "b",
+        preference_column="q",
         precompute_ref_log_probs=True,
     )
     assert pre.ref_model is None and "ref_chosen_logps" in pre.train_dataset.column_names
@@ -85,8 +91,16 @@ def test_dataset_formats_match_stock_trl(rows, load_model, tokenizer, tmp_path):
 def test_gradient_accumulation_equals_full_batch(load_model, tokenizer, tmp_path):
     full = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q", max_steps=2)
     accum = build(
-        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", preference_column="q", max_steps=2,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        IPOTrainer,
+        IPOConfig,
+        load_model,
+        tokenizer,
+        ROWS,
+        tmp_path / "b",
+        preference_column="q",
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
     )
     full.train()
     accum.train()
@@ -121,8 +135,16 @@ def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path):
     )
     straight.train()
     first = build(
-        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", max_steps=4, per_device_train_batch_size=2,
-        save_strategy="steps", save_steps=2,
+        IPOTrainer,
+        IPOConfig,
+        load_model,
+        tokenizer,
+        ROWS,
+        tmp_path / "b",
+        max_steps=4,
+        per_device_train_batch_size=2,
+        save_strategy="steps",
+        save_steps=2,
     )
     first.train()
     resumed = build(
@@ -137,12 +159,17 @@ def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path):
 
 def test_model_as_path_and_explicit_ref_model(tiny_dir, load_model, tokenizer, tmp_path):
     by_path = IPOTrainer(
-        model=tiny_dir, args=IPOConfig(**cpu_args(tmp_path / "a")), train_dataset=Dataset.from_list(ROWS),
+        model=tiny_dir,
+        args=IPOConfig(**cpu_args(tmp_path / "a")),
+        train_dataset=Dataset.from_list(ROWS),
         processing_class=tokenizer,
     )
     explicit_ref = IPOTrainer(
-        model=load_model(), ref_model=load_model(), args=IPOConfig(**cpu_args(tmp_path / "b")),
-        train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
+        model=load_model(),
+        ref_model=load_model(),
+        args=IPOConfig(**cpu_args(tmp_path / "b")),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
     )
     by_path.train()
     explicit_ref.train()
@@ -163,7 +190,9 @@ def test_ipo_plus_sft_matches_stock_trl(load_model, tokenizer, tmp_path):
 
 def test_dpo_config_is_accepted_as_ipo(load_model, tokenizer, tmp_path):
     trainer = IPOTrainer(
-        model=load_model(), args=DPOConfig(**cpu_args(tmp_path, beta=0.2)), train_dataset=Dataset.from_list(ROWS),
+        model=load_model(),
+        args=DPOConfig(**cpu_args(tmp_path, beta=0.2)),
+        train_dataset=Dataset.from_list(ROWS),
         processing_class=tokenizer,
     )
     assert isinstance(trainer.args, IPOConfig) and trainer.args.loss_type == ["ipo"] and trainer.args.beta == 0.2

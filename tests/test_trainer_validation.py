@@ -1,9 +1,9 @@
 """Bad input fails before training with a message naming the field, row and value; nothing is dropped silently."""
 
 import pytest
+from conftest import cpu_args, make_pairs
 from datasets import Dataset
 
-from conftest import cpu_args, make_pairs
 from trl_ipo import IPOConfig, IPOTrainer
 
 ROWS = make_pairs(6, seed=3, preference=True)
@@ -42,7 +42,10 @@ def test_non_numeric_preference(load_model, tokenizer, tmp_path):
 
 def test_missing_preference_column_in_eval(load_model, tokenizer, tmp_path):
     eval_rows = [{k: v for k, v in r.items() if k != "q"} for r in ROWS]
-    with pytest.raises(ValueError, match=r"preference_column='q' is not a column of the eval dataset; its columns are \['chosen', 'prompt', 'rejected'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"preference_column='q' is not a column of the eval dataset; its columns are \['chosen', 'prompt', 'rejected'\]",
+    ):
         _trainer(load_model, tokenizer, tmp_path, ROWS, eval_rows, preference_column="q")
 
 
@@ -73,7 +76,9 @@ def test_rows_dropped_by_truncation_are_counted_and_reported(load_model, tokeniz
     rows = make_pairs(12, seed=4)
     long_prompts = sum(len(tokenizer(r["prompt"])["input_ids"]) >= max_length for r in rows)
     assert 0 < long_prompts < len(rows)  # the fixture really exercises the filter
-    with pytest.warns(UserWarning, match=rf"{long_prompts} of 12 rows of the train dataset were dropped .* max_length=4"):
+    with pytest.warns(
+        UserWarning, match=rf"{long_prompts} of 12 rows of the train dataset were dropped .* max_length=4"
+    ):
         trainer = _trainer(load_model, tokenizer, tmp_path, rows, max_length=max_length)
     assert trainer.dropped_rows == {"train": long_prompts}
     assert len(trainer.train_dataset) == len(rows) - long_prompts

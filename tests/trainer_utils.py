@@ -1,9 +1,8 @@
 """Helpers shared by the trainer tests: build trainers on the tiny model and read exact losses/gradients."""
 
 import torch
-from datasets import Dataset
-
 from conftest import cpu_args
+from datasets import Dataset
 
 
 def build(trainer_cls, config_cls, load_model, tokenizer, rows, tmp_path, **overrides):

@@ -309,6 +309,7 @@ class IPOMarginCallback(TrainerCallback):
         if run is None:
             return
         import wandb
+
         payload = {
             **means,
             f"{prefix}ipo/delta_hist": wandb.Histogram(delta.numpy(), num_bins=self.num_bins),
@@ -338,13 +339,16 @@ class IPOMarginCallback(TrainerCallback):
         try:
             n = len(dataset)
         except TypeError:
-            warnings.warn("IPOMarginCallback: the eval dataset has no length (iterable); no worst-fit table.")
+            warnings.warn(
+                "IPOMarginCallback: the eval dataset has no length (iterable); no worst-fit table.", stacklevel=2
+            )
             return None
         delta, target, q = pairs["delta"].float(), pairs["target"].float(), pairs["preference"].float()
         if delta.numel() < n:
             warnings.warn(
                 f"IPOMarginCallback: {delta.numel()} eval pairs were recorded for an eval set of {n} rows; "
-                "no worst-fit table."
+                "no worst-fit table.",
+                stacklevel=2,
             )
             return None
         delta, target, q = delta[:n], target[:n], q[:n]
@@ -354,7 +358,8 @@ class IPOMarginCallback(TrainerCallback):
             if not torch.allclose(expected, q, atol=1e-6):
                 warnings.warn(
                     "IPOMarginCallback: the recorded preferences do not follow the eval set's row order; "
-                    "no worst-fit table."
+                    "no worst-fit table.",
+                    stacklevel=2,
                 )
                 return None
         tokenizer = self.trainer.processing_class
@@ -371,6 +376,7 @@ class IPOMarginCallback(TrainerCallback):
         if rows is None:
             return None
         import wandb
+
         columns = ["index", "prompt", "chosen", "rejected", "delta", "target", "residual", "q"]
         return wandb.Table(columns=columns, data=rows)
 

@@ -237,8 +237,9 @@ def resolve_resume(
             f"Checkpoint {info.path} was saved by {saved_by} rank(s) and this run has {world_size}: each rank's "
             "batches and RNG stream differ, so the resumed run will not match an uninterrupted one exactly."
         )
-    missing = [name for name, present in (("optimizer", info.has_optimizer), ("scheduler", info.has_scheduler))
-               if not present]
+    missing = [
+        name for name, present in (("optimizer", info.has_optimizer), ("scheduler", info.has_scheduler)) if not present
+    ]
     if missing:
         what = " and ".join(missing)
         if not allow_missing_optimizer:

@@ -21,7 +21,10 @@ SUBCOMMANDS = {
     "bandit": ("trl_ipo.commands.bandit", "the IPO paper's 3-action bandit: exact and gradient IPO vs DPO"),
     "plot": ("trl_ipo.commands.plot", "PNG plots of margins, targets and losses from runs' trainer_state.json"),
     "example": ("trl_ipo.commands.example", "a short IPO run on the bundled example dataset with a tiny local model"),
-    "tiny-model": ("trl_ipo.commands.tiny_model", "build a tiny random model and tokenizer locally (and optionally synthetic pairs) to try commands on"),
+    "tiny-model": (
+        "trl_ipo.commands.tiny_model",
+        "build a tiny random model and tokenizer locally (and optionally synthetic pairs) to try commands on",
+    ),
 }
 
 

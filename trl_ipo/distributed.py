@@ -34,7 +34,6 @@ PACKAGED_CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
-
 # ------------------------------------------------------------------------------------------------------ configs
 def available_configs(kind: str = "deepspeed") -> dict[str, str]:
     """The packaged configs of ``kind`` (``"deepspeed"`` or ``"accelerate"``): short name -> absolute path."""

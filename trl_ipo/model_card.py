@@ -92,8 +92,11 @@ def ipo_settings_section(args) -> str:
     modifiers = trl_loss_modifiers(args)
     if modifiers:
         lines += [f"| `{name}` | `{value!r}` |" for name, value in modifiers.items()]
-        lines += ["", "TRL's loss modifiers were on, so ρ and the pair weights are modified as stated in trl_ipo's "
-                  "docs/usage.md (\"Loss modifiers from TRL\")."]
+        lines += [
+            "",
+            "TRL's loss modifiers were on, so ρ and the pair weights are modified as stated in trl_ipo's "
+            'docs/usage.md ("Loss modifiers from TRL").',
+        ]
     return "\n".join(lines) + "\n"
 
 

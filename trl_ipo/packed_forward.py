@@ -51,7 +51,12 @@ def check_packing_support(model, args, peft_config=None) -> None:
     if peft_type is None and peft_configs:
         peft_type = next(iter(peft_configs.values())).peft_type
     if peft_type is not None and str(getattr(peft_type, "value", peft_type)) in (
-        "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT",
+        "PROMPT_TUNING",
+        "PREFIX_TUNING",
+        "P_TUNING",
+        "MULTITASK_PROMPT_TUNING",
+        "ADAPTION_PROMPT",
+        "CPT",
     ):
         raise ValueError(
             f"IPOConfig.{flag} does not work with PEFT prompt learning ({peft_type}): its virtual tokens are "
@@ -180,7 +185,9 @@ def install_packed_forward(model, outputs=("log_probs",)) -> None:
             # Each packed token weighs as many padded-layout tokens as it stands for (a shared prompt token: 2),
             # so the load-balancing loss is the padded path's.
             aux_loss = load_balancing_loss_func(
-                backbone_out.router_logits, config.num_experts, config.num_experts_per_tok,
+                backbone_out.router_logits,
+                config.num_experts,
+                config.num_experts_per_tok,
                 packed_layout.token_weights.to(hidden.device),
             )
         return FusedCausalLMOutput(

@@ -201,8 +201,15 @@ def allowed_mask(layout: PackedLayout, sliding_window: int | None = None) -> tor
     seg, branch, pos = layout.segment_ids, layout.branch_ids, layout.position_ids
     idx = torch.arange(seg.size(1), device=seg.device)
     allowed = _visible(
-        seg[:, :, None], seg[:, None, :], branch[:, :, None], branch[:, None, :],
-        pos[:, :, None], pos[:, None, :], idx[None, :, None], idx[None, None, :], sliding_window,
+        seg[:, :, None],
+        seg[:, None, :],
+        branch[:, :, None],
+        branch[:, None, :],
+        pos[:, :, None],
+        pos[:, None, :],
+        idx[None, :, None],
+        idx[None, None, :],
+        sliding_window,
     )
     pad_diagonal = (seg[:, :, None] < 0) & (idx[None, :, None] == idx[None, None, :])
     return (allowed | pad_diagonal)[:, None]

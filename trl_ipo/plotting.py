@@ -176,7 +176,7 @@ def plot_runs(
     for panel in chosen:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         drawn = 0
-        for ax, split in zip(axes, SPLITS):
+        for ax, split in zip(axes, SPLITS, strict=True):
             ylabels = set()
             for i, run in enumerate(runs):
                 scale, ylabel = _scale(panel, run)

@@ -50,7 +50,10 @@ def precompute_ref_logps(trainer, dataset: Dataset, name: str, batch_size: int) 
         try:
             _write_atomically(columns, cache_file)
         except OSError as err:  # a read-only dataset cache: train from memory, recompute next time
-            warnings.warn(f"Could not cache the reference log-probs at {cache_file} ({err}); they are kept in memory.")
+            warnings.warn(
+                f"Could not cache the reference log-probs at {cache_file} ({err}); they are kept in memory.",
+                stacklevel=2,
+            )
     accelerator.wait_for_everyone()
     return concatenate_datasets([dataset, columns], axis=1)
 
@@ -107,4 +110,3 @@ def _write_atomically(columns: Dataset, path: str) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-

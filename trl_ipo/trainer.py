@@ -173,9 +173,12 @@ class IPOTrainer(DPOTrainer):
         decision = [None]
         if self.accelerator.is_main_process:
             try:
-                decision[0] = ("ok", *checkpoints.resolve_resume(
-                    value, self.args.output_dir, self.args.allow_resume_without_optimizer, self.args.world_size
-                ))
+                decision[0] = (
+                    "ok",
+                    *checkpoints.resolve_resume(
+                        value, self.args.output_dir, self.args.allow_resume_without_optimizer, self.args.world_size
+                    ),
+                )
             except ValueError as err:
                 decision[0] = ("error", str(err), [])
         decision = broadcast_object_list(decision, from_process=0)[0]
@@ -240,7 +243,9 @@ class IPOTrainer(DPOTrainer):
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
 
-        self._log_trl_metrics(mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        self._log_trl_metrics(
+            mode, inputs, outputs, shift_mask, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios
+        )
         self._log_ipo_metrics(mode, margin.detach(), target.detach(), preference, weights)
 
         if return_outputs:

@@ -42,25 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=18_000, help="Adam steps per run (default 18000)")
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
     parser.add_argument(
-        "--taus", type=lambda t: _floats(t, "--taus"), default=[0.1, 0.5, 1.0, 2.0, 10.0],
+        "--taus",
+        type=lambda t: _floats(t, "--taus"),
+        default=[0.1, 0.5, 1.0, 2.0, 10.0],
         help="comma-separated τ (= β) values (default 0.1,0.5,1,2,10)",
     )
     parser.add_argument("--batch-size", type=int, default=9, help="pairs per step, drawn with replacement (default 9)")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default 0.01)")
     parser.add_argument(
-        "--pairs", default="a>b,b>c,a>c",
+        "--pairs",
+        default="a>b,b>c,a>c",
         help="dataset as comma-separated 'winner>loser' pairs; repeat a pair for multiplicity (default D1)",
     )
     parser.add_argument(
-        "--preference", type=lambda t: _floats(t, "--preference"), default=None,
+        "--preference",
+        type=lambda t: _floats(t, "--preference"),
+        default=None,
         help="soft label q per pair, comma-separated, in the order of --pairs (default: hard labels, q = 1)",
     )
     parser.add_argument(
-        "--reference", type=lambda t: _floats(t, "--reference"), default=None,
+        "--reference",
+        type=lambda t: _floats(t, "--reference"),
+        default=None,
         help="reference probabilities per action, in order of first appearance in --pairs (default uniform)",
     )
     parser.add_argument(
-        "--no-symmetric", dest="symmetric", action="store_false",
+        "--no-symmetric",
+        dest="symmetric",
+        action="store_false",
         help="regress onto q/τ instead of the symmetric target (q − ½)/τ (IPOConfig.symmetric=False)",
     )
     parser.add_argument("--methods", default="ipo,dpo", help="comma-separated subset of ipo,dpo (default both)")

@@ -247,7 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preference_column", default=None, help="column holding q in [0, 1] (needed by ipo_soft)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument(
-        "--logp_reduction", choices=["sum", "mean"], default="mean",
+        "--logp_reduction",
+        choices=["sum", "mean"],
+        default="mean",
         help="IPO's Δ: per-token mean (default, as in `trl-ipo train` and IPOConfig) or summed log-probs. The same β "
         "means a different target under each (see docs/choosing-beta.md)",
     )

@@ -99,8 +99,18 @@ class DemoConfig:
     eval_samples_per_prompt: int = 16
 
     def __post_init__(self):
-        for name in ("sft_steps", "max_steps", "rl_steps", "reward_steps", "pairs_per_prompt", "eval_every",
-                     "batch_size", "converged_pairs_per_prompt", "converged_steps", "converged_eval_every"):
+        for name in (
+            "sft_steps",
+            "max_steps",
+            "rl_steps",
+            "reward_steps",
+            "pairs_per_prompt",
+            "eval_every",
+            "batch_size",
+            "converged_pairs_per_prompt",
+            "converged_steps",
+            "converged_eval_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.converged_pairs_per_prompt > self.pairs_per_prompt:
@@ -231,8 +241,15 @@ class _Console:
     def bar(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, file=self.terminal_err, disable=not self.progress, dynamic_ncols=True,
-                    leave=True, unit="step")
+        return tqdm(
+            total=total,
+            desc=desc,
+            file=self.terminal_err,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+            unit="step",
+        )
 
     @contextlib.contextmanager
     def capture(self):
@@ -342,23 +359,41 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
         f"y₁, y₂ ~ π_ref; held-out evaluation of π_ref and the best-response oracle ({len(eval_prompts)} prompts)"
     )
     t0 = time.time()
-    models = {"deterministic": PreferenceModel(0.0, config.seed),
-              "noisy": PreferenceModel(config.noisy_temperature, config.seed)}
+    models = {
+        "deterministic": PreferenceModel(0.0, config.seed),
+        "noisy": PreferenceModel(config.noisy_temperature, config.seed),
+    }
     rows = build_preference_rows(
-        ref_model, tokenizer, train_prompts, config.pairs_per_prompt, models, config.max_new_tokens, config.seed,
-        progress=config.progress, progress_file=console.terminal_err,
+        ref_model,
+        tokenizer,
+        train_prompts,
+        config.pairs_per_prompt,
+        models,
+        config.max_new_tokens,
+        config.seed,
+        progress=config.progress,
+        progress_file=console.terminal_err,
     )
     for name, regime_rows in rows.items():
         with open(out / f"pairs_{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in regime_rows)
     # Rows come prompt by prompt, pairs_per_prompt each: the converged regime keeps the first pairs of every prompt.
-    small = {name: [r for i, r in enumerate(regime_rows) if i % config.pairs_per_prompt
-                    < config.converged_pairs_per_prompt] for name, regime_rows in rows.items()}
+    small = {
+        name: [r for i, r in enumerate(regime_rows) if i % config.pairs_per_prompt < config.converged_pairs_per_prompt]
+        for name, regime_rows in rows.items()
+    }
     data = {"budget": rows, "converged": small}
     label_stats = {name: label_statistics(r) for name, r in rows.items()}
     evaluators = {
-        name: Evaluator(ref_model, tokenizer, eval_prompts, model, config.eval_samples_per_prompt,
-                        config.max_new_tokens, config.seed)
+        name: Evaluator(
+            ref_model,
+            tokenizer,
+            eval_prompts,
+            model,
+            config.eval_samples_per_prompt,
+            config.max_new_tokens,
+            config.seed,
+        )
         for name, model in models.items()
     }
     reference = evaluators["deterministic"].evaluate(ref_model)
@@ -392,8 +427,14 @@ def _run_demo(config: DemoConfig, out: Path, console: _Console) -> dict:
     reference_row = {**reference, "label": "π_ref (no training)", "delta": 0.0}
     oracle_row = {**oracle, "label": "best-response oracle", "kl": None, "kl_stderr": None}
     context = dict(
-        config=config, train_prompts=train_prompts, eval_prompts=eval_prompts, label_stats=label_stats,
-        wall_time=wall_time, cpu_time=cpu_time, load_at_start=load_at_start, load=load,
+        config=config,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        label_stats=label_stats,
+        wall_time=wall_time,
+        cpu_time=cpu_time,
+        load_at_start=load_at_start,
+        load=load,
         pairs={k: len(v["deterministic"]) for k, v in data.items()},
     )
     with console.bar(1, "report") as bar:
@@ -444,8 +485,15 @@ def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console
             run_dir = out / "runs" / spec.name
             if spec.method == "rlhf":
                 trainer, reward_trainer = train_rlhf(
-                    spec, ref_dir, rows[spec.labels], settings, run_dir, [callback, step_bar], config.report_to,
-                    reward_model, reward_callbacks=[step_bar],
+                    spec,
+                    ref_dir,
+                    rows[spec.labels],
+                    settings,
+                    run_dir,
+                    [callback, step_bar],
+                    config.report_to,
+                    reward_model,
+                    reward_callbacks=[step_bar],
                 )
                 if reward_trainer is not None:
                     reward_model = reward_trainer.model
@@ -460,8 +508,13 @@ def _train_regime(config, regime, specs, ref_dir, rows, evaluators, out, console
             steps, deltas = margin_series(log_history, spec.beta)
             target = logged_target(log_history) if config.logp_reduction == "sum" else None
             trend = last_quarter_trend(steps, deltas) if regime == "converged" else None
-            final = {**callback.history[-1], "label": spec.label, "delta": deltas[-1] if deltas else None,
-                     "target": target, "train_s": train_s}
+            final = {
+                **callback.history[-1],
+                "label": spec.label,
+                "delta": deltas[-1] if deltas else None,
+                "target": target,
+                "train_s": train_s,
+            }
             if trend is not None:
                 final.update(delta=trend["mean"], trend=trend["relative_change"])
                 if target:
@@ -491,43 +544,70 @@ def _claim_numbers(claim: dict) -> str:
     ev = claim["evidence"]
     cid = claim["id"]
     if cid == "ipo_margin_converges":
-        return "; ".join(f"β={e['beta']:g}: Δ {e['delta']:.3g} vs {e['target']:.3g} ({e['relative_error']:.1%} off), "
-                         f"trend {e['trend']:+.1%}" for e in ev)
+        return "; ".join(
+            f"β={e['beta']:g}: Δ {e['delta']:.3g} vs {e['target']:.3g} ({e['relative_error']:.1%} off), "
+            f"trend {e['trend']:+.1%}"
+            for e in ev
+        )
     if cid == "dpo_margin_grows":
-        return "; ".join(f"β={e['beta']:g}: Δ {e['delta_end']:.3g} (IPO target {e['ipo_target']:.3g}), "
-                         f"trend {e['trend']:+.1%} ± {e['trend_stderr']:.1%}" for e in ev)
+        return "; ".join(
+            f"β={e['beta']:g}: Δ {e['delta_end']:.3g} (IPO target {e['ipo_target']:.3g}), "
+            f"trend {e['trend']:+.1%} ± {e['trend_stderr']:.1%}"
+            for e in ev
+        )
     if cid == "dpo_drift_not_controlled_by_beta":
-        parts = [f"β={r['beta']:g}: KL DPO {r['kl_dpo']:.3g} ± {r['kl_dpo_stderr']:.2g}, IPO {r['kl_ipo']:.3g} ± "
-                 f"{r['kl_ipo_stderr']:.2g} (ratio {r['ratio']:.3g})" for r in ev["per_beta"]]
+        parts = [
+            f"β={r['beta']:g}: KL DPO {r['kl_dpo']:.3g} ± {r['kl_dpo_stderr']:.2g}, IPO {r['kl_ipo']:.3g} ± "
+            f"{r['kl_ipo_stderr']:.2g} (ratio {r['ratio']:.3g})"
+            for r in ev["per_beta"]
+        ]
         if "ipo_fall" in ev:
             parts.append(f"KL(β_min)/KL(β_max): IPO {ev['ipo_fall']:.3g}×, DPO {ev['dpo_fall']:.3g}×")
         return "; ".join(parts)
     if cid == "drift_buys_no_reward":
-        return "; ".join(f"β={e['beta']:g}: reward DPO {e['reward_dpo']:.3f}, IPO {e['reward_ipo']:.3f} "
-                         f"(± {e['reward_stderr']:.2g}); grammatical DPO {e['grammatical_dpo']:.2f}, "
-                         f"IPO {e['grammatical_ipo']:.2f}" for e in ev)
+        return "; ".join(
+            f"β={e['beta']:g}: reward DPO {e['reward_dpo']:.3f}, IPO {e['reward_ipo']:.3f} "
+            f"(± {e['reward_stderr']:.2g}); grammatical DPO {e['grammatical_dpo']:.2f}, "
+            f"IPO {e['grammatical_ipo']:.2f}"
+            for e in ev
+        )
     if cid == "budget_one_frontier":
-        parts = [f"{e['run']}: KL {e['kl']:.3g}, reward {e['reward']:.3f}, off the line by {e['residual']:+.3f} "
-                 f"(2 s.e. {2 * (e['reward_stderr'] or 0):.3f})" for e in ev["runs"]]
+        parts = [
+            f"{e['run']}: KL {e['kl']:.3g}, reward {e['reward']:.3f}, off the line by {e['residual']:+.3f} "
+            f"(2 s.e. {2 * (e['reward_stderr'] or 0):.3f})"
+            for e in ev["runs"]
+        ]
         if "slope" in ev:
             parts.insert(0, f"line: reward = {ev['intercept']:.3f} + {ev['slope']:.3f}·KL")
-        parts += [f"{e['run']} left the language (grammatical {e['grammatical']:.2f}, KL {e['kl']:.3g})"
-                  for e in ev["left_the_language"]]
+        parts += [
+            f"{e['run']} left the language (grammatical {e['grammatical']:.2f}, KL {e['kl']:.3g})"
+            for e in ev["left_the_language"]
+        ]
         return "; ".join(parts)
     if cid == "soft_labels_drift_less":
-        return "; ".join(f"β={e['beta']:g}: soft Δ {e['delta_soft']:.3g} vs target {e['target_soft']:.3g} "
-                         f"({e['relative_error_soft']:.1%} off), hard Δ {e['delta_hard']:.3g} vs "
-                         f"{e['target_hard']:.3g}; KL soft {e['kl_soft']:.3g} ± {e['kl_soft_stderr']:.2g}, hard "
-                         f"{e['kl_hard']:.3g} ± {e['kl_hard_stderr']:.2g}; reward soft {e['reward_soft']:.3f}, "
-                         f"hard {e['reward_hard']:.3f}" for e in ev)
+        return "; ".join(
+            f"β={e['beta']:g}: soft Δ {e['delta_soft']:.3g} vs target {e['target_soft']:.3g} "
+            f"({e['relative_error_soft']:.1%} off), hard Δ {e['delta_hard']:.3g} vs "
+            f"{e['target_hard']:.3g}; KL soft {e['kl_soft']:.3g} ± {e['kl_soft_stderr']:.2g}, hard "
+            f"{e['kl_hard']:.3g} ± {e['kl_hard_stderr']:.2g}; reward soft {e['reward_soft']:.3f}, "
+            f"hard {e['reward_hard']:.3f}"
+            for e in ev
+        )
     return json.dumps(ev, default=float)
 
 
 def _claim_rows(claims: list[dict]) -> list[dict]:
     from ..lab.experiments.claims import verdict
 
-    return [{"number": str(i), "statement": c["statement"], "numbers": _claim_numbers(c) or "no runs",
-             "verdict": f"**{verdict(c['holds'])}**"} for i, c in enumerate(claims, 1)]
+    return [
+        {
+            "number": str(i),
+            "statement": c["statement"],
+            "numbers": _claim_numbers(c) or "no runs",
+            "verdict": f"**{verdict(c['holds'])}**",
+        }
+        for i, c in enumerate(claims, 1)
+    ]
 
 
 def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracle_reward, context) -> dict:
@@ -545,21 +625,34 @@ def _write_report(out, runs, claims, reference_row, oracle_row, reference, oracl
     converged = [r for r in runs if r["regime"] == "converged"]
     kl_rows = kl_against_beta(runs)
     plots = {
-        "margins_log": (plot_margins(converged, out / "margins_log.png", log_scale=True),
-                        "Converged regime: margin Δ against step, log scale, each IPO target t/β as a line"),
-        "kl_vs_beta": (plot_kl_vs_beta(kl_rows, out / "kl_vs_beta.png"),
-                       "Converged regime: end KL(π‖π_ref) against β, DPO and IPO (± s.e.)"),
+        "margins_log": (
+            plot_margins(converged, out / "margins_log.png", log_scale=True),
+            "Converged regime: margin Δ against step, log scale, each IPO target t/β as a line",
+        ),
+        "kl_vs_beta": (
+            plot_kl_vs_beta(kl_rows, out / "kl_vs_beta.png"),
+            "Converged regime: end KL(π‖π_ref) against β, DPO and IPO (± s.e.)",
+        ),
         "kl_vs_step_converged": (
             plot_over_steps(converged, "kl", "KL(π ‖ π_ref) (nats)", out / "kl_vs_step_converged.png", "KL vs step"),
-            "Converged regime: KL(π‖π_ref) against step"),
-        "frontier": (plot_frontier(budget, out / "frontier.png", reference, oracle_reward),
-                     "Budget regime: reward against KL"),
-        "kl_vs_step": (plot_over_steps(budget, "kl", "KL(π ‖ π_ref) (nats)", out / "kl_vs_step.png", "KL vs step"),
-                       "Budget regime: KL(π‖π_ref) against step"),
-        "margins_vs_step": (plot_margins(budget, out / "margins_vs_step.png"),
-                            "Budget regime: margin Δ against step (IPO targets as lines)"),
-        "reward_vs_step": (plot_over_steps(budget, "reward", "mean ground-truth reward", out / "reward_vs_step.png",
-                                           "reward vs step"), "Budget regime: ground-truth reward against step"),
+            "Converged regime: KL(π‖π_ref) against step",
+        ),
+        "frontier": (
+            plot_frontier(budget, out / "frontier.png", reference, oracle_reward),
+            "Budget regime: reward against KL",
+        ),
+        "kl_vs_step": (
+            plot_over_steps(budget, "kl", "KL(π ‖ π_ref) (nats)", out / "kl_vs_step.png", "KL vs step"),
+            "Budget regime: KL(π‖π_ref) against step",
+        ),
+        "margins_vs_step": (
+            plot_margins(budget, out / "margins_vs_step.png"),
+            "Budget regime: margin Δ against step (IPO targets as lines)",
+        ),
+        "reward_vs_step": (
+            plot_over_steps(budget, "reward", "mean ground-truth reward", out / "reward_vs_step.png", "reward vs step"),
+            "Budget regime: ground-truth reward against step",
+        ),
     }
     lines = [
         "# trl-ipo demo: DPO over-fits deterministic preferences whatever β; IPO settles at its target",
@@ -604,16 +697,26 @@ def _terminal_summary(runs, claims, reference_row, oracle_row, wall_time, load, 
     budget = [r["final"] for r in runs if r["regime"] == "budget"]
     converged = [r["final"] for r in runs if r["regime"] == "converged"]
     parts = [
-        "", "Budget regime", text_table([reference_row, *budget, oracle_row], BUDGET_COLUMNS),
-        "", "Converged regime", text_table(converged, CONVERGED_COLUMNS),
-        "", "KL against β (converged, deterministic labels)", text_table(kl_against_beta(runs), KL_BETA_COLUMNS),
-        "", "Claims",
+        "",
+        "Budget regime",
+        text_table([reference_row, *budget, oracle_row], BUDGET_COLUMNS),
+        "",
+        "Converged regime",
+        text_table(converged, CONVERGED_COLUMNS),
+        "",
+        "KL against β (converged, deterministic labels)",
+        text_table(kl_against_beta(runs), KL_BETA_COLUMNS),
+        "",
+        "Claims",
     ]
     for i, claim in enumerate(claims, 1):
         parts.append(f"  {i}. [{verdict(claim['holds'])}] {claim['statement']}")
         parts.append(f"     {_claim_numbers(claim) or 'no runs'}")
-    parts += ["", f"wall time {wall_time:.0f} s (1-minute load average {load[0]:.1f}); report: {written['report']}; "
-                  f"log: {out / 'demo.log'}"]
+    parts += [
+        "",
+        f"wall time {wall_time:.0f} s (1-minute load average {load[0]:.1f}); report: {written['report']}; "
+        f"log: {out / 'demo.log'}",
+    ]
     return "\n".join(parts)
 
 
@@ -642,9 +745,7 @@ def _environment(config) -> dict:
     }
 
 
-def _intro(
-    config, train_prompts, eval_prompts, label_stats, wall_time, cpu_time, load_at_start, load, pairs
-) -> str:
+def _intro(config, train_prompts, eval_prompts, label_stats, wall_time, cpu_time, load_at_start, load, pairs) -> str:
     det, noisy = label_stats["deterministic"], label_stats["noisy"]
     return "\n".join(
         [
@@ -679,27 +780,44 @@ def _intro(
 # ----------------------------------------------------------------------------------------------------------- CLI
 # DemoConfig fields that are also flags of `trl-ipo demo` (in --help order), besides --output_dir and --report_to
 CONFIG_FLAGS = (
-    "seed", "threads", "max_steps", "rl_steps", "learning_rate", "pairs_per_prompt", "dpo_betas", "ipo_betas",
-    "rlhf_betas", "converged_steps", "converged_pairs_per_prompt", "converged_betas",
+    "seed",
+    "threads",
+    "max_steps",
+    "rl_steps",
+    "learning_rate",
+    "pairs_per_prompt",
+    "dpo_betas",
+    "ipo_betas",
+    "rlhf_betas",
+    "converged_steps",
+    "converged_pairs_per_prompt",
+    "converged_betas",
 )
 _FLAG_TYPES = {"int": int, "float": float, "str": str}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--output_dir",
+        default=DemoConfig.output_dir,
+        help="where the report, plots, log and runs go (default %(default)s)",
     )
-    p.add_argument("--output_dir", default=DemoConfig.output_dir,
-                   help="where the report, plots, log and runs go (default %(default)s)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'quick' runs every stage on a toy budget")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="default", help="'quick' runs every stage on a toy budget"
+    )
     p.add_argument("--report_to", default="none", help="'none' (default) or 'wandb' (one wandb run per training run)")
     fields = {f.name: f for f in dataclasses.fields(DemoConfig)}
     for name in CONFIG_FLAGS:  # type and help text from the DemoConfig field; unset flags keep the preset's value
         kind = str(fields[name].type)
         sweep = kind.startswith("tuple")
-        p.add_argument(f"--{name}", type=float if sweep else _FLAG_TYPES[kind], nargs="+" if sweep else None,
-                       default=None, help=fields[name].metadata["help"])
+        p.add_argument(
+            f"--{name}",
+            type=float if sweep else _FLAG_TYPES[kind],
+            nargs="+" if sweep else None,
+            default=None,
+            help=fields[name].metadata["help"],
+        )
     p.add_argument("--no_noisy", action="store_true", help="skip the noisy-label runs")
     p.add_argument("--quiet", action="store_true", help="no stage lines or progress bars (the final tables remain)")
     return p

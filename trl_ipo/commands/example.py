@@ -24,7 +24,9 @@ def example_dataset_path() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trl-ipo example", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="trl-ipo example", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output_dir", default="outputs/example", help="where the model, state and summary go")
     p.add_argument("--max_steps", type=int, default=60, help="optimizer steps (default 60)")
     p.add_argument("--beta", type=float, default=0.1, help="IPO regularisation β (the paper's τ)")
@@ -83,7 +85,9 @@ def main(argv: list[str]) -> int:
     rows = [h for h in trainer.state.log_history if "ipo/delta" in h]
     print(f"\n{'step':>5} {'loss':>9} {'Δ (margin)':>11} {'target t/β':>11} {'residual':>9}")
     for h in rows:
-        print(f"{h['step']:>5} {h['loss']:>9.4f} {h['ipo/delta']:>11.4f} {h['ipo/target']:>11.4f} {h['ipo/residual']:>9.4f}")
+        print(
+            f"{h['step']:>5} {h['loss']:>9.4f} {h['ipo/delta']:>11.4f} {h['ipo/target']:>11.4f} {h['ipo/residual']:>9.4f}"
+        )
     summary = {
         "steps": trainer.state.global_step,
         "beta": args.beta,

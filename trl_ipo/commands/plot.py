@@ -33,17 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"{HELP}. Writes {panels} into --out, every run on the same figures.",
     )
     parser.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR",
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
         help="a run's output_dir (or a checkpoint folder, or a trainer_state.json file)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created if missing)")
     parser.add_argument("--label", action="append", metavar="NAME", help="legend name of a run, once per run, in order")
     parser.add_argument(
-        "--beta", action="append", type=float, metavar="B",
+        "--beta",
+        action="append",
+        type=float,
+        metavar="B",
         help="β of a run for the log-ratio panel, once per run or once for all (default: from the run's training_args.json)",
     )
     parser.add_argument(
-        "--panel", action="append", metavar="NAME",
+        "--panel",
+        action="append",
+        metavar="NAME",
         help="draw only this panel (margin, residual, loss, reward_accuracy, logratios); repeatable; default: all",
     )
     return parser

@@ -21,8 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import command_summary
 from .. import datasets_io
+from ..cli import command_summary
 from ..datasets_io import (
     check_preference_columns,
     check_writable_folder,
@@ -35,7 +35,6 @@ from ..errors import InputError, one_line, report
 HELP = command_summary("train")
 
 PROG = "trl-ipo train"
-
 
 
 def _parser_class():

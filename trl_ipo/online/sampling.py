@@ -131,7 +131,7 @@ def sample_completions(
     with _eval_mode(*models):
         for _ in range(max_new_tokens):
             logits = []
-            for model, cache in zip(models, caches):
+            for model, cache in zip(models, caches, strict=True):
                 out = model(
                     input_ids=step_input,
                     attention_mask=attention_mask,
@@ -210,5 +210,5 @@ def _eval_mode(*models: torch.nn.Module):
     try:
         yield
     finally:
-        for m, training in zip(models, was_training):
+        for m, training in zip(models, was_training, strict=True):
             m.train(training)

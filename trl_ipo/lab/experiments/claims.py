@@ -128,9 +128,15 @@ def claim_ipo_converges(runs: Sequence[dict], regime: str = "converged") -> dict
         ok = error <= TARGET_TOLERANCE and abs(trend["relative_change"]) <= FLAT_TREND
         flags.append(ok)
         evidence.append(
-            {"beta": run["beta"], "target": target, "delta": trend["mean"], "relative_error": error,
-             "trend": trend["relative_change"], "trend_stderr": _relative(trend["change_stderr"], trend["mean"]),
-             "converged": ok}
+            {
+                "beta": run["beta"],
+                "target": target,
+                "delta": trend["mean"],
+                "relative_error": error,
+                "trend": trend["relative_change"],
+                "trend_stderr": _relative(trend["change_stderr"], trend["mean"]),
+                "converged": ok,
+            }
         )
     statement = (
         f"IPO's margin Δ converges to its target 1/(2β) at every β: |Δ − target| / target ≤ {TARGET_TOLERANCE:.0%} "
@@ -149,9 +155,14 @@ def claim_dpo_keeps_growing(runs: Sequence[dict], regime: str = "converged") -> 
         ok = trend["relative_change"] >= GROWING_TREND and trend["change"] > SIGNIFICANCE * trend["change_stderr"]
         flags.append(ok)
         evidence.append(
-            {"beta": run["beta"], "delta_end": trend["end"], "ipo_target": 0.5 / run["beta"],
-             "trend": trend["relative_change"], "trend_stderr": _relative(trend["change_stderr"], trend["mean"]),
-             "growing": ok}
+            {
+                "beta": run["beta"],
+                "delta_end": trend["end"],
+                "ipo_target": 0.5 / run["beta"],
+                "trend": trend["relative_change"],
+                "trend_stderr": _relative(trend["change_stderr"], trend["mean"]),
+                "growing": ok,
+            }
         )
     statement = (
         f"DPO's margin Δ keeps growing at every β: over the last quarter of training it rises by at least "
@@ -170,8 +181,14 @@ def kl_against_beta(runs: Sequence[dict], regime: str = "converged") -> list[dic
         if "kl" not in d or "kl" not in i:
             continue
         rows.append(
-            {"beta": beta, "kl_dpo": d["kl"], "kl_dpo_stderr": d.get("kl_stderr"), "kl_ipo": i["kl"],
-             "kl_ipo_stderr": i.get("kl_stderr"), "ratio": d["kl"] / i["kl"] if i["kl"] > 0 else math.inf}
+            {
+                "beta": beta,
+                "kl_dpo": d["kl"],
+                "kl_dpo_stderr": d.get("kl_stderr"),
+                "kl_ipo": i["kl"],
+                "kl_ipo_stderr": i.get("kl_stderr"),
+                "ratio": d["kl"] / i["kl"] if i["kl"] > 0 else math.inf,
+            }
         )
     return rows
 
@@ -226,8 +243,15 @@ def claim_drift_costs(runs: Sequence[dict], regime: str = "converged") -> dict:
         ok = d["reward"] - i["reward"] <= SIGNIFICANCE * se
         flags.append(ok)
         evidence.append(
-            {"beta": beta, "reward_dpo": d["reward"], "reward_ipo": i["reward"], "reward_stderr": se,
-             "grammatical_dpo": d.get("grammatical"), "grammatical_ipo": i.get("grammatical"), "dpo_not_better": ok}
+            {
+                "beta": beta,
+                "reward_dpo": d["reward"],
+                "reward_ipo": i["reward"],
+                "reward_stderr": se,
+                "grammatical_dpo": d.get("grammatical"),
+                "grammatical_ipo": i.get("grammatical"),
+                "dpo_not_better": ok,
+            }
         )
     statement = (
         "DPO's extra drift buys no ground-truth reward: at every β its end reward is not above IPO's "
@@ -245,8 +269,16 @@ def claim_one_frontier(runs: Sequence[dict], reference: dict | None, regime: str
     """
     chosen = [r for r in runs if r.get("regime") == regime and "kl" in end_point(r) and "reward" in end_point(r)]
     stable = [r for r in chosen if _finite(end_point(r).get("grammatical")) >= GRAMMATICAL_FLOOR]
-    left = [{"run": r.get("label", r.get("name")), "grammatical": end_point(r).get("grammatical"),
-             "reward": end_point(r)["reward"], "kl": end_point(r)["kl"]} for r in chosen if r not in stable]
+    left = [
+        {
+            "run": r.get("label", r.get("name")),
+            "grammatical": end_point(r).get("grammatical"),
+            "reward": end_point(r)["reward"],
+            "kl": end_point(r)["kl"],
+        }
+        for r in chosen
+        if r not in stable
+    ]
     points = [(end_point(r)["kl"], end_point(r)["reward"], end_point(r).get("reward_stderr"), r) for r in stable]
     if reference is not None and "reward" in reference:
         points.append((0.0, reference["reward"], reference.get("reward_stderr"), None))
@@ -266,8 +298,15 @@ def claim_one_frontier(runs: Sequence[dict], reference: dict | None, regime: str
             ok = abs(residual) <= SIGNIFICANCE * _finite(se)
             flags.append(ok)
             evidence["runs"].append(
-                {"run": run.get("label", run.get("name")), "method": run.get("method"), "kl": kl, "reward": reward,
-                 "reward_stderr": se, "residual": residual, "on_frontier": ok}
+                {
+                    "run": run.get("label", run.get("name")),
+                    "method": run.get("method"),
+                    "kl": kl,
+                    "reward": reward,
+                    "reward_stderr": se,
+                    "residual": residual,
+                    "on_frontier": ok,
+                }
             )
         evidence.update(slope=slope, intercept=intercept)
         holds = all(flags)
@@ -301,12 +340,23 @@ def claim_soft_labels(runs: Sequence[dict], regime: str = "converged") -> dict:
         ok = s_converged and closer
         flags.append(ok)
         evidence.append(
-            {"beta": beta, "target_hard": h.get("target"), "delta_hard": h_trend["mean"], "target_soft": s["target"],
-             "delta_soft": s_trend["mean"], "relative_error_soft": s_error, "trend_soft": s_trend["relative_change"],
-             "kl_hard": h_end["kl"], "kl_hard_stderr": h_end.get("kl_stderr"), "kl_soft": s_end["kl"],
-             "kl_soft_stderr": s_end.get("kl_stderr"), "reward_hard": h_end.get("reward"),
-             "reward_soft": s_end.get("reward"), "grammatical_hard": h_end.get("grammatical"),
-             "grammatical_soft": s_end.get("grammatical")}
+            {
+                "beta": beta,
+                "target_hard": h.get("target"),
+                "delta_hard": h_trend["mean"],
+                "target_soft": s["target"],
+                "delta_soft": s_trend["mean"],
+                "relative_error_soft": s_error,
+                "trend_soft": s_trend["relative_change"],
+                "kl_hard": h_end["kl"],
+                "kl_hard_stderr": h_end.get("kl_stderr"),
+                "kl_soft": s_end["kl"],
+                "kl_soft_stderr": s_end.get("kl_stderr"),
+                "reward_hard": h_end.get("reward"),
+                "reward_soft": s_end.get("reward"),
+                "grammatical_hard": h_end.get("grammatical"),
+                "grammatical_soft": s_end.get("grammatical"),
+            }
         )
     statement = (
         "On noisy preferences, soft labels settle IPO's margin at its mean soft target (q − ½)/β, below the hard "

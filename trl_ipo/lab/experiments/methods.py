@@ -94,8 +94,9 @@ def shared_setting(name: str, default=MISSING, help_text: str | None = None) -> 
 
 def settings_from(config, **overrides) -> TrainSettings:
     """The :class:`TrainSettings` whose fields ``config`` declares with :func:`shared_setting`, plus ``overrides``."""
-    shared = {f.metadata["train_setting"]: getattr(config, f.name) for f in fields(config) if "train_setting" in
-              f.metadata}
+    shared = {
+        f.metadata["train_setting"]: getattr(config, f.name) for f in fields(config) if "train_setting" in f.metadata
+    }
     return TrainSettings(**{**shared, **overrides})
 
 
@@ -343,4 +344,3 @@ def finish_wandb(report_to) -> None:
 
         if wandb.run is not None:
             wandb.finish()
-

@@ -160,13 +160,19 @@ def plot_margins(runs: Sequence[dict], path: Path, log_scale: bool = False) -> P
         for run in group_runs:
             steps, deltas = margin_series(run["log_history"], run["beta"])
             if log_scale:
-                steps, deltas = [s for s, d in zip(steps, deltas, strict=False) if d > 0], [d for d in deltas if d > 0]
+                steps, deltas = [s for s, d in zip(steps, deltas, strict=True) if d > 0], [d for d in deltas if d > 0]
             style = styles[id(run)]
             ax.plot(steps, deltas, marker="o", ms=2, lw=1, label=run["label"], **style)
             target = run.get("target")
             if target is not None and (target > 0 or not log_scale):
-                ax.axhline(target, color=style["color"], linestyle=style["linestyle"], alpha=0.6, lw=1.5,
-                           label=f"target t/β = {target:.3g}")
+                ax.axhline(
+                    target,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    alpha=0.6,
+                    lw=1.5,
+                    label=f"target t/β = {target:.3g}",
+                )
         if log_scale:
             ax.set_yscale("log")
 
@@ -197,8 +203,13 @@ def plot_frontier(
             ax.axhline(oracle_reward, color="gray", linestyle="--", lw=1, label="max reward")
 
     return _panels_per_regime(
-        runs, path, "reward vs KL", "KL(π ‖ π_ref), nats per response (sample estimate)",
-        "mean ground-truth reward (held-out prompts)", draw, height=4.2,
+        runs,
+        path,
+        "reward vs KL",
+        "KL(π ‖ π_ref), nats per response (sample estimate)",
+        "mean ground-truth reward (held-out prompts)",
+        draw,
+        height=4.2,
     )
 
 
@@ -251,9 +262,7 @@ def write_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     plots = {
         "frontier": plot_frontier(runs, output_dir / "frontier.png", reference, oracle_reward),
-        "kl_vs_step": plot_over_steps(
-            runs, "kl", "KL(π ‖ π_ref) (nats)", output_dir / "kl_vs_step.png", "KL vs step"
-        ),
+        "kl_vs_step": plot_over_steps(runs, "kl", "KL(π ‖ π_ref) (nats)", output_dir / "kl_vs_step.png", "KL vs step"),
         "margins_vs_step": plot_margins(runs, output_dir / "margins_vs_step.png"),
         "reward_vs_step": plot_over_steps(
             runs, "reward", "mean ground-truth reward", output_dir / "reward_vs_step.png", "reward vs step"

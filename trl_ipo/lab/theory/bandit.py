@@ -267,9 +267,7 @@ def run_bandit(
     recorded, curves = train_softmax_bandit(
         pairs_t, reference, taus, seeds, methods, preference, symmetric, steps, batch_size, lr, record_every
     )
-    closed = torch.stack(
-        [ipo_closed_form(pairs_t, reference, tau, preference, symmetric).policy for tau in taus]
-    )
+    closed = torch.stack([ipo_closed_form(pairs_t, reference, tau, preference, symmetric).policy for tau in taus])
     return BanditResult(
         actions=actions,
         pairs=tuple(tuple(p) for p in pairs_t.tolist()),

@@ -176,7 +176,7 @@ def connected_components(pairs, num_actions: int, weights=None) -> torch.Tensor:
             i = parent[i]
         return i
 
-    for (w, l), weight in zip(pairs.tolist(), m.tolist(), strict=False):
+    for (w, l), weight in zip(pairs.tolist(), m.tolist(), strict=True):
         if weight > 0:
             parent[find(w)] = find(l)
     labels: dict[int, int] = {}

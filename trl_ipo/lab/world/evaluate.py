@@ -215,8 +215,14 @@ class Evaluator:
         Without a preference model (a user's own task, no ground truth) only kl, kl_stderr and length.
         """
         samples = sample(
-            policy, self.tokenizer, self.prompts, self.samples_per_prompt, self.max_new_tokens, self.batch_size,
-            self.seed, desc,
+            policy,
+            self.tokenizer,
+            self.prompts,
+            self.samples_per_prompt,
+            self.max_new_tokens,
+            self.batch_size,
+            self.seed,
+            desc,
         )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         policy_logps = sequence_logps(policy, samples.prompt_ids, samples.completion_ids, pad, self.batch_size)

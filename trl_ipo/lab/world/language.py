@@ -157,4 +157,3 @@ def train_reference(
     tokenizer.save_pretrained(output_dir)
     finish_wandb(report_to)
     return output_dir
-
