@@ -248,7 +248,7 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     assert all(c["holds"] in (True, False, None) for c in results["claims"])
     assert "## Claims" in report and report.index("## Claims") < report.index("## Converged regime")
     assert "Claims" in printed and all(c["statement"] in printed for c in results["claims"])
-    assert results["reference"]["kl"] == 0.0 and results["reference"]["win_rate"] == pytest.approx(0.5, abs=0.5)
+    assert results["reference"]["kl"] == 0.0
     prompts = results["prompts"]["eval"]
     assert results["oracle"]["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     pairs = [json.loads(line) for line in (out / "pairs_noisy.jsonl").read_text().splitlines()]
@@ -339,8 +339,12 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
         str(out),
         "--quiet",
         "--use_cpu",
+        "--threads",
+        "2",
     ]
+    threads = torch.get_num_threads()
     assert compare.main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the run only
     results = json.loads((out / "results.json").read_text())
     assert (results["train_rows"], results["held_out_rows"]) == (18, 6)
     by_method = {r["method"]: r for r in results["runs"]}

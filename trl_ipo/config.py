@@ -269,3 +269,9 @@ def move_hub_token_to_env(args) -> bool:
     os.environ.setdefault("HF_TOKEN", token)
     args.hub_token = None
     return True
+
+
+def default_output_dir(model, suffix: str) -> str:
+    """``<model name>-<suffix>``, TRL's default output folder for a trainer built without ``args``."""
+    name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+    return f"{str(name).rstrip('/').split('/')[-1]}-{suffix}"

@@ -165,16 +165,15 @@ def plot_runs(
     _deduplicate_labels(runs)
 
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = PlotResult()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for panel in chosen:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        axes = fig.subplots(1, 2)
         drawn = 0
         for ax, split in zip(axes, SPLITS, strict=True):
             ylabels = set()
@@ -214,7 +213,6 @@ def plot_runs(
             fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.22)
             fig.savefig(path, dpi=100)
             result.files.append(path)
-        plt.close(fig)
     return result
 
 

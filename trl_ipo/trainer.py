@@ -24,7 +24,7 @@ from trl.trainer.utils import use_adapter
 
 from . import checkpoints
 from .callbacks import attach_margin_callback, concat_pair_records, require_wandb
-from .config import IPOConfig, config_values
+from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
 from .errors import InputError
@@ -457,8 +457,7 @@ def _as_ipo_config(args, model) -> IPOConfig:
     if isinstance(args, IPOConfig):
         return args
     if args is None:
-        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
-        return IPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-IPO")
+        return IPOConfig(output_dir=default_output_dir(model, "IPO"))
     # A DPOConfig's loss_type is DPO's: an IPOTrainer always trains IPO. Keep an IPO-compatible choice, else say so.
     loss_type = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
     if "ipo" in loss_type and set(loss_type) <= {"ipo", "sft"}:

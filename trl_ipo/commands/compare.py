@@ -141,6 +141,17 @@ def _train(method: str, args, train, held_out, callback):
 
 
 def run_compare(args) -> dict:
+    """Train and evaluate the methods of ``args``; torch's thread count is given back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run_compare(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_compare(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

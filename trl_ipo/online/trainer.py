@@ -37,7 +37,7 @@ from trl.models.utils import unwrap_model_for_generation
 with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16)
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-from ..config import config_values
+from ..config import config_values, default_output_dir
 from ..losses import ipo_regression, reduce_logps
 from ..run_args import save_args_record
 from .config import OnlineIPOConfig
@@ -363,8 +363,7 @@ def _as_online_ipo_config(args, model) -> OnlineIPOConfig:
     if isinstance(args, OnlineIPOConfig):
         return args
     if args is None:
-        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
-        return OnlineIPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-OnlineIPO")
+        return OnlineIPOConfig(output_dir=default_output_dir(model, "OnlineIPO"))
     if not isinstance(args, OnlineDPOConfig):
         raise TypeError(f"args must be an OnlineIPOConfig (or OnlineDPOConfig), got {type(args).__name__}")
     # An OnlineDPOConfig's loss_type is DPO's; this trainer always trains IPO.

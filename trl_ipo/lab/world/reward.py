@@ -95,10 +95,6 @@ class PreferenceModel:
         """v(y, y′) = P(response ≻ other | prompt)."""
         return preference_probability(self.reward(prompt, response), self.reward(prompt, other), self.temperature)
 
-    def sample_label(self, prompt: str, response: str, other: str, rng: random.Random) -> bool:
-        """True with probability v(y, y′): whether an annotator prefers ``response``."""
-        return rng.random() < self(prompt, response, other)
-
     @property
     def name(self) -> str:
         return "deterministic" if self.temperature == 0 else f"noisy (T={self.temperature:g})"
