@@ -10,11 +10,21 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import benchmarks
-from benchmarks.config import MEMORY_VARIANTS, PRESETS, SHAPE_VARIANTS, SHAPES, VARIANTS, BenchConfig, validate_config
+from benchmarks.config import (
+    INT_OPTIONS,
+    MEMORY_VARIANTS,
+    PRESETS,
+    SHAPE_INT_OPTIONS,
+    SHAPE_VARIANTS,
+    SHAPES,
+    VARIANTS,
+    BenchConfig,
+    validate_config,
+)
 from benchmarks.device import Device, _init_torch
 from benchmarks.memory import memory_child_main, run_shape_memory_child, start_memory_child
 from benchmarks.report import (
@@ -35,23 +45,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="cuda: bf16, 0.66B Qwen2, sequence 1024")
     p.add_argument("--tiny", action="store_true", help="a model and run small enough for a test (seconds)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    for name in (
-        "hidden",
-        "layers",
-        "heads",
-        "intermediate",
-        "vocab",
-        "seq",
-        "pairs",
-        "warmup",
-        "steps",
-        "scan-warmup",
-        "scan-steps",
-        "memory-steps",
-        "threads",
-        "seed",
-    ):
-        p.add_argument(f"--{name}", type=int, default=None)
+    for name in INT_OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     p.add_argument("--scan-seqs", type=_int_list, default=None, help="comma-separated sequence lengths")
     p.add_argument("--scan-variants", type=_name_list, default=None, help="comma-separated, e.g. A,F")
     p.add_argument("--variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
@@ -64,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     p.add_argument(
         "--shape-variants", type=_name_list, default=None, help=f"comma-separated subset of {','.join(SHAPE_VARIANTS)}"
     )
-    for name in ("shape-pairs", "shape-mean", "shape-max", "shape-warmup", "shape-steps", "shape-memory-steps"):
-        p.add_argument(f"--{name}", type=int, default=None)
+    for name in SHAPE_INT_OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     p.add_argument("--only-shapes", action="store_true", help="measure only the workload shapes")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s of the device, for MFU")
     p.add_argument("--no-memory", action="store_true", help="skip the memory child process")
@@ -88,38 +83,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
         values.update(PRESETS["tiny"])
         if args.device == "cuda":
             values.update(device="cuda", dtype="bfloat16")
-    for key in (
-        "device",
-        "dtype",
-        "hidden",
-        "layers",
-        "heads",
-        "intermediate",
-        "vocab",
-        "seq",
-        "pairs",
-        "warmup",
-        "steps",
-        "scan_warmup",
-        "scan_steps",
-        "memory_steps",
-        "threads",
-        "seed",
-        "scan_seqs",
-        "scan_variants",
-        "variants",
-        "peak_tflops",
-        "shapes",
-        "shape_variants",
-        "shape_pairs",
-        "shape_mean",
-        "shape_max",
-        "shape_warmup",
-        "shape_steps",
-        "shape_memory_steps",
-    ):
-        value = getattr(args, key)
-        if value is not None:
+    for key in (f.name for f in fields(BenchConfig)):  # every option given on the command line wins
+        value = getattr(args, key, None)
+        if value is not None and not isinstance(value, bool):  # the store_true flags are handled below
             values[key] = value
     if args.no_memory:
         values["memory"] = False

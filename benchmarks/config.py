@@ -84,6 +84,15 @@ class BenchConfig:
     only_shapes: bool = False
 
 
+# Whole-number options of the command line (``--scan-warmup`` for ``scan_warmup``), each a BenchConfig field.
+INT_OPTIONS = (
+    "hidden", "layers", "heads", "intermediate", "vocab", "seq", "pairs", "warmup", "steps",
+    "scan_warmup", "scan_steps", "memory_steps", "threads", "seed",
+)  # fmt: skip
+SHAPE_INT_OPTIONS = ("shape_pairs", "shape_mean", "shape_max", "shape_warmup", "shape_steps", "shape_memory_steps")
+# Those that count something and must be at least 1 (warm-up steps may be 0; a seed is any number).
+AT_LEAST_ONE = tuple(name for name in INT_OPTIONS if name not in ("warmup", "scan_warmup", "seed"))
+
 PRESETS = {
     "tiny": dict(
         hidden=32,
@@ -136,19 +145,7 @@ PRESETS = {
 
 def validate_config(cfg: BenchConfig) -> None:
     """Reject a configuration that cannot be measured, naming the offending option, before anything is built."""
-    for name in (
-        "hidden",
-        "layers",
-        "heads",
-        "intermediate",
-        "vocab",
-        "seq",
-        "pairs",
-        "steps",
-        "threads",
-        "scan_steps",
-        "memory_steps",
-    ):
+    for name in AT_LEAST_ONE:
         if getattr(cfg, name) < 1:
             raise SystemExit(f"bench: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}.")
     if cfg.warmup < 0 or cfg.scan_warmup < 0:
