@@ -20,66 +20,52 @@ from benchmarks.variants import ShapeRunner, make_runner
 def measure_shape_memory_child(cfg, checkpoint, workdir, result_path) -> None:
     """Child process: each (shape, variant) alone, one after another; peak memory of each."""
     device = Device(cfg)
-    warm = ShapeRunner(cfg.shape_variants[0], cfg, checkpoint, workdir, cfg.shapes[0], 1)
-    warm.setup()
-    warm.run(FreeRunning())
-    warm.close()
-    del warm
+    _run_alone(ShapeRunner(cfg.shape_variants[0], cfg, checkpoint, workdir, cfg.shapes[0], 1))
     results = {}
     for shape in cfg.shapes:
         for name in cfg.shape_variants:
-            device.release()
-            before = device.memory_now()
-            reset = device.reset_peak()
             runner = ShapeRunner(name, cfg, checkpoint, workdir, shape, cfg.shape_memory_steps)
-            runner.setup()
-            runner.run(FreeRunning())
-            device.synchronize()
-            peak = device.memory_peak()
-            runner.close()
-            del runner
-            results.setdefault(shape, {})[name] = {
-                "metric": device.memory_metric(),
-                "peak_bytes": peak,
-                "before_bytes": before,
-                "added_bytes": peak - before,
-                "peak_reset": reset,
-                "steps": cfg.shape_memory_steps,
-            }
+            results.setdefault(shape, {})[name] = _peak_of(device, runner, cfg.shape_memory_steps)
     result_path.write_text(json.dumps(results))
 
 
 def measure_memory_child(cfg: BenchConfig, checkpoint: Path, workdir: Path, result_path: Path) -> None:
     """Child process: each variant alone, one after another; peak memory per variant."""
     device = Device(cfg)
-    results = {}
+    names = [n for n in cfg.variants if n in MEMORY_VARIANTS]
     # First use of the libraries (imports, caches, thread pools) is paid once, here, not by the first variant measured.
-    first = next(n for n in cfg.variants if n in MEMORY_VARIANTS)
-    warm = make_runner(first, cfg, checkpoint, workdir, cfg.seq, 1, device)
-    warm.setup()
-    warm.run(FreeRunning())
-    warm.close()
-    del warm
-    for name in [n for n in cfg.variants if n in MEMORY_VARIANTS]:
-        device.release()
-        before = device.memory_now()
-        reset = device.reset_peak()
+    _run_alone(make_runner(names[0], cfg, checkpoint, workdir, cfg.seq, 1, device))
+    results = {}
+    for name in names:
         runner = make_runner(name, cfg, checkpoint, workdir, cfg.seq, cfg.memory_steps, device)
-        runner.setup()
-        runner.run(FreeRunning())
-        device.synchronize()
-        peak = device.memory_peak()
-        runner.close()
-        del runner
-        results[name] = {
-            "metric": device.memory_metric(),
-            "peak_bytes": peak,
-            "before_bytes": before,
-            "added_bytes": peak - before,
-            "peak_reset": reset,
-            "steps": cfg.memory_steps,
-        }
+        results[name] = _peak_of(device, runner, cfg.memory_steps)
     result_path.write_text(json.dumps(results))
+
+
+def _run_alone(runner) -> None:
+    runner.setup()
+    runner.run(FreeRunning())
+    runner.close()
+
+
+def _peak_of(device: Device, runner, steps: int) -> dict:
+    """Set up and run ``runner`` (built, not yet set up) from a released device; its peak and what it added."""
+    device.release()
+    before = device.memory_now()
+    reset = device.reset_peak()
+    runner.setup()
+    runner.run(FreeRunning())
+    device.synchronize()
+    peak = device.memory_peak()
+    runner.close()
+    return {
+        "metric": device.memory_metric(),
+        "peak_bytes": peak,
+        "before_bytes": before,
+        "added_bytes": peak - before,
+        "peak_reset": reset,
+        "steps": steps,
+    }
 
 
 def start_memory_child(cfg: BenchConfig, workdir: Path) -> tuple[subprocess.Popen, Path]:
