@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from conftest import cpu_args, make_pairs
-from trainer_utils import assert_grads_close, build, full_batch, loss_and_grads
+from trainer_utils import assert_grads_close, build, full_batch, loss_and_grads, symmetric_and_doubled
 from trl import DPOConfig, DPOTrainer
 
 from trl_ipo import IPOConfig, IPOTrainer
@@ -77,23 +77,7 @@ def test_symmetric_with_modifier_equals_doubled_dataset(name, load_model, tokeni
     """Each modifier is symmetric in the pair (shared length, w_c·w_r, per-completion scores), so the analytic
     augmentation (target q − ½) keeps the gradient of the explicitly doubled dataset with targets q and 1 − q."""
     modifier = MODIFIERS[name]
-    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"], "q": 1 - r["q"]} for r in ROWS]
-    sym = _moved(
-        build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q", **modifier)
-    )
-    doubled = _moved(
-        build(
-            IPOTrainer,
-            IPOConfig,
-            load_model,
-            tokenizer,
-            ROWS + swapped,
-            tmp_path / "b",
-            preference_column="q",
-            symmetric=False,
-            **modifier,
-        )
-    )
+    sym, doubled = (_moved(t) for t in symmetric_and_doubled(load_model, tokenizer, ROWS, tmp_path, **modifier))
     _, grads_sym = loss_and_grads(sym)
     _, grads_dbl = loss_and_grads(doubled)
     assert_grads_close(grads_sym, grads_dbl, rtol=1e-4, atol=1e-6)

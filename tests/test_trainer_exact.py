@@ -3,7 +3,15 @@
 import pytest
 import torch
 from conftest import make_pairs
-from trainer_utils import assert_grads_close, build, full_batch, hand_logps, loss_and_grads, params
+from trainer_utils import (
+    assert_grads_close,
+    build,
+    full_batch,
+    hand_logps,
+    loss_and_grads,
+    params,
+    symmetric_and_doubled,
+)
 from trl import DPOConfig, DPOTrainer
 
 from trl_ipo import IPOConfig, IPOTrainer
@@ -106,20 +114,7 @@ def test_scaled_form_is_beta_squared_paper(load_model, tokenizer, tmp_path):
 
 
 def test_symmetric_equals_explicitly_doubled_dataset(load_model, tokenizer, tmp_path):
-    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"], "q": 1 - r["q"]} for r in ROWS]
-    sym = _perturbed(build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q"))
-    doubled = _perturbed(
-        build(
-            IPOTrainer,
-            IPOConfig,
-            load_model,
-            tokenizer,
-            ROWS + swapped,
-            tmp_path / "b",
-            preference_column="q",
-            symmetric=False,
-        )
-    )
+    sym, doubled = (_perturbed(t) for t in symmetric_and_doubled(load_model, tokenizer, ROWS, tmp_path))
     loss_sym, grads_sym = loss_and_grads(sym)
     loss_dbl, grads_dbl = loss_and_grads(doubled)
     beta = sym.args.beta

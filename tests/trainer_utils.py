@@ -14,6 +14,20 @@ def build(trainer_cls, config_cls, load_model, tokenizer, rows, tmp_path, **over
     )
 
 
+def symmetric_and_doubled(load_model, tokenizer, rows, tmp_path, **overrides):
+    """Two IPOTrainers on soft labels (column ``q``): ``symmetric=True`` on ``rows``, and ``symmetric=False`` on
+    ``rows`` plus every pair swapped with 1 − q, the explicit augmentation the first computes analytically."""
+    from trl_ipo import IPOConfig, IPOTrainer
+
+    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"], "q": 1 - r["q"]} for r in rows]
+    common = dict(preference_column="q", **overrides)
+    sym = build(IPOTrainer, IPOConfig, load_model, tokenizer, rows, tmp_path / "a", **common)
+    doubled = build(
+        IPOTrainer, IPOConfig, load_model, tokenizer, rows + swapped, tmp_path / "b", symmetric=False, **common
+    )
+    return sym, doubled
+
+
 def full_batch(trainer):
     """All training rows as one collated batch, in dataset order."""
     dataset = trainer._remove_unused_columns(trainer.train_dataset, "training")
