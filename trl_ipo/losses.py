@@ -78,6 +78,7 @@ def ipo_regression(
     return beta * delta, target
 
 
+# The same parameters as ipo_regression, whose squared residual this is: the public one-call form of the loss.
 def ipo_loss(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,

@@ -244,6 +244,7 @@ class BanditResult:
         }
 
 
+# The training parameters repeat train_softmax_bandit's on purpose: each is a flag of `trl-ipo bandit`, passed through.
 def run_bandit(
     pairs=D1,
     actions: Sequence[str] = ACTIONS_ABC,
