@@ -20,9 +20,10 @@ def stream(rows):
 
 
 def _trainer(load_model, tokenizer, tmp_path, dataset, **overrides):
+    overrides = {"per_device_train_batch_size": 2, "max_steps": 100, **overrides}
     return IPOTrainer(
         model=load_model(),
-        args=IPOConfig(**cpu_args(tmp_path, per_device_train_batch_size=2, max_steps=100, **overrides)),
+        args=IPOConfig(**cpu_args(tmp_path, **overrides)),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -74,6 +75,23 @@ def test_rows_dropped_by_length_are_counted_and_warned(load_model, tokenizer, tm
         f"row {long_prompts[0]} of the streamed train dataset was dropped" in m and "max_length=4" in m
         for m in messages
     ), messages
+
+
+def test_training_on_a_stream_ends_with_the_count_of_dropped_rows(load_model, tokenizer, tmp_path):
+    max_length = 4
+    long_prompts = [i for i, r in enumerate(ROWS) if len(tokenizer(r["prompt"])["input_ids"]) >= max_length]
+    kept = len(ROWS) - len(long_prompts)
+    steps = kept // 2  # one pass over the stream in batches of 2 pairs
+    trainer = _trainer(load_model, tokenizer, tmp_path, stream(ROWS), max_length=max_length, max_steps=steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert trainer.dropped_rows["train"] >= len(long_prompts)
+    summary = [str(w.message) for w in caught if "were dropped during training" in str(w.message)]
+    assert summary == [
+        f"{trainer.dropped_rows['train']} rows of the streamed train dataset were dropped during training because "
+        "their prompt alone is at least max_length=4 tokens (trainer.dropped_rows['train'])."
+    ]
 
 
 def test_every_streamed_row_dropped_is_an_error_before_training(load_model, tokenizer, tmp_path):

@@ -167,7 +167,16 @@ class IPOTrainer(DPOTrainer):
         self.resumed_from = resume_from_checkpoint
         if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
             self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        dropped = self.dropped_rows.get("train", 0)
+        if dropped and isinstance(self.train_dataset, IterableDataset):  # in-memory drops were reported up front
+            warnings.warn(
+                f"{dropped} rows of the streamed train dataset were dropped during training because their prompt "
+                f"alone is at least max_length={self.args.max_length} tokens (trainer.dropped_rows['train']).",
+                UserWarning,
+                stacklevel=2,
+            )
+        return output
 
     def _resolve_resume(self, value):
         decision = [None]
