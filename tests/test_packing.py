@@ -121,6 +121,8 @@ def _tiny(kind, attn, **extra):
     from transformers import (
         Gemma2Config,
         Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         MistralConfig,
         MistralForCausalLM,
         Qwen2Config,
@@ -143,6 +145,10 @@ def _tiny(kind, attn, **extra):
     elif kind == "gemma2":
         config = Gemma2Config(**common, head_dim=8, sliding_window=3, attn_implementation=attn)
         model = Gemma2ForCausalLM(config)
+    elif kind == "gemma3":  # sliding layers with their own RoPE base, one global layer in two
+        config = Gemma3TextConfig(**common, head_dim=8, sliding_window=3, sliding_window_pattern=2)
+        config._attn_implementation = attn
+        model = Gemma3ForCausalLM(config)
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attn, **extra))
     return model.eval()
@@ -158,6 +164,7 @@ MODELS = {
     ),
     "mistral-window-3": ("mistral", "sdpa", {}),
     "gemma2-window-3-eager": ("gemma2", "eager", {}),
+    "gemma3-window-3-eager": ("gemma3", "eager", {}),
 }
 
 
