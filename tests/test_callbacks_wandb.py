@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_args, global_rng_restored, make_pairs
+from conftest import cpu_args, global_rng_restored, make_pairs, torchrun_two_ranks
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -234,27 +234,8 @@ def test_plot_draws_a_real_runs_margins(offline_run, tmp_path):
 def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_path):
     wandb_dir = tmp_path / "wandb-root"
     wandb_dir.mkdir()
-    env = {
-        **os.environ,
-        "WANDB_DIR": str(wandb_dir),
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(WORKER),
-        tiny_dir,
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    wandb_env = {"WANDB_DIR": str(wandb_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    proc = torchrun_two_ranks(WORKER, tiny_dir, tmp_path, env=wandb_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 

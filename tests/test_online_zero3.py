@@ -14,7 +14,6 @@ import math
 import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -137,19 +136,9 @@ def _launch_two_ranks(model_dir: str, out) -> None:
     importlib.import_module("deepspeed")  # imported once here rather than in each rank
 
     if torch.distributed.is_initialized():
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            __file__,
-            model_dir,
-            str(out),
-        ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        from conftest import torchrun_two_ranks
+
+        proc = torchrun_two_ranks(__file__, model_dir, out, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return
     port = _free_port()
