@@ -15,6 +15,16 @@ ROWS = make_pairs(8, seed=2, preference=True)
 FIRST_LOSS = (0.5 / 0.1) ** 2  # policy = reference at initialisation: Δ = 0, hard target 1/(2β)
 
 
+@pytest.fixture
+def ipo(load_model, tokenizer, tmp_path):
+    """``ipo(folder, **overrides)``: an IPOTrainer on ROWS writing to ``tmp_path / folder``."""
+
+    def make(folder, **overrides):
+        return build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / folder, **overrides)
+
+    return make
+
+
 def _history(trainer, key="loss"):
     return [h[key] for h in trainer.state.log_history if key in h]
 
@@ -41,15 +51,10 @@ def test_peft_lora_reference_is_adapter_disabled(load_model, tokenizer, tmp_path
     assert any(not torch.equal(after[n], p) for n, p in lora_before.items())  # adapter trained
 
 
-def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer, tmp_path):
-    online = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q")
-    pre = build(
-        IPOTrainer,
-        IPOConfig,
-        load_model,
-        tokenizer,
-        ROWS,
-        tmp_path / "b",
+def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer, tmp_path, ipo):
+    online = ipo("a", preference_column="q")
+    pre = ipo(
+        "b",
         preference_column="q",
         precompute_ref_log_probs=True,
     )
@@ -88,15 +93,10 @@ def test_dataset_formats_match_stock_trl(rows, load_model, tokenizer, tmp_path):
     assert _history(ours) == pytest.approx(_history(stock), rel=1e-5)
 
 
-def test_gradient_accumulation_equals_full_batch(load_model, tokenizer, tmp_path):
-    full = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", preference_column="q", max_steps=2)
-    accum = build(
-        IPOTrainer,
-        IPOConfig,
-        load_model,
-        tokenizer,
-        ROWS,
-        tmp_path / "b",
+def test_gradient_accumulation_equals_full_batch(load_model, tokenizer, tmp_path, ipo):
+    full = ipo("a", preference_column="q", max_steps=2)
+    accum = ipo(
+        "b",
         preference_column="q",
         max_steps=2,
         per_device_train_batch_size=2,
@@ -129,27 +129,18 @@ def test_evaluation_logs_ipo_metrics_with_eval_prefix(load_model, tokenizer, tmp
         assert key in metrics
 
 
-def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path):
-    straight = build(
-        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", max_steps=4, per_device_train_batch_size=2
-    )
+def test_save_and_resume_from_checkpoint(load_model, tokenizer, tmp_path, ipo):
+    straight = ipo("a", max_steps=4, per_device_train_batch_size=2)
     straight.train()
-    first = build(
-        IPOTrainer,
-        IPOConfig,
-        load_model,
-        tokenizer,
-        ROWS,
-        tmp_path / "b",
+    first = ipo(
+        "b",
         max_steps=4,
         per_device_train_batch_size=2,
         save_strategy="steps",
         save_steps=2,
     )
     first.train()
-    resumed = build(
-        IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", max_steps=4, per_device_train_batch_size=2
-    )
+    resumed = ipo("b", max_steps=4, per_device_train_batch_size=2)
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
     pa, pb = params(straight.model), params(resumed.model)
     for name in pa:
@@ -177,9 +168,9 @@ def test_model_as_path_and_explicit_ref_model(tiny_dir, load_model, tokenizer, t
     assert _history(by_path) == pytest.approx(_history(explicit_ref), rel=1e-5)
 
 
-def test_ipo_plus_sft_matches_stock_trl(load_model, tokenizer, tmp_path):
+def test_ipo_plus_sft_matches_stock_trl(load_model, tokenizer, tmp_path, ipo):
     kw = dict(loss_type=["ipo", "sft"], loss_weights=[1.0, 0.3])
-    ours = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a", **kw)
+    ours = ipo("a", **kw)
     stock = build(DPOTrainer, DPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", **kw)
     loss_a, grads_a = loss_and_grads(ours)
     loss_b, grads_b = loss_and_grads(stock)
