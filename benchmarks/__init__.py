@@ -83,6 +83,7 @@ from benchmarks.config import (  # noqa: E402
 from benchmarks.report import render_markdown, render_shapes, shape_checks  # noqa: E402
 from benchmarks.timing import run_interleaved  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
+    build_checkpoint,
     make_rows,
     make_shape_rows,
     parameter_count,
@@ -101,6 +102,7 @@ __all__ = [
     "TARGETS",
     "VARIANTS",
     "BenchConfig",
+    "build_checkpoint",
     "main",
     "make_rows",
     "make_shape_rows",

@@ -125,23 +125,10 @@ def test_sequence_scan_and_provenance(report):
     assert len(report["load_average"]["before_timing"]) == 3
 
 
-def test_analytic_parameter_count_matches_a_built_model(bench):
-    from trl_ipo.lab.tiny import build_model, build_tokenizer
-
+def test_analytic_parameter_count_matches_a_built_model(bench, tmp_path):
     cfg = replace(bench.BenchConfig(), **bench.PRESETS["tiny"])
-    tokenizer = build_tokenizer([bench.CHARSET], vocab_size=bench.BYTE_VOCAB)
-    model = build_model(
-        tokenizer,
-        hidden_size=cfg.hidden,
-        num_layers=cfg.layers,
-        num_heads=cfg.heads,
-        intermediate_size=cfg.intermediate,
-        vocab_size=cfg.vocab,
-    )
-    assert bench.parameter_count(cfg)["parameters"] == sum(p.numel() for p in model.parameters())
-    # The byte tokenizer gives one token per character, so the synthetic rows have the length asked for.
-    row = bench.make_rows(cfg, 48, 1, preference=True)[0]
-    assert len(tokenizer(row["prompt"] + row["chosen"])["input_ids"]) == 47 and 0 <= row["q"] <= 1
+    built = bench.build_checkpoint(cfg, tmp_path)  # counts the parameters of the model it builds and saves
+    assert bench.parameter_count(cfg)["parameters"] == built["parameters"]
 
 
 def test_cuda_preset_is_a_half_billion_bf16_model_at_1024(bench):
