@@ -87,12 +87,10 @@ def kind_of(lang: str, body: str) -> str | None:
     return None
 
 
-def skip_reason(page: str, body: str) -> str | None:
+def skip_reason(body: str) -> str | None:
     first = next((ln for ln in body.splitlines() if ln.strip()), "")
     m = SKIP_MARK.match(first)
-    if m:
-        return m.group("reason")
-    return None
+    return m.group("reason") if m else None
 
 
 def collect():
@@ -194,7 +192,7 @@ def shell_env() -> dict:
 # ------------------------------------------------------------------------------------------------------ the test
 @pytest.mark.parametrize("page, line, kind, body", CASES)
 def test_snippet_runs(page, line, kind, body, placeholders, tiny_dir, tmp_path_factory, monkeypatch):
-    reason = skip_reason(page, body)
+    reason = skip_reason(body)
     if reason is not None:
         pytest.skip(f"{page}:{line}: {reason}")
     import torch
@@ -305,7 +303,7 @@ def test_every_page_is_scanned_and_snippets_are_found():
     blocks = list(fenced_blocks(text))
     assert [(b[1], b[2]) for b in blocks] == [("python", "x = 1\n"), ("bash", "echo hi\n"), ("", "plain\n")]
     assert kind_of("", "python scripts/x.py\n") == "shell" and kind_of("", "Δ = ρ(y_w) − ρ(y_l)\n") is None
-    assert skip_reason("README.md", "# docs-test: skip (needs 8 GPUs)\nrun\n") == "needs 8 GPUs"
+    assert skip_reason("# docs-test: skip (needs 8 GPUs)\nrun\n") == "needs 8 GPUs"
 
 
 def test_marked_python_snippets_parse():
