@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from trl_ipo import _compat
 from trl_ipo.lab.tiny import WORDS, make_pairs
+
+_compat.enable_trl_fused_head_without_triton()  # stock trl 1.15 DPOTrainer on a CPU-only torch (compat runs)
 
 __all__ = ["WORDS", "cpu_args", "make_pairs"]  # tests import these from conftest
 

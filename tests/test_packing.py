@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trl_ipo.packing import (
+from trl_ipo.packed import (
     CHOSEN,
     REJECTED,
     SHARED,
@@ -171,7 +171,7 @@ MODELS = {
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("sharing,packing", [(True, False), (False, True), (True, True)], ids=["S", "Pf", "SP"])
 def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
-    from trl_ipo.packed_forward import layout_attention_mask
+    from trl_ipo.packed import layout_attention_mask
 
     kind, attn, extra = MODELS[name]
     model = _tiny(kind, attn, **extra)
@@ -199,7 +199,7 @@ def test_flex_block_mask_is_built_from_the_ids_on_the_layouts_device():
     """The CUDA flex path's BlockMask, built here on CPU: its mask_mod is the dense mask, per layer type."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from trl_ipo.packed_forward import layout_attention_mask
+    from trl_ipo.packed import layout_attention_mask
 
     layout = build_layout(*collate(PAIRS), prefix_sharing=True, padding_free=True)
     model = _tiny("qwen2", "sdpa", use_sliding_window=True, sliding_window=3, max_window_layers=1)

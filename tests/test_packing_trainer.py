@@ -345,6 +345,7 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
         assert record["num_processes"] == 2 and record["distributed_type"] == "DistributedType.DEEPSPEED"
         assert record["policy"]["num_partitioned"] == record["policy"]["num_params"] > 0
         assert record["packed_calls"] == 2 * 3  # policy and reference, 3 steps
+        assert record["layouts_built"] == 3  # one layout per step, shared by both forwards
         got = [h for h in record["history"] if "loss" in h]
         assert len(got) == len(expected) == 3
         for a, b in zip(expected, got, strict=True):

@@ -29,8 +29,10 @@ import warnings
 import torch
 from transformers import TrainerCallback
 
+from . import _compat
 from .config import ipo_setting_names
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS, ipo_regression, reduce_logps
+from .metrics import IPO_KEYS, ipo_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +136,7 @@ class DPOMarginRecorder:
         self.trainer = trainer
         self.logp_reduction, self.loss_form, self.symmetric = logp_reduction, loss_form, bool(symmetric)
         self.pending: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
-        self._compute_loss = trainer._compute_loss
-        trainer._compute_loss = self._recording_compute_loss
+        self._compute_loss = _compat.wrap_compute_loss(trainer, self._recording_compute_loss)
 
     def take(self, mode: str) -> dict[str, torch.Tensor]:
         """The pairs recorded in ``mode`` since the previous ``take`` (all ranks), as concatenated tensors.
@@ -293,9 +294,9 @@ class IPOMarginCallback(TrainerCallback):
             return
         means = {}
         if self.recorder is not None:  # a stock DPOTrainer logs no ipo/* scalars: add them, averaged as TRL does
-            delta, target = pairs["delta"].float(), pairs["target"].float()
-            per_pair = {"delta": delta, "target": target, "residual": delta - target, "sq_error": (delta - target) ** 2}
-            means = {f"{prefix}ipo/{name}": _mean_of_batch_means(v, pairs["batch"]) for name, v in per_pair.items()}
+            delta, target, batch = pairs["delta"], pairs["target"], pairs["batch"]
+            per_batch = [ipo_statistics(delta[batch == b], target[batch == b]) for b in batch.unique()]
+            means = {f"{prefix}{k}": torch.stack([s[k] for s in per_batch]).mean().item() for k in IPO_KEYS}
             if state.log_history and state.log_history[-1].get(f"{prefix}{_MARGINS_KEY}") == logs.get(
                 f"{prefix}{_MARGINS_KEY}"
             ):
@@ -398,11 +399,6 @@ def _drop_padding(pairs: dict[str, torch.Tensor], dataset) -> dict[str, torch.Te
     return {key: value[:n] for key, value in pairs.items()}
 
 
-def _mean_of_batch_means(values: torch.Tensor, batch: torch.Tensor) -> float:
-    """Mean over batches of each batch's mean: how Trainer-logged metrics average the steps since the last log."""
-    return torch.stack([values[batch == b].mean() for b in batch.unique()]).mean().item()
-
-
 def _metric_prefix(logs: dict) -> str | None:
     """The metric-name prefix of a log entry ('' in training, 'eval_' or 'eval_<name>_' in evaluation)."""
     for key in logs:
@@ -413,9 +409,7 @@ def _metric_prefix(logs: dict) -> str | None:
 
 def _rewrite(logs: dict) -> dict:
     """Trainer log keys to wandb keys, as transformers' WandbCallback names them (``train/…``, ``eval/…``)."""
-    from transformers.integrations.integration_utils import rewrite_logs
-
-    return rewrite_logs(logs)
+    return _compat.wandb_log_keys(logs)
 
 
 def _optional_wandb():

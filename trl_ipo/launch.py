@@ -26,6 +26,7 @@ import logging
 import os
 from datetime import timedelta
 
+from . import _compat
 from .distributed import resolve_config
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,6 @@ def _refuse_bare_srun(environ=None) -> None:
 
 def _bring_up_deepspeed_on_cpu(args) -> None:
     from accelerate import PartialState
-    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
 
     if not is_launched():
@@ -139,11 +139,9 @@ def _bring_up_deepspeed_on_cpu(args) -> None:
         )
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     _skip_shm_kernel_build()
-    state = PartialState._shared_state
-    reuse = bool(state) and state.get("distributed_type") == DistributedType.DEEPSPEED
     # A new config starts a new Accelerator (as TrainingArguments does when it builds its own state); the process
     # group is kept when it already is the DeepSpeed one.
-    AcceleratorState._reset_state(reset_partial_state=not reuse)
+    reuse = _compat.reset_accelerate_state(DistributedType.DEEPSPEED)
     if not reuse:
         PartialState(backend=args.ddp_backend or "gloo", timeout=timedelta(seconds=args.ddp_timeout))
     _use_configured_state(args)
@@ -152,7 +150,6 @@ def _bring_up_deepspeed_on_cpu(args) -> None:
 
 def _bring_up_ddp_on_cpu(args) -> None:
     from accelerate import PartialState
-    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
 
     if not args.use_cpu:
@@ -161,9 +158,7 @@ def _bring_up_ddp_on_cpu(args) -> None:
             launched_world_size(),
         )
         args.use_cpu = True
-    state = PartialState._shared_state
-    reuse = bool(state) and state.get("distributed_type") == DistributedType.MULTI_CPU
-    AcceleratorState._reset_state(reset_partial_state=not reuse)
+    reuse = _compat.reset_accelerate_state(DistributedType.MULTI_CPU)
     if not reuse:
         backend = args.ddp_backend if args.ddp_backend in ("gloo", "mpi", "ccl") else None
         kwargs = {"backend": backend} if backend else {}
@@ -177,9 +172,7 @@ def _skip_shm_kernel_build() -> None:
     That kernel serves only ``deepspeed.comm.inference_all_reduce``; ZeRO training talks through gloo. Compiling it
     takes minutes on a small host, on every fresh machine.
     """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    _compat.disable_deepspeed_op("deepspeed_shm_comm")
 
 
 def _use_configured_state(args) -> None:

@@ -32,6 +32,7 @@ Loss forms (same minimiser, the scaled one is exactly β² times the paper one):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -190,3 +191,62 @@ def wpo_pair_weights(
         weights = torch.exp(aligned.sum(dim=1) / lengths)
     chosen, rejected = weights.chunk(2, dim=0)
     return chosen * rejected
+
+
+# ------------------------------------------------------------------------------------------- the whole objective
+@dataclass
+class IPOTerms:
+    """One batch's objective and the per-pair quantities the metrics report."""
+
+    loss: torch.Tensor  # scalar: Σ_k weight_k · term_k over ``loss_types``
+    margin: torch.Tensor  # [B] Δ in the units of ``loss_form`` (β·Δ for "scaled")
+    target: torch.Tensor  # [B] t/β ("paper") or t ("scaled")
+    weights: torch.Tensor | None  # [B] WPO weights (``use_weighting``), else None
+    chosen_logps: torch.Tensor  # [B] policy sequence log-probs (after ``ld_alpha``)
+    rejected_logps: torch.Tensor
+    chosen_logratios: torch.Tensor  # [B] summed log-ratios (TRL's rewards are β times these)
+    rejected_logratios: torch.Tensor
+
+
+def ipo_objective(
+    per_token_logps: torch.Tensor,
+    completion_mask: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    settings,
+    beta: float,
+    preference: torch.Tensor | None = None,
+    log_sum_sq_probs: torch.Tensor | None = None,
+    loss_types=("ipo",),
+    loss_weights=(1.0,),
+) -> IPOTerms:
+    """The IPO loss of a ``[chosen; rejected]`` batch from per-token log-probs (zero outside the completion).
+
+    ``settings`` carries the IPOConfig loss fields (``symmetric``, ``loss_form``, ``logp_reduction``, ``ld_alpha``,
+    ``f_divergence_type``, ``f_alpha_divergence_coef``, ``use_weighting``). Per pair, the "ipo" term is
+    ``(Δ − t/β)²`` (Azar et al. 2023 eq. 17, see :func:`ipo_regression`), times the WPO weight with
+    ``use_weighting``; the "sft" term is the mean NLL of the chosen completion tokens.
+    """
+    chosen_logps, rejected_logps = sequence_logps(per_token_logps, completion_mask, settings.ld_alpha).chunk(2)
+    chosen_logratios = chosen_logps - ref_chosen_logps
+    rejected_logratios = rejected_logps - ref_rejected_logps
+    num_chosen, num_rejected = completion_mask.sum(dim=1).chunk(2)
+    f_div, f_alpha, reduction = settings.f_divergence_type, settings.f_alpha_divergence_coef, settings.logp_reduction
+    chosen_rho = reduce_logps(f_divergence_scores(chosen_logratios, f_div, f_alpha), num_chosen, reduction)
+    rejected_rho = reduce_logps(f_divergence_scores(rejected_logratios, f_div, f_alpha), num_rejected, reduction)
+    margin, target = ipo_regression(
+        chosen_rho, rejected_rho, beta, preference, symmetric=settings.symmetric, loss_form=settings.loss_form
+    )
+    per_pair = (margin - target) ** 2
+    weights = None
+    if settings.use_weighting:  # WPO: detached per-pair weights on the IPO term (not on the "sft" term)
+        weights = wpo_pair_weights(per_token_logps, log_sum_sq_probs, completion_mask)
+        per_pair = per_pair * weights
+    loss = 0.0
+    for loss_type, weight in zip(loss_types, loss_weights, strict=True):
+        if loss_type == "ipo":
+            loss = loss + weight * per_pair.mean()
+        else:  # "sft": TRL's NLL on the chosen completion tokens
+            chosen_mask = completion_mask.chunk(2)[0].bool()
+            loss = loss + weight * -per_token_logps.chunk(2)[0][chosen_mask].mean()
+    return IPOTerms(loss, margin, target, weights, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)

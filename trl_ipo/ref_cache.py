@@ -24,6 +24,8 @@ from datasets import Dataset, IterableDataset, concatenate_datasets
 from datasets.fingerprint import Hasher, is_caching_enabled
 from torch.utils.data import DataLoader
 
+from . import _compat
+
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -35,7 +37,7 @@ def precompute_ref_logps(trainer, dataset: Dataset, name: str, batch_size: int) 
             "`precompute_ref_log_probs=False`."
         )
     accelerator = trainer.accelerator
-    key = [Hasher.hash((dataset._fingerprint, trainer._precompute_model_hash, trainer.args.ld_alpha))]
+    key = [Hasher.hash(_compat.precompute_cache_key(trainer, dataset))]
     broadcast_object_list(key, from_process=0)  # fingerprints of in-memory datasets differ between processes
     cache_file = cache_file_path(dataset, key[0])
     readable = cache_file is not None and os.path.isfile(cache_file)
@@ -82,9 +84,7 @@ def _reference_pass(trainer, dataset, name, batch_size):
     # Before train() the policy is not wrapped yet; under DeepSpeed it is placed and gathered by an inference engine,
     # built once and kept for later passes (as TRL does).
     if trainer.ref_model is None and trainer.is_deepspeed_enabled:
-        if trainer._precompute_engine is None:
-            trainer._precompute_engine = prepare_deepspeed(trainer.model, accelerator)
-        model = trainer._precompute_engine
+        model = _compat.precompute_engine(trainer, lambda: prepare_deepspeed(trainer.model, accelerator))
     else:
         model = trainer.ref_model or trainer.model
     chosen, rejected = [], []

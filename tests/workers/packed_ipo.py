@@ -33,14 +33,6 @@ def main(spec_path: str) -> None:
         train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(spec["model"]),
     )
-    trainer.packed_calls = 0
-    build_layout = trainer._build_layout
-
-    def counting(inputs):  # every policy and reference forward goes through the packed layout
-        trainer.packed_calls += 1
-        return build_layout(inputs)
-
-    trainer._build_layout = counting
     trainer.train()
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +41,8 @@ def main(spec_path: str) -> None:
         "distributed_type": str(trainer.accelerator.distributed_type),
         "history": trainer.state.log_history,
         "policy": parameter_shards(trainer.model_wrapped),
-        "packed_calls": trainer.packed_calls,
+        "packed_calls": trainer.packed.forward_calls,  # policy and reference forwards
+        "layouts_built": trainer.packed.layouts_built,
     }
     (out / f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(record, indent=1))
 
