@@ -102,16 +102,3 @@ def cpu_args(output_dir, **overrides):
     )
     base.update(overrides)
     return base
-
-
-def torchrun_two_ranks(script, *args, env=None, timeout=300):
-    """``script args`` on 2 CPU ranks under torch's own launcher (``torchrun --standalone``): the finished process.
-
-    One thread per rank; the repository root is on the ranks' ``PYTHONPATH``; ``env`` adds variables."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    return subprocess.run([*cmd, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)

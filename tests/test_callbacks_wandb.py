@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_args, global_rng_restored, make_pairs, torchrun_two_ranks
+from conftest import cpu_args, global_rng_restored, make_pairs
 from datasets import Dataset
+from launch import torchrun_two_ranks
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from trl_ipo import IPOConfig, IPOTrainer

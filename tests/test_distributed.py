@@ -14,33 +14,21 @@ Every job uses the same global batch (4 pairs), seed and data, and one epoch of 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import cpu_args, global_rng_restored, make_pairs
+from launch import REPO, Job, deepspeed_two_ranks, free_port, launch_env, tiny_zero3_config
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "workers" / "dist_ipo.py"
 LAUNCH_SCRIPT = REPO / "scripts" / "launch_multinode.sh"
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 
 ROWS, GLOBAL_BATCH, STEPS, BETA = 16, 4, 4, 0.1
 COLLECTIVE_TIMEOUT_S = 90  # ddp_timeout of the launched runs (distinct from the 1800 s default on purpose)
-JOB_LIMIT_S = 600  # a hung job fails the test instead of hanging the suite
 DIE_RANK, DIE_STEP, DIE_CODE = 1, 2, 17
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_args(output_dir, **overrides):
@@ -54,63 +42,20 @@ def _run_args(output_dir, **overrides):
     return cpu_args(output_dir, **{**base, **overrides})
 
 
-class Job:
-    """One launched job: its launcher processes (one per node), logs and the per-rank JSON records."""
-
-    def __init__(self, name, root, commands, env):
-        self.name, self.out = name, root / f"{name}-out"
-        self.logs = [root / f"{name}-node{i}.log" for i in range(len(commands))]
-        self.procs = [
-            subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-            )
-            for cmd, log in zip(commands, self.logs, strict=True)
-        ]
-        self._codes = None
-
-    def wait(self):
-        if self._codes is None:
-            try:
-                self._codes = [proc.wait(timeout=JOB_LIMIT_S) for proc in self.procs]
-            except subprocess.TimeoutExpired:
-                self.stop()
-                pytest.fail(f"job {self.name} did not finish within {JOB_LIMIT_S} s:\n{self.tail()}")
-        return self._codes
-
-    def records(self, kind=""):
-        paths = sorted(self.out.glob(f"rank[0-9]{kind}.json"))
-        return {int(p.name[4]): json.loads(p.read_text()) for p in paths}
-
-    def tail(self, chars=3000):
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-chars:]}" for log in self.logs if log.exists())
-
-    def stop(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in make_pairs(ROWS, seed=7, preference=True)))
-    ds_config = json.loads((REPO / "trl_ipo" / "configs" / "zero3.json").read_text())
-    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # shard every tensor of a tiny model
-    ds_path = root / "zero3_tiny.json"
-    ds_path.write_text(json.dumps(ds_config))
     hostfile = root / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    return SimpleNamespace(root=root, data=data, ds_config=str(ds_path), hostfile=hostfile, model=tiny_dir)
+    return SimpleNamespace(root=root, data=data, ds_config=tiny_zero3_config(root), hostfile=hostfile, model=tiny_dir)
 
 
 @pytest.fixture(scope="module")
 def jobs(setup):
     root = setup.root
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
-    env["WANDB_MODE"] = "offline"
-    env["PATH"] = f"{Path(DEEPSPEED).parent}{os.pathsep}{env.get('PATH', '')}"  # launch_multinode.sh calls `deepspeed`
+    env = launch_env()
 
     def spec(name, args, **extra):
         path = root / f"{name}.json"
@@ -119,7 +64,7 @@ def jobs(setup):
         return str(path)
 
     def two_nodes(spec_path):
-        port = str(_free_port())
+        port = str(free_port())
         common = [str(LAUNCH_SCRIPT), "--hostfile", str(setup.hostfile), "--master-addr", "127.0.0.1"]
         common += ["--master-port", port]
         return [[*common, "--node-rank", str(rank), str(WORKER), spec_path] for rank in (0, 1)]
@@ -135,9 +80,8 @@ def jobs(setup):
         _run_args(root / "death-run", deepspeed="zero3", save_strategy="steps", save_steps=1),  # packaged, "auto"
         die={"rank": DIE_RANK, "step": DIE_STEP},
     )
-    one_node = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port())]
     started = {
-        "zero3": Job("zero3", root, [[*one_node, str(WORKER), zero3_spec]], env),
+        "zero3": Job("zero3", root, [deepspeed_two_ranks(WORKER, zero3_spec)], env),
         "ddp": Job("ddp", root, two_nodes(ddp_spec), env),
         "death": Job("death", root, two_nodes(death_spec), env),
     }
@@ -147,11 +91,7 @@ def jobs(setup):
 
 
 def _finished(job):
-    codes = job.wait()
-    assert codes == [0] * len(codes), f"{job.name} exited with {codes}:\n{job.tail()}"
-    records = job.records()
-    assert sorted(records) == [0, 1], f"{job.name}: rank records {sorted(records)}:\n{job.tail()}"
-    return records
+    return job.finished()
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import json
 import math
 import multiprocessing
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import free_port, torchrun_two_ranks
 
 PROMPTS = ["the cat sat", "a dog ran on a mat", "big red sun", "the moon"]
 LEARNING_RATE = 0.05
@@ -110,12 +110,6 @@ def worker(model_dir: str, out: str) -> None:
     Path(out, f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(record))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launched_rank(rank: int, world_size: int, port: int, model_dir: str, out: str) -> None:
     os.environ.update(
         RANK=str(rank),
@@ -136,12 +130,10 @@ def _launch_two_ranks(model_dir: str, out) -> None:
     importlib.import_module("deepspeed")  # imported once here rather than in each rank
 
     if torch.distributed.is_initialized():
-        from conftest import torchrun_two_ranks
-
         proc = torchrun_two_ranks(__file__, model_dir, out, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return
-    port = _free_port()
+    port = free_port()
     context = multiprocessing.get_context("fork")
     ranks = [context.Process(target=_launched_rank, args=(r, 2, port, model_dir, str(out))) for r in (0, 1)]
     for process in ranks:

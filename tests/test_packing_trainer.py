@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import WORDS, cpu_args, make_pairs
 from datasets import Dataset
+from launch import REPO, Job, deepspeed_two_ranks, launch_env, tiny_zero3_config
 from trainer_utils import build, loss_and_grads, params
 
 from trl_ipo import IPOConfig, IPOTrainer
@@ -288,43 +289,27 @@ def test_model_whose_attention_ignores_4d_masks_is_refused(load_model, tmp_path)
 def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tiny_dir, tmp_path):
     """The deepspeed launcher, 2 CPU ranks, ZeRO-3 (every tensor sharded), SP; against one process, default path."""
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     rows = make_pairs(16, seed=7, preference=True)
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ds_config = json.loads((repo / "trl_ipo" / "configs" / "zero3.json").read_text())
-    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "zero3.json").write_text(json.dumps(ds_config))
     run = dict(max_steps=3, preference_column="q", learning_rate=1e-3)
     args = cpu_args(
         tmp_path / "zero3-run",
         per_device_train_batch_size=2,
-        deepspeed=str(tmp_path / "zero3.json"),
+        deepspeed=tiny_zero3_config(tmp_path),
         ddp_timeout=90,
         **run,
         **LAYOUTS["SP"],
     )
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": tiny_dir, "data": str(data), "out": str(tmp_path / "out"), "args": args}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    deepspeed = str(Path(sys.executable).with_name("deepspeed"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
-    env["PATH"] = f"{Path(deepspeed).parent}{os.pathsep}{env.get('PATH', '')}"
-    worker = str(repo / "tests" / "workers" / "packed_ipo.py")
-    cmd = [deepspeed, "--num_gpus", "2", "--master_port", str(port), worker, str(spec)]
-    with (tmp_path / "launch.log").open("w") as log:
-        job = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    job = Job(
+        "zero3", tmp_path, [deepspeed_two_ranks(REPO / "tests" / "workers" / "packed_ipo.py", spec)], launch_env()
+    )
+    try:
         single = IPOTrainer(  # meanwhile: one process, global batch, padded layout
             model=AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
             args=IPOConfig(**cpu_args(tmp_path / "single", per_device_train_batch_size=4, **run)),
@@ -332,14 +317,9 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
             processing_class=AutoTokenizer.from_pretrained(tiny_dir),
         )
         single.train()
-        try:
-            code = job.wait(timeout=600)
-        finally:
-            if job.poll() is None:
-                os.killpg(job.pid, 9)
-                job.wait()
-    assert code == 0, (tmp_path / "launch.log").read_text()[-3000:]
-    records = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1)]
+        records = list(job.finished().values())
+    finally:
+        job.stop()
     expected = [h for h in single.state.log_history if "loss" in h]
     for record in records:
         assert record["num_processes"] == 2 and record["distributed_type"] == "DistributedType.DEEPSPEED"

@@ -11,29 +11,16 @@ step for 16 rows), so its last batch is uneven and the rows the sampler repeats 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import cpu_args, make_pairs
+from launch import REPO, Job, deepspeed_two_ranks, launch_env, tiny_zero3_config
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "workers" / "ranks_ipo.py"
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 ROWS, GLOBAL_BATCH, STEPS = 16, 4, 4
-JOB_LIMIT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _args(output_dir, **overrides):
@@ -56,17 +43,12 @@ def setup(tiny_dir, tmp_path_factory):
     data = root / "pairs.jsonl"
     rows = make_pairs(ROWS, seed=9, preference=True)
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    ds_config = json.loads((REPO / "trl_ipo" / "configs" / "zero3.json").read_text())
-    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # shard every tensor of a tiny model
-    (root / "zero3_tiny.json").write_text(json.dumps(ds_config))
-    return SimpleNamespace(root=root, data=data, rows=rows, model=tiny_dir, ds_config=str(root / "zero3_tiny.json"))
+    return SimpleNamespace(root=root, data=data, rows=rows, model=tiny_dir, ds_config=tiny_zero3_config(root))
 
 
 @pytest.fixture(scope="module")
 def jobs(setup):
     root = setup.root
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
-    env["WANDB_MODE"] = "offline"
     started = {}
     for name, extra in (("ddp", {}), ("zero3", {"deepspeed": setup.ds_config})):
         spec = {
@@ -77,30 +59,15 @@ def jobs(setup):
             "crashed_dir": str(root / f"{name}-crashed"),
         }
         (root / f"{name}.json").write_text(json.dumps(spec))
-        log = root / f"{name}.log"
-        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), str(WORKER)]
-        cmd.append(str(root / f"{name}.json"))
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        started[name] = SimpleNamespace(name=name, proc=proc, log=log, out=root / f"{name}-out", root=root)
+        started[name] = Job(name, root, [deepspeed_two_ranks(WORKER, root / f"{name}.json")], launch_env())
+        started[name].root = root
     yield started
     for job in started.values():
-        if job.proc.poll() is None:
-            os.killpg(job.proc.pid, signal.SIGKILL)
-            job.proc.wait()
+        job.stop()
 
 
 def _records(job):
-    try:
-        code = job.proc.wait(timeout=JOB_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.proc.pid, signal.SIGKILL)
-        pytest.fail(f"{job.name} did not finish in {JOB_LIMIT_S} s:\n{job.log.read_text()[-3000:]}")
-    assert code == 0, f"{job.name} exited {code}:\n{job.log.read_text()[-4000:]}"
-    records = {int(p.name[4]): json.loads(p.read_text()) for p in sorted(job.out.glob("rank[0-9].json"))}
-    assert sorted(records) == [0, 1], job.log.read_text()[-3000:]
-    return records
+    return job.finished()
 
 
 @pytest.fixture(scope="module")
