@@ -12,12 +12,13 @@ import warnings
 
 import torch
 
+from .. import _compat
 from .forward import install_packed_forward
 from .layout import PackedLayout, build_layout, scatter_scored
 from .masks import layout_attention_mask, row_capacity
 from .support import check_batch_inputs, check_packing_support, is_verified, self_check
 
-PER_TOKEN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+PER_TOKEN_OUTPUTS = _compat.FUSED_FIELDS  # the fused LM head's per-token fields, [2B, L-1] on the padded path
 
 
 def enabled(args) -> bool:
@@ -39,7 +40,7 @@ class PackedPath:
 
     def install(self, policy, reference, with_wpo: bool) -> None:
         """Wrap the policy's (the PEFT base model's) and the reference's forwards with the packed path."""
-        outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if with_wpo else ())
+        outputs = tuple(f for f in PER_TOKEN_OUTPUTS if with_wpo or f != "log_sum_sq_probs")
         install_packed_forward(policy, outputs=outputs)
         if reference is not None:
             install_packed_forward(reference)
