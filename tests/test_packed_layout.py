@@ -1,4 +1,4 @@
-"""Layout math of trl_ipo.packing: index maps, positions and masks, checked against the padded layout's forward."""
+"""Layout math of trl_ipo.packed (layout and masks): index maps, positions and masks, checked against the padded layout's forward."""
 
 import pytest
 import torch
