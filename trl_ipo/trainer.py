@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import warnings
 
 import torch
-from accelerate.utils import broadcast_object_list, is_peft_model
+from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from . import checkpoints
 from .callbacks import attach_margin_callback, concat_pair_records, require_wandb
 from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
@@ -47,11 +45,12 @@ from .packed_forward import (
 from .packing import build_layout, scatter_scored
 from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
+from .trainer_checkpoints import CheckpointingMixin
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
 
-class IPOTrainer(DPOTrainer):
+class IPOTrainer(CheckpointingMixin, DPOTrainer):
     """Drop-in replacement for :class:`trl.DPOTrainer` that trains with IPO.
 
     Takes exactly the arguments of ``DPOTrainer``; ``args`` should be an :class:`IPOConfig` (a plain ``DPOConfig``
@@ -152,60 +151,6 @@ class IPOTrainer(DPOTrainer):
         column = self.args.preference_column
         if column is not None and column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, column]
-
-    # ------------------------------------------------------------------------------------------------- checkpoints
-    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
-
-        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
-        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
-        """
-        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
-            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
-        else:
-            resume_from_checkpoint = None
-        self.resumed_from = resume_from_checkpoint
-        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
-            self._total_train_tokens = checkpoints.logged_num_tokens(resume_from_checkpoint)
-        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-        dropped = self.dropped_rows.get("train", 0)
-        if dropped and isinstance(self.train_dataset, IterableDataset):  # in-memory drops were reported up front
-            warnings.warn(
-                f"{dropped} rows of the streamed train dataset were dropped during training because their prompt "
-                f"alone is at least max_length={self.args.max_length} tokens (trainer.dropped_rows['train']).",
-                UserWarning,
-                stacklevel=2,
-            )
-        return output
-
-    def _resolve_resume(self, value):
-        decision = [None]
-        if self.accelerator.is_main_process:
-            try:
-                decision[0] = (
-                    "ok",
-                    *checkpoints.resolve_resume(
-                        value, self.args.output_dir, self.args.allow_resume_without_optimizer, self.args.world_size
-                    ),
-                )
-            except ValueError as err:
-                decision[0] = ("error", str(err), [])
-        decision = broadcast_object_list(decision, from_process=0)[0]
-        status, result, messages = decision
-        if status == "error":
-            raise ValueError(result)
-        if self.accelerator.is_main_process:
-            checkpoints.warn_all(messages)
-        return result
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            if os.path.isdir(folder):
-                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
