@@ -29,6 +29,7 @@ from trl_ipo.checkpoints import (
     write_marker,
 )
 from trl_ipo.config import IPOConfig
+from trl_ipo.errors import InputError
 from trl_ipo.run_args import write_args_record
 
 
@@ -239,7 +240,7 @@ def test_hashing_can_be_switched_off_and_a_bad_value_is_named(tmp_path, monkeypa
     from trl_ipo.checkpoints import hashing_enabled
 
     monkeypatch.setenv(HASH_ENV, "md5")
-    with pytest.raises(ValueError, match=f"{HASH_ENV}='md5'"):
+    with pytest.raises(InputError, match=f"{HASH_ENV}='md5'"):
         hashing_enabled()
     monkeypatch.setenv(HASH_ENV, "none")
     assert hashing_enabled() is False

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint_files import content_problem, regular_files, resolve_inside, sha256_many
+from .errors import InputError
 from .run_args import read_args_record
 
 logger = logging.getLogger(__name__)
@@ -271,13 +272,14 @@ def write_marker(path: str | os.PathLike, step: int, world_size: int, hashes: bo
 
 def hashing_enabled() -> bool:
     """Whether :func:`write_marker` records SHA-256 hashes: the environment variable ``TRL_IPO_CHECKPOINT_HASH``,
-    ``sha256`` (the default) or ``none``. Raises ``ValueError`` naming the variable for any other value."""
+    ``sha256`` (the default) or ``none``. Raises :class:`~trl_ipo.errors.InputError` naming the variable for any
+    other value."""
     value = os.environ.get(HASH_ENV, "sha256").strip().lower()
     if value in ("sha256", ""):
         return True
     if value == "none":
         return False
-    raise ValueError(f"{HASH_ENV}={value!r}: use 'sha256' (the default: record each file's hash) or 'none'.")
+    raise InputError(f"{HASH_ENV}={value!r}: use 'sha256' (the default: record each file's hash) or 'none'.")
 
 
 def newest_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
