@@ -5,6 +5,7 @@ and a checkpoint-3 as a save interrupted mid-way leaves it (weights and a cut-of
 """
 
 import json
+import os
 import shutil
 import warnings
 
@@ -14,8 +15,9 @@ from conftest import cpu_args, make_pairs
 from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
-from trl_ipo import IPOConfig, IPOTrainer
+from trl_ipo import IPOConfig, IPOTrainer, checkpoints
 from trl_ipo.checkpoints import MARKER, inspect_checkpoint, newest_complete_checkpoint, parse_resume_flag
+from trl_ipo.run_args import ARGS_RECORD, read_args_record
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -211,3 +213,116 @@ def test_resume_with_another_world_size_warns(uninterrupted, tmp_path):
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "world_size": 2}))
     _, messages = resolve_resume(True, run, world_size=1)
     assert len(messages) == 1 and "saved by 2 rank(s) and this run has 1" in messages[0]
+
+
+def _folders(run):
+    return sorted(p.name for p in run.iterdir() if p.name.startswith("checkpoint-"))
+
+
+def _assert_same_run(trainer, losses, params, steps):
+    resumed = _losses(trainer)
+    assert [resumed[s] for s in steps] == pytest.approx([losses[s] for s in steps], rel=1e-6)
+    for name, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), params[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_same_size_corruption_falls_back_to_the_previous_complete_checkpoint(
+    uninterrupted, load_model, tokenizer, tmp_path
+):
+    """A same-size broken trainer_state.json and a zero-filled model.safetensors pass a size check; resuming from
+    them would die in Trainer with JSONDecodeError / SafetensorError. Both are skipped, each warning naming the file."""
+    full, losses, params, _ = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    state = run / "checkpoint-4" / "trainer_state.json"
+    state.write_text("#" + state.read_text()[1:])
+    weights = run / "checkpoint-3" / "model.safetensors"
+    weights.write_bytes(bytes(weights.stat().st_size))
+    trainer = _trainer(load_model, tokenizer, run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=True)
+    skipped = [str(w.message) for w in caught if "Skipping incomplete checkpoint" in str(w.message)]
+    assert len(skipped) == 2
+    assert "checkpoint-4: trainer_state.json is not the file that was saved" in skipped[0]
+    assert "checkpoint-3: model.safetensors is not the file that was saved" in skipped[1]
+    assert all(f"Resuming from {run / 'checkpoint-2'} instead" in m for m in skipped)
+    assert trainer.resumed_from == str(run / "checkpoint-2")
+    _assert_same_run(trainer, losses, params, [3, 4])
+
+
+def test_a_crash_before_the_marker_keeps_the_last_complete_checkpoint(
+    uninterrupted, load_model, tokenizer, tmp_path, monkeypatch
+):
+    """With save_total_limit=1, Trainer used to delete checkpoint-1 while saving checkpoint-2, before checkpoint-2 was
+    marked complete: a crash then left no complete checkpoint. Now old checkpoints go only after the marker."""
+    _, losses, params, _ = uninterrupted
+    run = tmp_path / "run"
+    write_marker = checkpoints.write_marker
+
+    def crash_at_step_2(folder, step, world_size, **kw):
+        if step == 2:
+            raise RuntimeError("node lost while marking checkpoint-2")
+        write_marker(folder, step, world_size, **kw)
+
+    monkeypatch.setattr(checkpoints, "write_marker", crash_at_step_2)
+    with pytest.raises(RuntimeError, match="node lost"):
+        _trainer(load_model, tokenizer, run, save_total_limit=1).train()
+    monkeypatch.setattr(checkpoints, "write_marker", write_marker)
+    assert _folders(run) == ["checkpoint-1", "checkpoint-2"]
+    assert inspect_checkpoint(run / "checkpoint-1").complete
+    assert not (run / "checkpoint-2" / MARKER).exists()
+    trainer = _trainer(load_model, tokenizer, run, save_total_limit=1)
+    with pytest.warns(UserWarning, match=r"Skipping incomplete checkpoint .*checkpoint-2: no trl_ipo_checkpoint\.json"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.resumed_from == str(run / "checkpoint-1")
+    _assert_same_run(trainer, losses, params, [2, 3, 4])
+    assert _folders(run) == ["checkpoint-4"]
+    assert inspect_checkpoint(run / "checkpoint-4").complete
+
+
+def test_rotation_keeps_the_checkpoint_just_marked_despite_a_newer_leftover(load_model, tokenizer, tmp_path):
+    """A newer-numbered (and newer by mtime) folder left over from another run: Trainer's rotation keeps only that
+    folder and deletes each checkpoint of this run right after saving it. The newest marked one now stays."""
+    run = tmp_path / "run"
+    leftover = run / "checkpoint-9"
+    leftover.mkdir(parents=True)
+    (leftover / "notes.txt").write_text("from an earlier run")
+    future = leftover.stat().st_mtime + 3600
+    os.utime(leftover, (future, future))
+    _trainer(load_model, tokenizer, run, save_total_limit=1, max_steps=2).train()
+    assert _folders(run) == ["checkpoint-2", "checkpoint-9"]
+    assert inspect_checkpoint(run / "checkpoint-2").complete
+
+
+def test_every_checkpoint_keeps_its_args_record_and_a_changed_loss_setting_warns(
+    uninterrupted, load_model, tokenizer, tmp_path
+):
+    full = uninterrupted[0]
+    for step in range(1, STEPS + 1):
+        folder = full / f"checkpoint-{step}"
+        record = read_args_record(folder)
+        assert record["beta"] == 0.1 and record["loss_form"] == "paper" and record["preference_column"] == "q"
+        assert ARGS_RECORD in json.loads((folder / MARKER).read_text())["files"]  # covered by the marker's hashes
+    run = tmp_path / "run"
+    shutil.copytree(full / "checkpoint-3", run / "checkpoint-3")
+    trainer = _trainer(load_model, tokenizer, run, beta=0.25, loss_form="scaled", symmetric=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(resume_from_checkpoint=True)
+    changed = [str(w.message) for w in caught if "the loss has changed" in str(w.message)]
+    folder = run / "checkpoint-3"
+    assert [m.split(": the loss")[0] for m in changed] == [
+        f"Resuming from {folder} with beta=0.25, but the checkpoint was trained with beta=0.1",
+        f"Resuming from {folder} with loss_form='scaled', but the checkpoint was trained with loss_form='paper'",
+        f"Resuming from {folder} with symmetric=False, but the checkpoint was trained with symmetric=True",
+    ]
+    assert read_args_record(run / "checkpoint-4")["beta"] == 0.25  # the new checkpoint records the new setting
+
+
+def test_checkpoint_methods_live_in_the_mixin():
+    from trl_ipo.trainer_checkpoints import CheckpointingMixin
+
+    assert IPOTrainer.__mro__[1] is CheckpointingMixin
+    for name in ("train", "_resolve_resume", "_save_checkpoint", "_rotate_checkpoints"):
+        assert name in CheckpointingMixin.__dict__ and name not in IPOTrainer.__dict__

@@ -1,7 +1,9 @@
 """IPOTrainer: TRL's DPOTrainer with the exact IPO objective (soft labels, ties, analytic symmetric augmentation).
 
 Only the loss seam is replaced. Everything else — model loading, PEFT, tokenisation, the reference model (and its
-ZeRO-3 preparation), ``precompute_ref_log_probs``, evaluation, checkpoints — is TRL's own code.
+ZeRO-3 preparation), ``precompute_ref_log_probs``, evaluation, saving — is TRL's own code, with two mixins around it:
+:class:`~trl_ipo.trainer_data.DatasetChecksMixin` (row checks, rows dropped by ``max_length`` counted) and
+:class:`~trl_ipo.trainer_checkpoints.CheckpointingMixin` (complete checkpoints, safe rotation and resume).
 
 ``_compute_loss`` is the objective alone: inputs → per-token log-probs (TRL's fused LM head, or
 :class:`trl_ipo.packed.PackedPath` for the packed layouts) → reference log-probs → :func:`trl_ipo.losses.ipo_objective`
@@ -12,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import warnings
 
 import torch
-from accelerate.utils import broadcast_object_list, is_peft_model
+from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
-from . import _compat, checkpoints, packed
+from . import _compat, packed
 from .callbacks import attach_margin_callback, concat_pair_records, require_wandb
 from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator
@@ -29,12 +30,13 @@ from .metrics import log_aux_loss, log_ipo_metrics, log_trl_metrics
 from .model_card import IPO_PAPER, complete_model_card
 from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
+from .trainer_checkpoints import CheckpointingMixin
 from .trainer_data import DatasetChecksMixin, validate_datasets
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
 
-class IPOTrainer(DatasetChecksMixin, DPOTrainer):
+class IPOTrainer(CheckpointingMixin, DatasetChecksMixin, DPOTrainer):
     """Drop-in replacement for :class:`trl.DPOTrainer` that trains with IPO.
 
     Takes exactly the arguments of ``DPOTrainer``; ``args`` should be an :class:`IPOConfig` (a plain ``DPOConfig``
@@ -85,53 +87,6 @@ class IPOTrainer(DatasetChecksMixin, DPOTrainer):
         self._last_logged_pairs: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         self._pairs_behind_log: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}
         attach_margin_callback(self)  # margin histograms and worst-fit tables when report_to includes wandb
-
-    # ------------------------------------------------------------------------------------------------- checkpoints
-    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """``Trainer.train``, resuming only from a complete checkpoint (see :mod:`trl_ipo.checkpoints`).
-
-        ``resume_from_checkpoint=True`` (or ``"true"``) picks the newest *complete* checkpoint of ``output_dir`` and
-        warns about newer incomplete ones; a path must be complete. The main process decides, every rank follows.
-        """
-        if checkpoints.parse_resume_flag(resume_from_checkpoint) is not None:
-            resume_from_checkpoint = self._resolve_resume(resume_from_checkpoint)
-        else:
-            resume_from_checkpoint = None
-        self.resumed_from = resume_from_checkpoint
-        if resume_from_checkpoint is not None:  # TRL's `num_tokens` metric continues from the checkpoint
-            _compat.set_train_tokens(self, checkpoints.logged_num_tokens(resume_from_checkpoint))
-        output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
-        self._report_streamed_drops()
-        return output
-
-    def _resolve_resume(self, value):
-        decision = [None]
-        if self.accelerator.is_main_process:
-            try:
-                decision[0] = (
-                    "ok",
-                    *checkpoints.resolve_resume(
-                        value, self.args.output_dir, self.args.allow_resume_without_optimizer, self.args.world_size
-                    ),
-                )
-            except ValueError as err:
-                decision[0] = ("error", str(err), [])
-        decision = broadcast_object_list(decision, from_process=0)[0]
-        status, result, messages = decision
-        if status == "error":
-            raise ValueError(result)
-        if self.accelerator.is_main_process:
-            checkpoints.warn_all(messages)
-        return result
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        # Mark the folder complete only once every rank has written its part (see trl_ipo.checkpoints).
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            folder = os.path.join(_compat.run_output_dir(self, trial), f"checkpoint-{self.state.global_step}")
-            if os.path.isdir(folder):
-                checkpoints.write_marker(folder, self.state.global_step, self.args.world_size)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs, return_outputs):
