@@ -33,6 +33,7 @@ from . import _compat
 from .config import ipo_setting_names
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS, ipo_regression, reduce_logps
 from .metrics import IPO_KEYS, ipo_statistics
+from .validation import one_of
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,8 @@ class DPOMarginRecorder:
     """
 
     def __init__(self, trainer, logp_reduction: str = "mean", loss_form: str = "paper", symmetric: bool = True):
-        if logp_reduction not in LOGP_REDUCTIONS:
-            raise ValueError(f"logp_reduction must be one of {list(LOGP_REDUCTIONS)}, got {logp_reduction!r}.")
-        if loss_form not in LOSS_FORMS:
-            raise ValueError(f"loss_form must be one of {list(LOSS_FORMS)}, got {loss_form!r}.")
+        one_of("logp_reduction", logp_reduction, LOGP_REDUCTIONS)
+        one_of("loss_form", loss_form, LOSS_FORMS)
         self.trainer = trainer
         self.logp_reduction, self.loss_form, self.symmetric = logp_reduction, loss_form, bool(symmetric)
         self.pending: dict[str, list[dict[str, torch.Tensor]]] = {"train": [], "eval": []}

@@ -47,6 +47,7 @@ from pathlib import Path
 from .checkpoint_files import content_problem, regular_files, resolve_inside, sha256_many
 from .errors import InputError
 from .run_args import read_args_record
+from .validation import FALSE_WORDS, TRUE_WORDS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _RNG_RE = re.compile(r"^rng_state_(\d+)\.pth$")
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
 
 @dataclass
@@ -300,9 +300,9 @@ def parse_resume_flag(value):
     if isinstance(value, bool) or value is None:
         return value or None
     text = str(value).strip()
-    if text.lower() in _TRUE:
+    if text.lower() in TRUE_WORDS:
         return True
-    if text.lower() in _FALSE:
+    if text.lower() in (*FALSE_WORDS, ""):
         return None
     return text
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import one_of
+
 LOSS_FORMS = ("paper", "scaled")
 LOGP_REDUCTIONS = ("mean", "sum")
 
@@ -70,8 +72,7 @@ def ipo_regression(
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    if loss_form not in LOSS_FORMS:
-        raise ValueError(f"loss_form must be one of {LOSS_FORMS}, got {loss_form!r}")
+    one_of("loss_form", loss_form, LOSS_FORMS)
     delta = chosen_logratios - rejected_logratios
     target = ipo_target(preference, symmetric, like=delta)
     if loss_form == "paper":
@@ -111,11 +112,9 @@ def reduce_logps(summed_logps: torch.Tensor, num_tokens: torch.Tensor, reduction
     ``mean``: Σ_t log p / T (per-token mean over the T scored completion tokens, TRL's IPO convention);
     ``sum``: Σ_t log p (the exact sequence log-likelihood of the paper).
     """
-    if reduction == "sum":
+    if one_of("logp_reduction", reduction, LOGP_REDUCTIONS) == "sum":
         return summed_logps
-    if reduction == "mean":
-        return summed_logps / num_tokens.to(summed_logps.dtype).clamp(min=1.0)
-    raise ValueError(f"logp_reduction must be one of {LOGP_REDUCTIONS}, got {reduction!r}")
+    return summed_logps / num_tokens.to(summed_logps.dtype).clamp(min=1.0)
 
 
 # ------------------------------------------------------------------------------------------ TRL's loss modifiers
@@ -161,20 +160,19 @@ def f_divergence_scores(logratios: torch.Tensor, kind: str = "reverse_kl", alpha
     ``reverse_kl``: u; ``forward_kl``: 1 − e^(−u); ``js_divergence``: log 2 + log σ(u); ``alpha_divergence``:
     (e^((α−1)·u) − 1)/(α − 1), with u itself at α = 1 and the exponent capped so that exp() stays finite.
     """
+    one_of("f_divergence_type", kind, F_DIVERGENCES)
     if kind == "reverse_kl":
         return logratios
     if kind == "forward_kl":
         return 1 - torch.exp(-logratios)
     if kind == "js_divergence":
         return math.log(2) + torch.nn.functional.logsigmoid(logratios)
-    if kind == "alpha_divergence":
-        if abs(alpha - 1.0) < 1e-6:
-            return logratios
-        exponent = (alpha - 1.0) * logratios
-        exponent = exponent.to(torch.promote_types(exponent.dtype, torch.float32))
-        exponent = exponent.clamp(max=_EXP_CAP.get(logratios.dtype, 700.0))
-        return (torch.exp(exponent) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
-    raise ValueError(f"f_divergence_type must be one of {F_DIVERGENCES}, got {kind!r}")
+    if abs(alpha - 1.0) < 1e-6:  # alpha_divergence
+        return logratios
+    exponent = (alpha - 1.0) * logratios
+    exponent = exponent.to(torch.promote_types(exponent.dtype, torch.float32))
+    exponent = exponent.clamp(max=_EXP_CAP.get(logratios.dtype, 700.0))
+    return (torch.exp(exponent) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
 
 
 def wpo_pair_weights(

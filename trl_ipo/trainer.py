@@ -32,6 +32,7 @@ from .ref_cache import precompute_ref_logps
 from .run_args import save_args_record
 from .trainer_checkpoints import CheckpointingMixin
 from .trainer_data import DatasetChecksMixin, validate_datasets
+from .validation import one_of
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", PreferenceCollator.key}
 
@@ -59,8 +60,7 @@ class IPOTrainer(CheckpointingMixin, DatasetChecksMixin, DPOTrainer):
     ):
         _compat.enable_trl_fused_head_without_triton()  # trl 1.15 on a CPU-only torch
         args = _as_ipo_config(args, model)
-        if args.f_divergence_type not in F_DIVERGENCES:  # TRL would only fail at the first loss computation
-            raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {args.f_divergence_type!r}.")
+        one_of("f_divergence_type", args.f_divergence_type, F_DIVERGENCES)  # TRL would fail only at the first loss
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails
         self.dropped_rows: dict[str, int] = {}
