@@ -27,6 +27,7 @@ from .callbacks import attach_margin_callback, concat_pair_records, require_wand
 from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
+from .dpo_fields import check_sync_ref_model_peft
 from .errors import InputError
 from .losses import (
     F_DIVERGENCES,
@@ -73,6 +74,7 @@ class IPOTrainer(DPOTrainer):
         self, model, ref_model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, *a, **kw
     ):
         args = _as_ipo_config(args, model)
+        check_sync_ref_model_peft(args, model, kw.get("peft_config"))  # TR-IPO needs a reference of its own
         if args.f_divergence_type not in F_DIVERGENCES:  # TRL would only fail at the first loss computation
             raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {args.f_divergence_type!r}.")
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
