@@ -223,3 +223,27 @@ def test_zero3_on_two_ranks_gives_the_single_process_losses_and_weights(tiny_dir
                 atol=1e-6,
                 msg=lambda m, where=f"{model_name}.{name}": f"{where}: {m}",
             )
+
+
+# ------------------------------------------------------------------------------------- scripts/tr_ipo_drift.py
+def test_drift_script_records_margins_against_the_moving_and_the_initial_reference(tiny_dir, tmp_path):
+    """The script's hand-computed margins agree with the trainer's ipo/delta; with α = 1 each update makes the
+    reference the policy (Δ against it restarts at 0) while the margin against the initial model carries on."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tr_ipo_drift.py"
+    spec = importlib.util.spec_from_file_location("tr_ipo_drift", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with global_rng_restored():
+        result = script.run(
+            tmp_path, tiny_dir, pairs=4, sync_steps=3, periods=2, alpha=1.0, beta=0.5, learning_rate=0.05
+        )
+    assert json.loads((tmp_path / "tr_ipo_drift.json").read_text()) == result
+    assert (tmp_path / "tr_ipo_drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["steps"] == list(range(1, 7)) and result["sync_after_steps"] == [3, 6]
+    assert result["target"] == pytest.approx(1.0)  # t/β = ½ / 0.5
+    assert result["delta_vs_reference"] == pytest.approx(result["ipo_delta_logged"], rel=1e-4, abs=1e-6)
+    assert result["delta_vs_reference"][3] == pytest.approx(0.0, abs=1e-6)  # step 4 trains against the copy
+    assert result["delta_vs_initial"][:3] == pytest.approx(result["delta_vs_reference"][:3], abs=1e-9)
+    assert result["delta_vs_initial"][3] > 0.1  # what the first period gained is kept
