@@ -213,3 +213,36 @@ def test_judge_timeout_must_be_positive_seconds(tmp_path, value):
         OnlineIPOConfig(output_dir=str(tmp_path), bf16=False, judge_timeout=value)
     assert OnlineIPOConfig(output_dir=str(tmp_path), bf16=False, judge_timeout="2.5").judge_timeout == 2.5
     assert OnlineIPOConfig(output_dir=str(tmp_path), bf16=False).judge_timeout is None
+
+
+# ------------------------------------------------------------------------------------------------ reward models
+def test_a_reward_model_scores_each_prompt_and_completion(load_model, tokenizer, tmp_path):
+    """A sequence-classification reward model: its first logit on the unpadded text, one forward per text."""
+    from transformers import Qwen2ForSequenceClassification
+
+    policy = load_model()
+    config = policy.config.__class__.from_dict({**policy.config.to_dict(), "num_labels": 1})
+    torch.manual_seed(3)
+    reward_model = Qwen2ForSequenceClassification(config).eval()
+    seen = {}
+
+    def record(prompts, completions, **kwargs):
+        seen["texts"] = [p + c for p, c in zip(prompts, completions, strict=True)]
+        return [0.0] * len(completions)
+
+    trainer = _train(
+        load_model,
+        tokenizer,
+        tmp_path,
+        {"reward_funcs": [reward_model, record], "reward_processing_classes": [tokenizer, None]},
+        reward_to_preference="bradley_terry",
+    )
+    with torch.no_grad():
+        scores = [
+            reward_model(**tokenizer(t, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+            for t in seen["texts"]
+        ]
+    scores = torch.stack(scores)
+    expected = torch.sigmoid(scores[: len(PROMPTS)] - scores[len(PROMPTS) :])
+    assert trainer.state.log_history[0]["online/preference_mean"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert expected.std() > 0  # the model tells the completions apart

@@ -69,8 +69,11 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
             disabled). Under DeepSpeed ZeRO-3 the copy is loaded again from ``model`` when it is a path/id, so that it
             is sharded; pass ``ref_model`` explicitly when ``model`` is an already built object.
         reward_funcs: reward functions / reward models as in TRL's ``OnlineDPOTrainer`` (summed, weighted by
-            ``reward_weights``), turned into q per ``reward_to_preference``. Exclusive with ``judge``.
-        judge: ``judge(prompts, completions_a, completions_b) -> list[float]``, q = P(a ≻ b) per pair in [0, 1].
+            ``reward_weights``), turned into q per ``reward_to_preference``. Exclusive with ``judge``. A function
+            may return ``None`` for a completion that another function scores; a completion no function scored, a
+            wrong count or a non-number is an ``InputError`` naming the function.
+        judge: ``judge(prompts, completions_a, completions_b) -> list[float]``, q = P(a ≻ b) per pair in [0, 1];
+            it gets copies of the lists, and ``OnlineIPOConfig.judge_timeout`` bounds how long it may take.
         args: an :class:`OnlineIPOConfig` (an ``OnlineDPOConfig`` is converted, with IPO defaults for the new fields).
         train_dataset: a dataset with a ``prompt`` column (text or conversational); other columns are passed to reward
             functions as keyword arguments.
