@@ -97,22 +97,46 @@ def test_losses_and_weights_match_stock_trl_over_three_sync_periods(padded, load
     assert len(moved) == len(initial)  # every reference tensor was updated
 
 
-def test_reference_follows_the_soft_update_at_each_sync_step(padded):
-    trainer, records, initial = padded
-    alpha, period = SYNC["ref_model_mixup_alpha"], SYNC["ref_model_sync_steps"]
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+def _assert_soft_updates(records, initial, final, alpha, period):
+    """Replay π_ref ← α·π_θ + (1 − α)·π_ref at every sync step on the recorded weights."""
     expected = initial  # the reference before step 1
     for record in records:
         for name, value in expected.items():  # the reference the step trained against
-            torch.testing.assert_close(record["ref"][name], value, rtol=0, atol=0, msg=(record["step"], name))
-        if record["step"] % period == 0:  # π_ref ← α·π_θ + (1 − α)·π_ref
+            torch.testing.assert_close(record["ref"][name], value, rtol=1e-6, atol=1e-7, msg=(record["step"], name))
+        if record["step"] % period == 0:
             expected = {n: (1 - alpha) * v + alpha * record["policy"][n] for n, v in expected.items()}
-    final = params(trainer.ref_model)
     for name, value in expected.items():
         torch.testing.assert_close(final[name], value, rtol=1e-6, atol=1e-7, msg=name)
-    # Between syncs the reference stands still, and the losses of a run without sync differ after the first sync.
+
+
+def test_reference_follows_the_soft_update_at_each_sync_step(padded):
+    trainer, records, initial = padded
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    _assert_soft_updates(
+        records, initial, params(trainer.ref_model), SYNC["ref_model_mixup_alpha"], SYNC["ref_model_sync_steps"]
+    )
+    # Between syncs the reference stands still; at a sync it moves.
     assert all(torch.equal(records[0]["ref"][n], records[1]["ref"][n]) for n in initial)
     assert not torch.equal(records[2]["ref"]["lm_head.weight"], records[1]["ref"]["lm_head.weight"])
+
+
+def test_a_model_built_in_memory_gets_a_reference_copy_that_is_updated(tokenizer, tmp_path):
+    """A policy with no path: IPOTrainer copies it as the reference, and that copy is the one the updates move."""
+    from trl_ipo.lab.tiny import build_model
+
+    def in_memory():
+        model = build_model(tokenizer, seed=0)
+        model.config._name_or_path = ""  # built here, not loaded: TRL could not reload a reference
+        return model
+
+    callback = WeightsAtStepEnd()
+    initial = params(in_memory())
+    trainer = _train(
+        IPOTrainer, IPOConfig, in_memory, tokenizer, tmp_path, callback, max_steps=4, ref_model_sync_steps=1
+    )
+    assert trainer.ref_model is not trainer.model
+    _assert_soft_updates(callback.records, initial, params(trainer.ref_model), SYNC["ref_model_mixup_alpha"], 1)
+    assert not torch.equal(params(trainer.ref_model)["lm_head.weight"], initial["lm_head.weight"])
 
 
 def test_without_sync_the_same_run_differs_after_the_first_sync(padded, load_model, tokenizer, tmp_path):

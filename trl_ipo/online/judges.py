@@ -54,7 +54,7 @@ def preference_from_rewards(
         if bad:
             raise ValueError(
                 f"reward of completion {name} is not finite for pair(s) {bad[:10]} (values "
-                f"{[rewards[i].item() for i in bad[:10]]}); every reward function returned None/NaN or inf there."
+                f"{[rewards[i].item() for i in bad[:10]]}); a reward (or missing_eos_penalty) is infinite or missing there."
             )
     diff = rewards_a - rewards_b
     if mode == "bradley_terry":
