@@ -59,7 +59,6 @@ def test_configs_build_on_a_cpu_and_explicit_bf16_names_the_fix(tmp_path):
     "field, value, message",
     [
         ("label_smoothing", 0.1, r"IPOConfig\.label_smoothing=0\.1 has no effect on IPO.*preference_column"),
-        ("sync_ref_model", True, r"IPOConfig\.sync_ref_model=True .*Set sync_ref_model=False"),
     ],
 )
 def test_refused_fields_stop_the_config(tmp_path, field, value, message):
@@ -82,7 +81,23 @@ def test_ignored_fields_warn_by_name(tmp_path, field, value):
     from trl_ipo import IPOConfig
 
     with pytest.warns(UserWarning, match=rf"IPOConfig\.{field}={value!r} is ignored by IPOTrainer"):
-        IPOConfig(output_dir=str(tmp_path), bf16=False, **{field: value})
+        IPOConfig(output_dir=str(tmp_path), bf16=False, **{field: value})  # sync_ref_model=False (the default)
+
+
+def test_sync_ref_model_is_implemented_and_reads_its_settings(tmp_path):
+    """TR-IPO: with sync_ref_model=True, α and the period are used (no warning); the table says implemented."""
+    from trl_ipo import IPOConfig
+    from trl_ipo.dpo_fields import DPO_FIELDS, IMPLEMENTED
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = IPOConfig(
+            output_dir=str(tmp_path), bf16=False, sync_ref_model=True, ref_model_mixup_alpha=0.9, ref_model_sync_steps=4
+        )
+    assert (args.sync_ref_model, args.ref_model_mixup_alpha, args.ref_model_sync_steps) == (True, 0.9, 4)
+    assert not [w for w in caught if "is ignored by IPOTrainer" in str(w.message)]
+    for name in ("sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps"):
+        assert DPO_FIELDS[name][0] == IMPLEMENTED, name
 
 
 def test_defaults_give_no_field_warning(tmp_path):

@@ -322,3 +322,22 @@ def _record_or_rotate(*args, **kwargs):
     bound.apply_defaults()
     calls.append(dict(bound.arguments))
     return None
+
+
+# ---------------------------------------------------------------------------------------- online DPO (TRL)
+# OnlineDPOTrainer (trl.experimental.online_dpo). Checked: trl 1.15.0, 1.16.0.
+
+
+def online_generate(trainer, model, prompts):
+    """Two completions per prompt: ``(prompt_ids, prompt_mask, completion_ids, completion_mask)``.
+
+    ``_generate`` returns these four in trl 1.15.0 and a fifth item (vision generation kwargs) in 1.16.0;
+    ``_generate_vllm`` returns the four in both."""
+    if trainer.args.use_vllm:
+        return tuple(trainer._generate_vllm(prompts)[:4])
+    return tuple(trainer._generate(model, prompts)[:4])
+
+
+def online_tokenizer(trainer):
+    """The tokenizer OnlineDPOTrainer keeps for generation (``_tokenizer``)."""
+    return trainer._tokenizer

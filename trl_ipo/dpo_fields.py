@@ -16,6 +16,7 @@ installed ``DPOConfig`` has a decision.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 from .errors import InputError
@@ -69,11 +70,20 @@ DPO_FIELDS: dict[str, tuple[str, str]] = {
     "discopop_tau": (IGNORED, "DiscoPOP's temperature; IPO has no use for it."),
     "activation_offloading": (IMPLEMENTED, "as in TRL."),
     "sync_ref_model": (
-        REFUSED,
-        "TR-DPO moves the reference during training; IPO regresses Δ against a fixed reference.",
+        IMPLEMENTED,
+        "TR-IPO (Gorbatovski et al. 2024): the reference is soft-updated during training, as in TRL; refused with "
+        "PEFT and with `precompute_ref_log_probs` (docs/theory.md, *When the reference moves*).",
     ),
-    "ref_model_mixup_alpha": (IGNORED, "only read with `sync_ref_model=True`, which is refused."),
-    "ref_model_sync_steps": (IGNORED, "only read with `sync_ref_model=True`, which is refused."),
+    "ref_model_mixup_alpha": (
+        IMPLEMENTED,
+        "α of the update π_ref ← α·π_θ + (1 − α)·π_ref, in [0, 1]; with `sync_ref_model=False` a non-default value "
+        "is ignored with a warning.",
+    ),
+    "ref_model_sync_steps": (
+        IMPLEMENTED,
+        "optimizer steps between updates, ≥ 1; with `sync_ref_model=False` a non-default value is ignored with a "
+        "warning.",
+    ),
     "pad_token": (IMPLEMENTED, "deprecated in TRL (its FutureWarning); set `tokenizer.pad_token` instead."),
 }
 
@@ -126,6 +136,42 @@ def resolve_bf16(config) -> None:
         )
 
 
+def check_sync_ref_model(config) -> None:
+    """TR-IPO's settings (``sync_ref_model=True``): α in [0, 1], a period of at least one step, and a reference that
+    is computed live (precomputed log-probs would belong to the first reference only)."""
+    name = type(config).__name__
+    alpha, steps = config.ref_model_mixup_alpha, config.ref_model_sync_steps
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise InputError(
+            f"{name}.ref_model_mixup_alpha={alpha!r}: the reference update π_ref ← α·π_θ + (1 − α)·π_ref needs α in "
+            "[0, 1] (TR-IPO; 1 copies the policy into the reference)."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise InputError(
+            f"{name}.ref_model_sync_steps={steps!r}: the reference is updated every ref_model_sync_steps optimizer "
+            "steps, so it must be an integer >= 1."
+        )
+    if config.precompute_ref_log_probs:
+        raise InputError(
+            f"{name}.sync_ref_model=True with precompute_ref_log_probs=True: the reference moves during training, so "
+            "log-probs computed before it would be stale after the first update. Set precompute_ref_log_probs=False "
+            "or sync_ref_model=False."
+        )
+
+
+def check_sync_ref_model_peft(config, model, peft_config) -> None:
+    """``sync_ref_model=True`` needs a reference model of its own: with PEFT the reference is the policy with its
+    adapter disabled, which no update can move (trl.DPOTrainer refuses the combination as well)."""
+    if not getattr(config, "sync_ref_model", False):
+        return
+    if peft_config is not None or getattr(model, "peft_config", None):
+        raise InputError(
+            f"{type(config).__name__}.sync_ref_model=True with a PEFT model: the reference is then the policy with "
+            "its adapter disabled, so there is no separate reference to update. Set sync_ref_model=False, or train "
+            "all weights (no peft_config)."
+        )
+
+
 def apply_field_decisions(config) -> None:
     """Resolve the ``bf16`` default, then refuse or warn about the ``DPOConfig`` fields IPO does not use."""
     resolve_bf16(config)
@@ -139,16 +185,14 @@ def apply_field_decisions(config) -> None:
             "q = 1 − ε in a `preference_column` instead."
         )
     if config.sync_ref_model:
-        raise InputError(
-            f"{name}.sync_ref_model=True (TR-DPO) would move the reference model during training, but IPO regresses "
-            "the margin against a fixed reference (Azar et al. 2023). Set sync_ref_model=False."
-        )
+        check_sync_ref_model(config)
     defaults = type(config).__dataclass_fields__
     ignored = {
         "discopop_tau": "it is the temperature of loss_type='discopop'",
-        "ref_model_mixup_alpha": "it is only read with sync_ref_model=True, which IPO refuses",
-        "ref_model_sync_steps": "it is only read with sync_ref_model=True, which IPO refuses",
     }
+    if not config.sync_ref_model:
+        for field_name in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
+            ignored[field_name] = "it is only read with sync_ref_model=True (TR-IPO)"
     if getattr(config, "f_divergence_type", "reverse_kl") != "alpha_divergence":
         ignored["f_alpha_divergence_coef"] = "it is only read with f_divergence_type='alpha_divergence'"
     for field_name, why in ignored.items():

@@ -25,6 +25,7 @@ from .callbacks import attach_margin_callback, concat_pair_records, require_wand
 from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator
 from .distributed import fill_zero3_auto_sizes
+from .dpo_fields import check_sync_ref_model_peft
 from .losses import F_DIVERGENCES, ipo_objective, sequence_logps
 from .metrics import log_aux_loss, log_ipo_metrics, log_trl_metrics
 from .model_card import IPO_PAPER, complete_model_card
@@ -60,6 +61,7 @@ class IPOTrainer(CheckpointingMixin, DatasetChecksMixin, DPOTrainer):
     ):
         _compat.enable_trl_fused_head_without_triton()  # trl 1.15 on a CPU-only torch
         args = _as_ipo_config(args, model)
+        check_sync_ref_model_peft(args, model, kw.get("peft_config"))  # TR-IPO needs a reference of its own
         one_of("f_divergence_type", args.f_divergence_type, F_DIVERGENCES)  # TRL would fail only at the first loss
         fill_zero3_auto_sizes(args, model)  # before TRL prepares the reference: same ZeRO-3 sizes as the policy
         require_wandb(args)  # report_to="wandb" without wandb: name the extra to install, before TRL fails

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from trl.import_utils import suppress_experimental_warning
@@ -11,6 +13,7 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
 
 from ..config import IPOLossArguments
 from ..dpo_fields import BF16_HELP, apply_field_decisions
+from ..errors import InputError
 from ..launch import check_launch, prepare_launch
 from .judges import REWARD_TO_PREFERENCE
 
@@ -44,6 +47,11 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
             exact tie. `"bradley_terry"`: q = σ((r_a − r_b)/T). Ignored with a `judge`, which returns q itself.
         bradley_terry_temperature (`float`, defaults to `1.0`):
             T in the Bradley–Terry link above (> 0).
+        judge_timeout (`float` or `None`, defaults to `None`):
+            Seconds to wait for the `judge` at each step; `None` waits forever. The judge then runs in a worker
+            thread, and a judge that has not returned in time stops training with a `JudgeTimeoutError` naming it.
+            Python cannot kill a thread: the worker is left running in the background (a daemon thread, so it does
+            not keep the process alive at exit).
         temperature (`float`, defaults to `1.0`):
             Sampling temperature. 1 samples on-policy (TRL's online DPO defaults to 0.9).
         loss_type (`str`, defaults to `"ipo"`):
@@ -78,6 +86,14 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
         metadata={"help": "T in q = σ((r_a − r_b)/T) when reward_to_preference='bradley_terry'."},
     )
 
+    judge_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds to wait for the judge at each step (None: no limit). On expiry training stops with a "
+            "JudgeTimeoutError; the judge's worker thread cannot be killed and is left running in the background."
+        },
+    )
+
     def __post_init__(self):
         if self.loss_type != "ipo":
             raise ValueError(
@@ -99,6 +115,19 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
             raise ValueError(
                 f"OnlineIPOConfig.bradley_terry_temperature must be > 0, got {self.bradley_terry_temperature!r}."
             )
+        if self.judge_timeout is not None:
+            timeout = self.judge_timeout
+            if isinstance(timeout, str):  # from YAML/CLI strings
+                try:
+                    timeout = float(timeout)
+                except ValueError:
+                    timeout = self.judge_timeout
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+                raise InputError(
+                    f"OnlineIPOConfig.judge_timeout must be a number of seconds > 0, or None for no limit; got "
+                    f"{self.judge_timeout!r}."
+                )
+            self.judge_timeout = float(timeout)
         if not self.temperature > 0:
             raise ValueError(f"OnlineIPOConfig.temperature must be > 0, got {self.temperature!r}.")
         if self.use_vllm and self.mixture_coef > 0:

@@ -30,25 +30,24 @@ from accelerate.utils import is_peft_model
 from datasets import Dataset, IterableDataset
 from transformers import AutoModelForCausalLM
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from trl.data_utils import is_conversational, maybe_apply_chat_template
+from trl.data_utils import apply_chat_template, is_conversational, maybe_apply_chat_template
 from trl.import_utils import suppress_experimental_warning
 from trl.models.utils import unwrap_model_for_generation
 
 with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.16)
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+from .. import _compat
 from ..config import config_values, default_output_dir
 from ..losses import ipo_regression, reduce_logps
+from ..metrics import IPO_KEYS, ipo_statistics
 from ..run_args import save_args_record
 from .config import OnlineIPOConfig
-from .judges import preference_from_judge, preference_from_rewards
+from .judges import combine_rewards, preference_from_judge, preference_from_rewards, reward_values
 from .sampling import build_logits_warpers, completion_logps, sample_completions
 
 _STAT_KEYS = (
-    "ipo/delta",
-    "ipo/target",
-    "ipo/residual",
-    "ipo/sq_error",
+    *IPO_KEYS,
     "online/preference_mean",
     "online/tie_fraction",
     "online/kl",
@@ -69,8 +68,11 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
             disabled). Under DeepSpeed ZeRO-3 the copy is loaded again from ``model`` when it is a path/id, so that it
             is sharded; pass ``ref_model`` explicitly when ``model`` is an already built object.
         reward_funcs: reward functions / reward models as in TRL's ``OnlineDPOTrainer`` (summed, weighted by
-            ``reward_weights``), turned into q per ``reward_to_preference``. Exclusive with ``judge``.
-        judge: ``judge(prompts, completions_a, completions_b) -> list[float]``, q = P(a ≻ b) per pair in [0, 1].
+            ``reward_weights``), turned into q per ``reward_to_preference``. Exclusive with ``judge``. A function
+            may return ``None`` for a completion that another function scores; a completion no function scored, a
+            wrong count or a non-number is an ``InputError`` naming the function.
+        judge: ``judge(prompts, completions_a, completions_b) -> list[float]``, q = P(a ≻ b) per pair in [0, 1];
+            it gets copies of the lists, and ``OnlineIPOConfig.judge_timeout`` bounds how long it may take.
         args: an :class:`OnlineIPOConfig` (an ``OnlineDPOConfig`` is converted, with IPO defaults for the new fields).
         train_dataset: a dataset with a ``prompt`` column (text or conversational); other columns are passed to reward
             functions as keyword arguments.
@@ -166,10 +168,7 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         batch_size = len(prompts)
 
         # 1. Sample two completions per prompt: rows [a_0 … a_{B−1}, b_0 … b_{B−1}].
-        if self.args.use_vllm:
-            prompt_ids, prompt_mask, completion_ids, completion_mask = self._generate_vllm(prompts)
-        else:
-            prompt_ids, prompt_mask, completion_ids, completion_mask, _ = self._generate(model, prompts)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = _compat.online_generate(self, model, prompts)
 
         # 2. Label: q = P(y_a ≻ y_b | x).
         contains_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
@@ -238,7 +237,7 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
                 prompt_mask,
                 max_new_tokens=self.args.max_new_tokens,
                 eos_token_ids=self.eos_token_ids,
-                pad_token_id=self._tokenizer.pad_token_id,
+                pad_token_id=_compat.online_tokenizer(self).pad_token_id,
                 ref_model=reference,
                 mixture_coef=self.args.mixture_coef,
                 logits_warpers=self._sampling_warpers,
@@ -278,18 +277,15 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
             completions = [[{"role": "assistant", "content": c}] for c in completions]
         if self.judge is not None:
             completions_a, completions_b = completions[:batch_size], completions[batch_size:]
-            return preference_from_judge(self.judge, prompts, completions_a, completions_b, device)
+            return preference_from_judge(
+                self.judge, prompts, completions_a, completions_b, device, timeout=self.args.judge_timeout
+            )
         reward_kwargs = {
             key: (value * 2 if isinstance(value, (list, tuple)) else value)
             for key, value in inputs.items()
             if key != "prompt"
         }
-        rewards = self._calculate_rewards_from_functions(
-            prompts=2 * prompts,
-            completions=completions,
-            completion_ids_list=completion_ids.tolist(),
-            **reward_kwargs,
-        )
+        rewards = self._completion_rewards(2 * list(prompts), completions, completion_ids.tolist(), **reward_kwargs)
         if self.args.missing_eos_penalty is not None:
             rewards = rewards - self.args.missing_eos_penalty * (~contains_eos).float()
         rewards_a, rewards_b = rewards.split(batch_size)
@@ -297,18 +293,52 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
             rewards_a, rewards_b, self.args.reward_to_preference, self.args.bradley_terry_temperature
         ).to(device)
 
+    def _completion_rewards(self, prompts, completions, completion_ids, **reward_kwargs) -> torch.Tensor:
+        """Σ_k w_k r_k per completion over ``reward_funcs``; a function's ``None``/NaN skips it for that completion
+        (:func:`~trl_ipo.online.judges.combine_rewards`). Every output is checked before it becomes a tensor."""
+        device = self.accelerator.device
+        num = len(completions)
+        reward_kwargs["trainer_state"] = self.state  # as TRL passes it, for rewards shaped by the step
+        per_function = torch.empty(num, len(self.reward_funcs), dtype=torch.float32, device=device)
+        for k, (function, tokenizer) in enumerate(zip(self.reward_funcs, self.reward_processing_classes, strict=True)):
+            if isinstance(function, torch.nn.Module):
+                per_function[:, k] = self._reward_model_scores(function, tokenizer, prompts, completions)
+                continue
+            output = function(  # copies: one function editing its lists cannot change what the next one sees
+                prompts=list(prompts),
+                completions=list(completions),
+                completion_ids=list(completion_ids),
+                **reward_kwargs,
+            )
+            values = reward_values(f"`{self.reward_func_names[k]}`", output, num)
+            per_function[:, k] = torch.tensor(values, dtype=torch.float32, device=device)
+        names = [f"`{name}`" for name in self.reward_func_names]
+        return combine_rewards(per_function, names, self.reward_weights)
+
+    def _reward_model_scores(self, reward_model, tokenizer, prompts, completions) -> torch.Tensor:
+        """A sequence-classification reward model's score (its first logit) of each prompt + completion."""
+        if is_conversational({"prompt": prompts[0]}):
+            texts = [
+                apply_chat_template({"messages": prompt + completion}, tokenizer)["text"]
+                for prompt, completion in zip(prompts, completions, strict=True)
+            ]
+        else:
+            texts = [prompt + completion for prompt, completion in zip(prompts, completions, strict=True)]
+        encoded = tokenizer(
+            text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+        )
+        encoded = {key: value.to(self.accelerator.device) for key, value in encoded.items()}
+        with torch.inference_mode():
+            return reward_model(**encoded).logits[:, 0].float()
+
     # --------------------------------------------------------------------------------------------------- metrics
     def _log_step(self, margin, target, preference, logratio_sums, num_tokens, contains_eos):
         gather = self.accelerator.gather
         margin, target, preference = gather(margin).float(), gather(target).float(), gather(preference).float()
-        residual = margin - target
         decided = preference != 0.5
         agree = (torch.sign(margin) == torch.sign(preference - 0.5)) & decided
         values = {
-            "ipo/delta": margin.mean(),
-            "ipo/target": target.mean(),
-            "ipo/residual": residual.mean(),
-            "ipo/sq_error": (residual**2).mean(),
+            **ipo_statistics(margin, target),
             "online/preference_mean": preference.mean(),
             "online/tie_fraction": (~decided).float().mean(),
             "online/kl": gather(logratio_sums).float().mean(),
