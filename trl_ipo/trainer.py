@@ -27,6 +27,7 @@ from .callbacks import attach_margin_callback, concat_pair_records, require_wand
 from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator, RowChecker, validate_preference_rows
 from .distributed import fill_zero3_auto_sizes
+from .dropout import disable_dropout_if_asked
 from .errors import InputError
 from .losses import (
     F_DIVERGENCES,
@@ -92,6 +93,7 @@ class IPOTrainer(DPOTrainer):
             super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
         finally:
             args.padding_free = self._padding_free
+        disable_dropout_if_asked(args, self.model, self.ref_model)  # also the functional dropout (trl_ipo.dropout)
         if self._packing_enabled:
             self._ensure_packed_forward()
         if args.preference_column is not None:
