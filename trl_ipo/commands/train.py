@@ -31,6 +31,7 @@ from ..datasets_io import (
     select_split,
 )
 from ..errors import InputError, one_line, report
+from ..redact import scrub_argv
 
 HELP = command_summary("train")
 
@@ -403,6 +404,9 @@ def _model_name(training_args) -> str:
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Parse, check, train. Returns 0 on success, 2 on bad input (one line on stderr, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # wandb records the process's command line (sys.argv) with the run: mask --hub_token and any other secret-named
+    # value there (also inside a JSON flag such as --model_init_kwargs) once it has been read.
+    sys.argv[:] = scrub_argv(sys.argv)
     try:
         args = parse_args(argv, make_parser(prog))
         datasets = prepare(*args)
