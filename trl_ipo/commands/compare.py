@@ -109,6 +109,9 @@ def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- runs
 def _train(method: str, args, train, held_out, callback):
+    import warnings
+
+    from ..data import UnusedPreferenceColumnWarning
     from ..lab.experiments.methods import train_on_pairs, trainer_args
 
     fields = trainer_args(
@@ -125,6 +128,13 @@ def _train(method: str, args, train, held_out, callback):
         per_device_eval_batch_size=args.batch_size,
         max_length=args.max_length,
     )
+    with warnings.catch_warnings():
+        if args.preference_column:  # the hard-label methods leave the named column aside on purpose
+            warnings.simplefilter("ignore", UnusedPreferenceColumnWarning)
+        return _train_and_evaluate(method, args, train, held_out, callback, train_on_pairs, fields)
+
+
+def _train_and_evaluate(method, args, train, held_out, callback, train_on_pairs, fields):
     trainer = train_on_pairs(
         method,
         args.model,
