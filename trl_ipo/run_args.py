@@ -19,6 +19,7 @@ from pathlib import Path
 from .redact import redact
 
 ARGS_RECORD = "training_args.json"
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record is a few KiB; a larger file is not a record and is not read
 
 
 def write_args_record(args, folder) -> Path:
@@ -40,13 +41,14 @@ def save_args_record(trainer, output_dir=None) -> None:
 
 
 def read_args_record(folder) -> dict | None:
-    """The JSON record in ``folder``, or None when there is none or it is not a JSON object (never unpickles)."""
+    """The JSON record in ``folder``, or None when there is none, it is larger than :data:`MAX_RECORD_BYTES` (not
+    read), or it is not a JSON object (never unpickles)."""
     path = Path(folder) / ARGS_RECORD
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            return None
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 

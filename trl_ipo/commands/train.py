@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import datasets_io
-from ..cli import command_summary
+from ..cli import check_repeated_flags, command_summary
 from ..datasets_io import (
     check_preference_columns,
     check_writable_folder,
@@ -119,6 +119,7 @@ def parse_args(argv: Sequence[str], parser=None):
     so a typo is never hidden behind a later validation error.
     """
     parser = parser or make_parser()
+    check_repeated_flags(parser, list(argv))  # `--beta 0.1 --beta 0.9` is an error, not "the last one wins"
     argv = _resolve_deepspeed_flag(list(argv))
     config_path = _config_path(argv)
     known = _known_options(parser)
