@@ -74,11 +74,26 @@ def check_repeated_flags(parser, argv) -> None:
             value = argv[i + 1]
         else:
             value = "(no value)"
-        flag, values = seen.setdefault(id(action), (action.option_strings[-1], []))
+        typed = name if name in action.option_strings else action.option_strings[0]
+        flag, values = seen.setdefault(id(action), (typed, []))
         values.append(MASK if is_secret_name(flag.lstrip("-")) else value)
         if len(values) > 1:
             given = ", then ".join(repr(v) for v in values)
             raise InputError(f"{flag} is given {len(values)} times ({given}); give each flag once.")
+
+
+def require_at_least(flag: str, value, minimum) -> None:
+    """``value`` (already parsed as a number) is at least ``minimum``; else an :class:`InputError` naming the flag."""
+    if not value >= minimum:  # also refuses nan
+        raise InputError(f"{flag} must be at least {minimum}, got {value!r}")
+
+
+def require_positive_real(flag: str, value) -> None:
+    """``value`` is a finite number > 0 (argparse's ``float`` accepts ``nan`` and ``inf``)."""
+    import math
+
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"{flag} must be a finite number > 0, got {value!r}")
 
 
 def command_summary(name: str) -> str:
