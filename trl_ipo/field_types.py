@@ -133,9 +133,11 @@ def _check(hint, value, path: str, depth: int) -> Problem | None:  # noqa: PLR09
     if hint is str:
         return None if isinstance(value, str) else Problem(path, "text", value)
     if origin is list or hint is list:
+        item_hint = args[0] if args else Any
+        if isinstance(value, str) and _check(item_hint, value, path, depth + 1) is None:
+            return None  # one item given alone (`loss_type: ipo`, `lora_target_modules: all-linear`), as TRL accepts
         if not isinstance(value, list):
             return Problem(path, "a list", value)
-        item_hint = args[0] if args else Any
         for i, item in enumerate(value):
             problem = _check(item_hint, item, f"{path}[{i}]", depth + 1)
             if problem:

@@ -5,7 +5,8 @@ A value is treated as a secret when the *name* it is stored under says so: the l
 ``token``, ``api_key``, ``apiKey``, ``client_secret``, ``password``. Only the last word counts, so names that merely
 mention one of these words are kept: ``max_key_length``, ``pad_token_id``, ``token_count``, ``secret_name``. The
 tokenizer's special-token fields (``pad_token``, ``eos_token``, …) hold vocabulary strings, not credentials, and are
-kept too. ``None`` and ``True``/``False`` (e.g. ``token=True``: "use the cached login") are never masked.
+kept too. ``None``, ``True``/``False`` (e.g. ``token=True``: "use the cached login") and placeholders that are
+already masked (transformers' ``<HUB_TOKEN>``) are never masked.
 
 :func:`redact` masks such values at any depth of nested mappings and lists; :func:`scrub_argv` does the same for a
 command line (``--hub_token X``, ``--hub_token=X`` and secrets inside a JSON-valued flag such as
@@ -35,7 +36,13 @@ def is_secret_name(name) -> bool:
     return bool(words) and words[-1] in SECRET_WORDS and name.lower() not in SPECIAL_TOKEN_FIELDS
 
 
+_PLACEHOLDER = re.compile(r"<[A-Z0-9_]+>")
+
+
 def _maskable(value) -> bool:
+    """Not None, not a bool, and not already a placeholder such as transformers' ``<HUB_TOKEN>``."""
+    if isinstance(value, str) and _PLACEHOLDER.fullmatch(value):
+        return False
     return value is not None and not isinstance(value, bool)
 
 
