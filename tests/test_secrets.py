@@ -94,22 +94,50 @@ def test_pickle_masks_secrets_while_copies_keep_them(tmp_path):
     assert not any(s in text for s in (HUB_TOKEN, NESTED_TOKEN, API_KEY))
 
 
+def test_online_config_pickles_without_secrets_too(tmp_path):
+    from trl_ipo.online import OnlineIPOConfig
+
+    config = OnlineIPOConfig(output_dir=str(tmp_path), bf16=False, hub_token=HUB_TOKEN)
+    assert HUB_TOKEN.encode() not in pickle.dumps(config)
+    assert copy.deepcopy(config).hub_token == HUB_TOKEN
+
+
 # -------------------------------------------------------------------------------------------- API, CLI, wandb
 @pytest.mark.slow
-def test_api_training_writes_no_secret(tiny_dir, tmp_path, monkeypatch):
+def test_api_training_with_wandb_writes_no_secret(tiny_dir, tmp_path, monkeypatch):
+    import wandb
     from datasets import Dataset
 
     from trl_ipo import IPOTrainer
 
+    wandb.teardown()  # wandb's process-wide settings may have been read by earlier tests: read WANDB_DIR afresh
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    wandb_dir = tmp_path / "wandb"
+    wandb_dir.mkdir()
+    for name, value in (("WANDB_DIR", str(wandb_dir)), ("WANDB_MODE", "offline"), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
     out = tmp_path / "run"
     # from_pretrained takes `token` (a local folder ignores it); the nested API key is checked by the pickle test.
-    config = _config(out, {"token": NESTED_TOKEN, "dtype": "float32"}, max_steps=2, save_strategy="steps", save_steps=1)
-    trainer = IPOTrainer(model=tiny_dir, args=config, train_dataset=Dataset.from_list(make_pairs(8, seed=1)))
-    trainer.train()
-    trainer.save_model(str(out))
-    trainer.save_state()
+    config = _config(
+        out,
+        {"token": NESTED_TOKEN, "dtype": "float32"},
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        report_to="wandb",
+    )
+    try:
+        trainer = IPOTrainer(model=tiny_dir, args=config, train_dataset=Dataset.from_list(make_pairs(8, seed=1)))
+        trainer.train()
+        trainer.save_model(str(out))
+        trainer.save_state()
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
     assert trainer.args.hub_token == HUB_TOKEN  # still usable by push_to_hub in this process
+    assert any(b"model_init_kwargs" in p.read_bytes() for p in wandb_dir.rglob("run-*.wandb"))  # config recorded
+    assert leaks(wandb_dir, HUB_TOKEN, NESTED_TOKEN) == []
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"training_args.bin", "training_args.json", "checkpoint-1/training_args.bin"} <= written
     assert leaks(out, HUB_TOKEN, NESTED_TOKEN) == []

@@ -51,6 +51,33 @@ class IPOLossArguments:
         },
     )
 
+    # Credentials never leave the process in a pickle: ``Trainer`` saves ``torch.save(args)`` as
+    # ``training_args.bin`` with every checkpoint. Pickling goes through ``__getstate__``, which blanks ``hub_token``
+    # and masks secret-named entries at any depth (``model_init_kwargs={"token": ...}``, see trl_ipo.redact).
+    # ``copy.copy``/``copy.deepcopy`` would use ``__getstate__`` too, so they are defined to keep every value: a copy
+    # made inside the process (TRL copies its arguments) still pushes to the hub with the token. Defined here, so that the offline
+    # and the online config (both built on these fields) behave alike.
+    def __getstate__(self):
+        return redact_state(self.__dict__)
+
+    def __copy__(self):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def to_dict(self):
+        """``TrainingArguments.to_dict`` (``*_token`` fields masked) with secret-named entries masked at any depth:
+        what ``training_args.json`` and the wandb run config record."""
+        return redact(super().to_dict())
+
     def _validate_ipo_loss_fields(self) -> None:
         name = type(self).__name__
         if isinstance(self.symmetric, str):  # from YAML/CLI strings
@@ -129,32 +156,6 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         apply_field_decisions(self)  # bf16 follows the device; DPOConfig fields unused by IPO: error or warning
         super().__post_init__()
         check_launch(self)
-
-    # Credentials never leave the process in a pickle: ``Trainer`` saves ``torch.save(args)`` as
-    # ``training_args.bin`` with every checkpoint. Pickling goes through ``__getstate__``, which blanks ``hub_token``
-    # and masks secret-named entries at any depth (``model_init_kwargs={"token": ...}``, see trl_ipo.redact).
-    # ``copy.copy``/``copy.deepcopy`` would use ``__getstate__`` too, so they are defined to keep every value: a copy
-    # made inside the process (TRL copies its arguments) still pushes to the hub with the token.
-    def __getstate__(self):
-        return redact_state(self.__dict__)
-
-    def __copy__(self):
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        return clone
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        clone = object.__new__(type(self))
-        memo[id(self)] = clone
-        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
-        return clone
-
-    def to_dict(self):
-        """``TrainingArguments.to_dict`` (``*_token`` fields masked) with secret-named entries masked at any depth:
-        what ``training_args.json`` and the wandb run config record."""
-        return redact(super().to_dict())
 
     def _validate_packing_fields(self) -> None:
         for name in ("prefix_sharing", "padding_free"):
