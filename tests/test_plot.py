@@ -300,6 +300,11 @@ def test_a_symlink_planted_in_out_is_replaced_not_written_through(tmp_path, caps
     assert victim.read_text() == "precious"
     assert not (out / "loss.png").is_symlink() and _is_nonblank_png(out / "loss.png")
     assert sorted(p.name for p in out.iterdir()) == ["loss.png"]  # no temporary file left behind
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "png-link").symlink_to(elsewhere)  # --out itself a link: refused, nothing written where it points
+    line = _plot_error(capsys, [run, "--out", tmp_path / "png-link"])
+    assert f"--out '{tmp_path / 'png-link'}' is a symbolic link" in line and list(elsewhere.iterdir()) == []
 
 
 def test_each_checkpoint_is_scaled_by_its_own_recorded_beta(tmp_path):

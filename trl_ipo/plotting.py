@@ -292,12 +292,15 @@ def plot_runs(
 
 
 def _output_folder(out_dir) -> Path:
-    """``out_dir`` as a Path; an existing file (or a dangling link) there is an error naming it."""
+    """``out_dir`` as a Path; an existing file or a symbolic link there is an error naming it (the PNGs would be
+    written through the link, wherever it points)."""
     out = Path(out_dir)
+    if out.is_symlink():
+        raise InputError(
+            f"--out {str(out)!r} is a symbolic link (to {os.readlink(out)!r}); give the folder itself for the PNG files."
+        )
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {str(out)!r} is an existing file, not a folder; give a folder for the PNG files.")
-    if out.is_symlink() and not out.exists():
-        raise InputError(f"--out {str(out)!r} is a symbolic link to nothing; give a folder for the PNG files.")
     return out
 
 
