@@ -1,6 +1,7 @@
 """The CLI's error contract: every user error is one line on stderr naming the file, line, field or row; exit 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -167,8 +168,10 @@ def test_hub_token_is_in_no_file_a_run_writes(tiny_dir, tmp_path, monkeypatch):
     token = "hf_" + "q4" * 14
     out = tmp_path / "run"
     extra = ["--hub_token", token, "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no"]
+    argv = ["--model_name_or_path", tiny_dir, "--dataset_name", jsonl(tmp_path / "pairs.jsonl", ROWS)]
+    argv += ["--output_dir", str(out), "--use_cpu", "--bf16", "false", "--disable_tqdm", "true", "--report_to", "wandb"]
     try:
-        rc = train(tiny_dir, jsonl(tmp_path / "pairs.jsonl", ROWS), out, *extra, "--report_to", "wandb")
+        rc = train_cmd.main([*argv, *extra])
     finally:
         if wandb.run is not None:
             wandb.finish()
@@ -234,7 +237,7 @@ def test_non_boolean_symmetric_in_yaml(tiny_dir, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"model_name_or_path": tiny_dir, "output_dir": str(tmp_path), "symmetric": 5}))
     line = error_line(capsys, train_cmd.main(["--config", str(config), "--bf16", "false"]))
-    assert "IPOConfig.symmetric must be true or false, got 5 (int)" in line
+    assert f"config file '{config}': field 'symmetric' must be true or false, got int 5" in line
 
 
 def test_chat_rows_with_a_tokenizer_without_chat_template(tiny_dir, tmp_path, capsys):
@@ -299,3 +302,128 @@ def test_every_row_dropped_by_max_length_is_one_line(tiny_dir, tmp_path, capsys)
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--max_length", "1", "--max_steps", "1"))
     assert f"all {len(ROWS)} rows of the train dataset were dropped" in line and "max_length=1" in line
+
+
+# ------------------------------------------------------------------------------------------------------ CLI traps
+def test_output_dir_that_is_the_base_model_folder_is_refused(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "pairs.jsonl", ROWS)
+    before = {p.name: p.stat().st_mtime_ns for p in Path(tiny_dir).iterdir()}
+    for out in (tiny_dir, tiny_dir + "/", tiny_dir + "/../" + Path(tiny_dir).name):
+        line = error_line(capsys, train(tiny_dir, data, out))
+        assert f"--output_dir {out!r} is the folder of --model_name_or_path {tiny_dir!r}" in line
+    link = tmp_path / "link-to-model"
+    link.symlink_to(tiny_dir)
+    line = error_line(capsys, train(tiny_dir, data, link))
+    assert "overwrite the base model" in line
+    assert {p.name: p.stat().st_mtime_ns for p in Path(tiny_dir).iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--beta", "0.1", "--beta", "0.9"], "--beta is given 2 times ('0.1', then '0.9'); give each flag once."),
+        (["--beta=0.1", "--beta", "0.9"], "--beta is given 2 times ('0.1', then '0.9')"),
+        (["--hub_token", "hf_aaaaaaaa", "--hub_token", "hf_bbbbbbbb"], "--hub_token is given 2 times ('<REDACTED>'"),
+    ],
+)
+def test_repeated_flag_is_an_error_not_last_wins(tiny_dir, tmp_path, capsys, argv, expected):
+    line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "p.jsonl", ROWS), tmp_path / "out", *argv))
+    assert expected in line and "hf_aaaaaaaa" not in line and "hf_bbbbbbbb" not in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("dataset_name: 123\n", "field 'dataset_name' must be text or null, got int 123"),
+        ("model_init_kwargs: float32\n", "field 'model_init_kwargs' must be a mapping (in a string: a JSON object), "),
+        ("output_dir: [a, b]\n", "field 'output_dir' must be text or null, got list ['a', 'b']"),
+        ("model_init_kwargs: {dtype: float32, x: !!set {a}}\n", "field 'model_init_kwargs.x' must be text, a number"),
+        ("model_init_kwargs: {token: [1, {2: 3}]}\n", "field 'model_init_kwargs.token[1].2' must be a mapping with"),
+        ("datasets: [{path: 3}]\n", "field 'datasets[0].path' must be text, got int 3"),
+        ("report_to: [wandb, 3]\n", "field 'report_to[1]' must be text, got int 3"),
+        ("env: [a]\n", "field 'env' must be a mapping of variable names to text"),
+        ("a: &a [x, x]\nb: [*a, *a]\nreport_to: [none]\n", "line 3: YAML aliases (*a) are not accepted"),
+        ("report_to: " + "[" * 5000 + "]" * 5000 + "\n", "nests too deeply"),
+        ("model_init_kwargs: {a: " + "[" * 100 + "]" * 100 + "}\n", "must be nested at most 64 levels deep"),
+    ],
+)
+def test_yaml_fields_of_the_wrong_type_at_any_depth(tiny_dir, tmp_path, capsys, text, expected):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_name_or_path: {tiny_dir}\n" + text)
+    line = error_line(capsys, train_cmd.main(["--config", str(config)]))
+    assert f"config file '{config}'" in line and expected in line
+
+
+def test_oversized_yaml_is_refused_unread(tmp_path, capsys, monkeypatch):
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: x\n" * 10)
+    monkeypatch.setattr(train_cmd, "MAX_CONFIG_BYTES", 20)
+    line = error_line(capsys, train_cmd.main(["--config", str(config)]))
+    assert f"config file '{config}' is {config.stat().st_size} bytes" in line and "MAX_CONFIG_BYTES" in line
+    assert train_cmd.MAX_CONFIG_BYTES == 20
+
+
+def test_model_init_kwargs_flag_types_and_values(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "p.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", "--model_init_kwargs", "float32"))
+    assert "--model_init_kwargs must be a mapping (in a string: a JSON object), got str 'float32'" in line
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", "--model_init_kwargs", '{"dtype": "float33"}'))
+    assert "--model_init_kwargs: dtype='float33' is not a dtype" in line
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", "--model_init_kwargs", '{"dtype": ["float32"]}'))
+    assert "--model_init_kwargs: dtype=['float32'] is not a dtype" in line
+
+
+def test_flash_attention_that_is_not_installed_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    data = jsonl(tmp_path / "p.jsonl", ROWS)
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", "--attn_implementation", "flash_attention_2"))
+    assert "--attn_implementation 'flash_attention_2': it is not available here" in line
+    kwargs = '{"attn_implementation": "flash_attention_2"}'
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", "--model_init_kwargs", kwargs))
+    assert "--model_init_kwargs attn_implementation 'flash_attention_2'" in line
+
+
+def test_streaming_with_precomputed_reference_is_one_line(tiny_dir, tmp_path, capsys):
+    data = jsonl(tmp_path / "p.jsonl", ROWS)
+    extra = ["--dataset_streaming", "true", "--precompute_ref_log_probs", "true", "--max_steps", "2"]
+    line = error_line(capsys, train(tiny_dir, data, tmp_path / "o", *extra))
+    assert "--dataset_streaming true cannot be combined with --precompute_ref_log_probs true" in line
+
+
+@pytest.mark.parametrize(
+    "argv, prog, expected",
+    [
+        (["tiny-model", "{tmp}/m", "--pairs", "-3"], "tiny-model", "--pairs must be at least 0, got -3"),
+        (["tiny-model", "{tmp}/a-file"], "tiny-model", "OUT_DIR '{tmp}/a-file' is an existing file, not a folder"),
+        (["tiny-model", "{tmp}/m", "--num_layers", "0"], "tiny-model", "--num_layers must be at least 1, got 0"),
+        (["tiny-model", "{tmp}/m", "--seed", "1", "--seed", "2"], "tiny-model", "--seed is given 2 times"),
+        (["tiny-model"], "tiny-model", "the following arguments are required: out_dir"),
+        (["example", "--max_steps", "-5"], "example", "--max_steps must be at least 1, got -5"),
+        (["example", "--beta", "nan"], "example", "--beta must be a finite number > 0, got nan"),
+        (["example", "--output_dir", "{tmp}/a-file"], "example", "--output_dir '{tmp}/a-file' is an existing file"),
+        (["compare", "--model", "m", "--dataset", "d.jsonl", "--batch_size", "0"], "compare", "--batch_size must be"),
+        (["compare", "--model", "m", "--dataset", "d.jsonl", "--kl_samples", "-1"], "compare", "--kl_samples must"),
+        (["compare", "--model", "m", "--dataset", "d", "--beta", "1", "--beta", "2"], "compare", "--beta is given 2"),
+    ],
+)
+def test_subcommand_flags_are_checked_before_anything_is_written(tmp_path, capsys, argv, prog, expected):
+    (tmp_path / "a-file").write_text("x")
+    rc = trl_ipo_main([a.format(tmp=tmp_path) for a in argv])
+    line = error_line(capsys, rc, prog=f"trl-ipo {prog}")
+    assert expected.format(tmp=tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_tiny_model_refuses_a_folder_that_holds_a_model_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert trl_ipo_main(["tiny-model", str(out)]) == 0
+    capsys.readouterr()
+    config = (out / "config.json").read_bytes()
+    line = error_line(capsys, trl_ipo_main(["tiny-model", str(out), "--hidden_size", "16"]), prog="trl-ipo tiny-model")
+    assert f"OUT_DIR '{out}' already holds a model (config.json" in line and "--overwrite" in line
+    assert (out / "config.json").read_bytes() == config
+    assert trl_ipo_main(["tiny-model", str(out), "--hidden_size", "16", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 16

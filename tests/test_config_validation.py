@@ -47,6 +47,32 @@ def test_valid_values_pass_unchanged(tmp_path):
     assert (args.beta, args.symmetric, args.loss_type, args.loss_weights) == (2, False, ["ipo", "sft"], [1, 0.5])
 
 
+def test_real_fields_given_as_fractions_or_numpy_scalars_are_stored_as_floats(tmp_path):
+    """A Fraction passes the real-number checks but cannot divide a tensor: it would fail at the first step."""
+    from fractions import Fraction
+
+    import numpy as np
+    import torch
+
+    from trl_ipo.losses import ipo_target
+
+    args = IPOConfig(
+        **cpu_args(tmp_path, beta=Fraction(1, 10), loss_type=["ipo", "sft"], loss_weights=[Fraction(1, 2), np.int64(1)])
+    )
+    assert type(args.beta) is float and args.beta == 0.1
+    assert [type(w) for w in args.loss_weights] == [float, float] and args.loss_weights == [0.5, 1.0]
+    target = ipo_target(None, like=torch.zeros(2)) / args.beta  # the step-1 expression that Fraction breaks
+    assert torch.equal(target, torch.full((2,), 5.0))
+
+    from trl_ipo.online import OnlineIPOConfig
+
+    online = OnlineIPOConfig(
+        output_dir=str(tmp_path), bf16=False, beta=[Fraction(1, 10), Fraction(1, 5)], temperature=Fraction(1, 2)
+    )
+    assert online.beta == [0.1, 0.2] and all(type(b) is float for b in online.beta)
+    assert type(online.temperature) is float
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -66,7 +92,7 @@ def test_hub_token_is_kept_out_of_the_pickled_arguments(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     token = "hf_" + "x7" * 12
     args = IPOConfig(**cpu_args(tmp_path, hub_token=token))
-    assert token.encode() in pickle.dumps(args)  # what Trainer would write to training_args.bin
+    assert token.encode() not in pickle.dumps(args)  # what Trainer writes to training_args.bin (tests/test_secrets.py)
     assert move_hub_token_to_env(args) is True
     assert args.hub_token is None and token.encode() not in pickle.dumps(args)
     assert os.environ["HF_TOKEN"] == token  # where huggingface_hub finds it for push_to_hub

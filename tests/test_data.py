@@ -69,3 +69,30 @@ def test_collator_adds_preference():
     assert batch["preference"].dtype == torch.float32
     with pytest.raises(ValueError, match="example 1 of a train batch"):
         PreferenceCollator(inner, "q")([{"q": 0.25}, {"q": 2.0}])
+
+
+# ------------------------------------------------------------------------------- a soft-label column left unused
+def test_unused_soft_label_column_warns_once_naming_column_and_setting(monkeypatch):
+    import warnings
+
+    from trl_ipo import data as data_module
+    from trl_ipo.data import RowChecker, UnusedPreferenceColumnWarning, validate_preference_rows
+
+    monkeypatch.setattr(data_module, "_warned_columns", set())
+    rows = {"prompt": ["a", "b"], "chosen": [" x", " y"], "rejected": [" y", " x"]}
+    dataset = Dataset.from_dict({**rows, "q": [0.9, 0.6], "score": [1.0, 2.0], "Preference": ["hi", "lo"]})
+    with pytest.warns(UnusedPreferenceColumnWarning) as caught:
+        validate_preference_rows(dataset, "train", None)
+    messages = [str(w.message) for w in caught if w.category is UnusedPreferenceColumnWarning]
+    assert len(messages) == 1  # 'score' is not named like q; 'Preference' holds text
+    assert "numeric column 'q'" in messages[0] and "preference_column='q'" in messages[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusedPreferenceColumnWarning)
+        validate_preference_rows(dataset, "eval", None)  # once: the eval split does not warn again
+        monkeypatch.setattr(data_module, "_warned_columns", set())
+        validate_preference_rows(dataset, "train", "q")  # the column is used: nothing to say
+    # A stream is judged by its first row.
+    with pytest.warns(UnusedPreferenceColumnWarning, match="numeric column 'preference'"):
+        RowChecker("train", None, streamed=True).check_streamed(
+            {**{k: v[0] for k, v in rows.items()}, "preference": 1}, 0
+        )

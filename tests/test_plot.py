@@ -216,3 +216,119 @@ def test_trainer_writes_a_json_args_record_without_secrets(tmp_path, load_model,
     history = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     drawn = result.series[("logratios.png", "train", "out", "chosen")][1]
     assert drawn == pytest.approx([r / 0.3 for r in _expected(history, "rewards/chosen")[1]])
+
+
+# ------------------------------------------------------------------------------------------ hostile run folders
+def _plot_error(capsys, argv):
+    rc = cli_main(["plot", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("trl-ipo plot: error: "), err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("[1, 2]", "holds a JSON list, not a Trainer state"),
+        ('{"log_history": {"step": 1}}', "log_history must be a list of log entries, got a dict"),
+        ('{"log_history": [1, 2]}', "log_history entry 0 must be a mapping, got int 1"),
+        ('{"log_history": [{"step": 1, "loss": [0.5]}]}', "log_history entry 0, key 'loss' must be a number, got list"),
+        ('{"log_history": [{"step": "one", "loss": 0.5}]}', "entry 0, key 'step' must be a number, got str 'one'"),
+        ('{"log_history": [{"step": 1, "loss": true}]}', "entry 0, key 'loss' must be a number, got bool True"),
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "the JSON nests too deeply"),
+        ("[" * 100_000 + "]" * 100_000, "the JSON nests too deeply"),
+        ("{not json", "is not a JSON file"),
+        ('{"global_step": 1}', "has no log_history"),
+    ],
+)
+def test_malformed_state_files_are_one_line_naming_the_file(tmp_path, capsys, content, expected):
+    state = tmp_path / "run" / "trainer_state.json"
+    state.parent.mkdir()
+    state.write_text(content)
+    line = _plot_error(capsys, [state.parent, "--out", tmp_path / "png"])
+    assert str(state) in line and expected in line
+    assert not (tmp_path / "png").exists()  # nothing written
+
+
+def test_oversized_state_file_is_refused_unread(tmp_path, capsys, monkeypatch):
+    from trl_ipo import plotting
+
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
+    monkeypatch.setattr(plotting, "MAX_STATE_BYTES", 100)
+    monkeypatch.setattr(plotting.Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    line = _plot_error(capsys, [run, "--out", tmp_path / "png"])
+    assert str(run / "trainer_state.json") in line and "MAX_STATE_BYTES" in line
+
+
+def test_shipped_state_size_limit():
+    from trl_ipo.plotting import MAX_STATE_BYTES
+
+    assert MAX_STATE_BYTES == 64 * 2**20
+
+
+@pytest.mark.parametrize("beta", ["nan", "-0.1", "0", "inf"])
+def test_bad_beta_is_one_line(tmp_path, capsys, beta):
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
+    line = _plot_error(capsys, [run, "--out", tmp_path / "png", f"--beta={beta}"])
+    assert "--beta" in line and "must be a finite number > 0" in line
+    with pytest.raises(ValueError, match="betas\\[0\\]"):
+        plot([run], tmp_path / "png", betas=[float(beta)])
+
+
+def test_out_naming_a_file_and_repeated_flags_are_one_line(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
+    existing = tmp_path / "existing.png"
+    existing.write_text("keep me")
+    line = _plot_error(capsys, [run, "--out", existing])
+    assert f"--out '{existing}' is an existing file" in line and existing.read_text() == "keep me"
+    line = _plot_error(capsys, [run, "--out", tmp_path / "a", "--out", tmp_path / "b"])
+    assert "--out is given 2 times" in line
+    line = _plot_error(capsys, [run])  # argparse's own errors are one line too
+    assert "--out" in line
+
+
+def test_a_symlink_planted_in_out_is_replaced_not_written_through(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
+    out = tmp_path / "png"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "loss.png").symlink_to(victim)
+    assert cli_main(["plot", str(run), "--out", str(out), "--panel", "loss"]) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious"
+    assert not (out / "loss.png").is_symlink() and _is_nonblank_png(out / "loss.png")
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png"]  # no temporary file left behind
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "png-link").symlink_to(elsewhere)  # --out itself a link: refused, nothing written where it points
+    line = _plot_error(capsys, [run, "--out", tmp_path / "png-link"])
+    assert f"--out '{tmp_path / 'png-link'}' is a symbolic link" in line and list(elsewhere.iterdir()) == []
+
+
+def test_each_checkpoint_is_scaled_by_its_own_recorded_beta(tmp_path):
+    """An old checkpoint (β = 0.5) in a folder whose newer run recorded β = 0.1 keeps its own β."""
+    history = _ipo_history(0.5, steps=2)
+    run = tmp_path / "out"
+    old = _write_run(run / "checkpoint-2", history)
+    (old / "training_args.json").write_text(json.dumps({"beta": 0.5}))
+    (run / "training_args.json").write_text(json.dumps({"beta": 0.1}))  # a later run in the same output_dir
+    expected = [r / 0.5 for r in _expected(history, "rewards/chosen")[1]]
+    result = plot([run], tmp_path / "png", panels=["logratios"])
+    assert result.series[("logratios.png", "train", "out", "chosen")][1] == pytest.approx(expected)
+    (old / "training_args.json").unlink()  # no record of its own: β unknown, rewards drawn unscaled
+    result = plot([run], tmp_path / "png", panels=["logratios"])
+    assert result.series[("logratios.png", "train", "out", "chosen")][1] == _expected(history, "rewards/chosen")[1]
+
+
+def test_hostile_args_records_mean_beta_unknown(tmp_path, monkeypatch):
+    from trl_ipo import run_args
+
+    run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
+    (run / "training_args.json").write_text('{"beta": ' * 100_000 + "0.2" + "}" * 100_000)
+    assert run_args.recorded_beta(run) is None  # nesting: no RecursionError escapes
+    (run / "training_args.json").write_text(json.dumps({"beta": 0.2}))
+    assert run_args.recorded_beta(run) == 0.2
+    monkeypatch.setattr(run_args, "MAX_RECORD_BYTES", 5)
+    assert run_args.recorded_beta(run) is None  # too large: not read

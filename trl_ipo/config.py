@@ -12,8 +12,11 @@ from .dpo_fields import BF16_HELP, apply_field_decisions
 from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
+from .redact import redact, redact_state
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")
+# Real-valued IPO fields stored as float once validated (a scalar, or a list of them: per-epoch β, loss weights).
+REAL_FIELDS = ("beta", "loss_weights", "mixture_coef", "temperature", "bradley_terry_temperature")
 
 
 @dataclass
@@ -48,10 +51,40 @@ class IPOLossArguments:
         },
     )
 
+    # Credentials never leave the process in a pickle: ``Trainer`` saves ``torch.save(args)`` as
+    # ``training_args.bin`` with every checkpoint. Pickling goes through ``__getstate__``, which blanks ``hub_token``
+    # and masks secret-named entries at any depth (``model_init_kwargs={"token": ...}``, see trl_ipo.redact).
+    # ``copy.copy``/``copy.deepcopy`` would use ``__getstate__`` too, so they are defined to keep every value: a copy
+    # made inside the process (TRL copies its arguments) still pushes to the hub with the token. Defined here, so that the offline
+    # and the online config (both built on these fields) behave alike.
+    def __getstate__(self):
+        return redact_state(self.__dict__)
+
+    def __copy__(self):
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def to_dict(self):
+        """``TrainingArguments.to_dict`` (``*_token`` fields masked) with secret-named entries masked at any depth:
+        what ``training_args.json`` and the wandb run config record."""
+        return redact(super().to_dict())
+
     def _validate_ipo_loss_fields(self) -> None:
         name = type(self).__name__
         if isinstance(self.symmetric, str):  # from YAML/CLI strings
             self.symmetric = parse_bool(f"{name}.symmetric", self.symmetric)
+        for field_name in REAL_FIELDS:  # Fraction(1, 10), numpy scalars, Python ints → float
+            if hasattr(self, field_name):
+                setattr(self, field_name, as_float(getattr(self, field_name)))
         check_ipo_loss_values(self, name)
 
 
@@ -114,6 +147,7 @@ class IPOConfig(IPOLossArguments, DPOConfig):
         self._validate_packing_fields()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
+        self.loss_weights = as_float(self.loss_weights)
         check_ipo_config_values(self)
         self._validate_ipo_loss_fields()
         # Launched CPU ranks distribute for real (gloo) and `deepspeed="zero3"` resolves to the packaged file; this
@@ -140,6 +174,23 @@ def parse_bool(name: str, value: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ value checks
+def as_float(value):
+    """A real number that is not a bool or a float (``Fraction(1, 10)``, ``numpy.float32``, ``2``) as a float; each
+    element of a list or tuple likewise. Anything else is returned unchanged for the checks to judge.
+
+    ``Fraction`` passes every check of a real number but cannot divide a tensor, so training would fail at its first
+    step; the conversion happens when the config is built instead.
+    """
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_float(v) for v in value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
+        try:
+            return float(value)
+        except (OverflowError, ValueError):
+            return value
+    return value
+
+
 def _described(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 

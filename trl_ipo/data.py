@@ -28,7 +28,65 @@ __all__ = [
     "add_preference_from_votes",
     "add_preference_from_scores",
     "PreferenceCollator",
+    "UnusedPreferenceColumnWarning",
+    "warn_unused_preference_columns",
 ]
+
+# Column names that usually hold q, a soft label (compared case-insensitively).
+SOFT_LABEL_NAMES = frozenset(
+    {
+        "q",
+        "preference",
+        "preferences",
+        "pref",
+        "soft_label",
+        "soft_labels",
+        "label_prob",
+        "label_probability",
+        "preference_prob",
+        "preference_probability",
+        "p_chosen",
+        "prob_chosen",
+        "chosen_prob",
+        "chosen_probability",
+    }
+)
+_warned_columns: set[str] = set()
+
+
+class UnusedPreferenceColumnWarning(UserWarning):
+    """A numeric column named like a soft label is present but ``preference_column`` is unset."""
+
+
+def warn_unused_preference_columns(numeric_columns, preference_column: str | None) -> list[str]:
+    """Warn, once per column name and process, about soft-label-looking numeric columns that are not used.
+
+    With ``preference_column=None`` every pair is a hard label (q = 1), so a ``q`` or ``preference`` column in the
+    data is silently ignored. ``numeric_columns`` are the names of the numeric columns; returns those warned about.
+    """
+    if preference_column is not None:
+        return []
+    found = [c for c in numeric_columns if isinstance(c, str) and c.lower() in SOFT_LABEL_NAMES]
+    fresh = [c for c in found if c not in _warned_columns]
+    for column in fresh:
+        _warned_columns.add(column)
+        warnings.warn(
+            f"the dataset has a numeric column {column!r} that looks like soft labels (q), but "
+            f"preference_column is not set, so every pair trains as a hard label (q = 1) and {column!r} is ignored. "
+            f"Set preference_column={column!r} (--preference_column {column}) to train on it.",
+            UnusedPreferenceColumnWarning,
+            stacklevel=3,
+        )
+    return fresh
+
+
+def _numeric_features(dataset) -> list[str]:
+    features = getattr(dataset, "features", None) or {}
+    return [
+        name
+        for name, feature in features.items()
+        if str(getattr(feature, "dtype", "")).startswith(("float", "int", "uint"))
+    ]
 
 
 def check_preference_value(value: Any, where: str) -> float:
@@ -179,6 +237,9 @@ class RowChecker:
 
     def check_streamed(self, row: dict, index: int) -> dict:
         """For ``IterableDataset.map(..., with_indices=True)``: check the row as it arrives, warn once per kind."""
+        if index == 0:
+            numeric = [k for k, v in row.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+            warn_unused_preference_columns(numeric, self.preference_column)
         before = {"identical": bool(self.identical), "empty": bool(self.empty)}
         self(row, index)
         self.warn([name for name, seen in before.items() if not seen and getattr(self, name)])
@@ -231,6 +292,7 @@ def validate_preference_rows(dataset, split: str = "train", preference_column: s
             index += 1
     if warn:
         checker.warn()
+        warn_unused_preference_columns(_numeric_features(dataset), preference_column)
     return checker
 
 

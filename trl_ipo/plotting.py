@@ -10,25 +10,39 @@ entries' keys prefixed ``eval_``). :func:`plot_runs` draws, for one or several r
 * ``loss.png``: the training / evaluation loss;
 * ``reward_accuracy.png``: ``rewards/accuracies``, the fraction of pairs with β·ρ_w > β·ρ_l;
 * ``logratios.png``: chosen (solid) and rejected (dashed) log-ratios ρ = log π_θ(y|x) − log π_ref(y|x), summed
-  over the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. When β is not known (not given
-  and no ``training_args.json`` record in the run folder) the rewards β·ρ themselves are drawn and the axis says so.
+  over the completion: TRL's ``rewards/chosen`` / ``rewards/rejected`` divided by β. β is the one recorded next to
+  the state file that was read (the run folder's, or the checkpoint's own ``training_args.json``), never another
+  run's: an old checkpoint is not rescaled by the β of a newer run in the same folder. When β is not known (not
+  given and not recorded there) the rewards β·ρ themselves are drawn and the axis says so.
   β is never read from ``training_args.bin``: that file is a pickle, and unpickling can run code
   (see :mod:`trl_ipo.run_args`).
 
 A stock ``trl.DPOTrainer`` run logs the ``ipo/*`` keys only when it was trained with
 :class:`trl_ipo.callbacks.IPOMarginCallback`; runs lacking a panel's keys are left out of that panel and listed in
 the result's ``skipped``.
+
+Run folders are read as untrusted input: a state file over :data:`MAX_STATE_BYTES` is refused unread, and a file that
+is not JSON, nests too deeply, or is not shaped like a Trainer state (a mapping whose ``log_history`` is a list of
+mappings with numeric values) is an :class:`~trl_ipo.errors.InputError` naming the file. Each PNG is written to a
+new temporary file and renamed into place, so a symbolic link planted in the output folder is replaced, never
+written through.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
 from .run_args import recorded_beta
 
 STATE_FILE = "trainer_state.json"
+MAX_STATE_BYTES = 64 * 1024 * 1024  # a Trainer state of a long run is a few MiB; larger files are refused unread
 SPLITS = ("train", "eval")
 
 
@@ -120,24 +134,84 @@ def find_state_file(run_dir: str | Path) -> Path:
     )
     if checkpoints:
         return checkpoints[-1] / STATE_FILE
-    raise FileNotFoundError(
+    raise InputError(
         f"No {STATE_FILE} in {path} (nor in a checkpoint-* folder inside it). Pass a run's output_dir, one of its "
         f"checkpoints, or the {STATE_FILE} file; a run writes it at each save or with trainer.save_state()."
     )
 
 
-def load_run(run_dir: str | Path, label: str | None = None, beta: float | None = None) -> Run:
-    """Read a run's ``log_history``; β from ``beta`` or else the run's ``training_args.json`` (when present)."""
-    state_file = find_state_file(run_dir)
-    with open(state_file) as handle:
-        state = json.load(handle)
+def read_log_history(state_file: str | Path) -> list[dict]:
+    """The ``log_history`` of a Trainer state file, checked; every problem is an :class:`InputError` naming the file.
+
+    Refused: a file over :data:`MAX_STATE_BYTES` (not read), text that is not UTF-8 JSON or nests too deeply, a top
+    level that is not a mapping, a ``log_history`` that is not a list of mappings, and a ``step`` or plotted metric
+    that is not a number (e.g. a list).
+    """
+    path = Path(state_file)
+    try:
+        size = path.stat().st_size
+        if size > MAX_STATE_BYTES:
+            raise InputError(
+                f"{path}: {size} bytes is larger than the {MAX_STATE_BYTES // 2**20} MiB a Trainer state file may "
+                "have (MAX_STATE_BYTES); not read."
+            )
+        text = path.read_bytes().decode("utf-8")
+        state = json.loads(text)
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError(f"{path}: the JSON nests too deeply to be a Trainer state file.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not a JSON file: {err}") from None
+    except OSError as err:
+        raise InputError(f"{path} cannot be read: {err.strerror or err}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a JSON {type(state).__name__}, not a Trainer state (a mapping).")
     if "log_history" not in state:
-        raise ValueError(f"{state_file} has no log_history; is it a Trainer state file?")
+        raise InputError(f"{path} has no log_history; is it a Trainer state file?")
+    history = state["log_history"]
+    if not isinstance(history, list):
+        raise InputError(f"{path}: log_history must be a list of log entries, got a {type(history).__name__}.")
+    keys = {"step"} | {c.key for p in PANELS for c in p.curves} | {f"eval_{c.key}" for p in PANELS for c in p.curves}
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise InputError(
+                f"{path}: log_history entry {i} must be a mapping, got {type(entry).__name__} {_short(entry)}."
+            )
+        for key in keys & entry.keys():
+            value = entry[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(
+                    f"{path}: log_history entry {i}, key {key!r} must be a number, got {type(value).__name__} "
+                    f"{_short(value)}."
+                )
+    return history
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_plot_beta(beta, where: str) -> float | None:
+    """A β given for plotting: None, or a finite number > 0 (returned as float)."""
+    if beta is None:
+        return None
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
+        raise InputError(f"{where} must be a finite number > 0 (the run's β), got {beta!r}.")
+    return float(beta)
+
+
+def load_run(run_dir: str | Path, label: str | None = None, beta: float | None = None) -> Run:
+    """Read a run's ``log_history``; β from ``beta`` or else the ``training_args.json`` recorded next to the state file
+    that is read (a checkpoint's own record for a checkpoint), never from another folder."""
+    state_file = find_state_file(run_dir)
+    history = read_log_history(state_file)
     folder = state_file.parent
     if beta is None:
-        beta = recorded_beta(folder) or (recorded_beta(run_dir) if Path(run_dir).is_dir() else None)
+        beta = recorded_beta(folder)
     name = label or (Path(run_dir).name if Path(run_dir).is_dir() else folder.name)
-    return Run(label=name, path=folder, log_history=state["log_history"], beta=beta)
+    return Run(label=name, path=folder, log_history=history, beta=beta)
 
 
 def plot_runs(
@@ -154,11 +228,13 @@ def plot_runs(
     (default: all). Returns a :class:`PlotResult`.
     """
     if not run_dirs:
-        raise ValueError("plot_runs: give at least one run folder.")
+        raise InputError("plot_runs: give at least one run folder.")
     for name, values in (("labels", labels), ("betas", betas)):
         if values is not None and len(values) != len(run_dirs):
-            raise ValueError(f"plot_runs: {len(values)} {name} for {len(run_dirs)} runs; give one per run.")
+            raise InputError(f"plot_runs: {len(values)} {name} for {len(run_dirs)} runs; give one per run.")
+    betas = [check_plot_beta(b, f"plot_runs: betas[{i}] (--beta)") for i, b in enumerate(betas or [])] or None
     chosen = _select_panels(panels)
+    out = _output_folder(out_dir)
     runs = [
         load_run(path, labels[i] if labels else None, betas[i] if betas else None) for i, path in enumerate(run_dirs)
     ]
@@ -167,7 +243,6 @@ def plot_runs(
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry is touched
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = PlotResult()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -211,9 +286,36 @@ def plot_runs(
         if drawn:
             path = out / panel.filename
             fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.22)
-            fig.savefig(path, dpi=100)
+            _save_png(fig, path)
             result.files.append(path)
     return result
+
+
+def _output_folder(out_dir) -> Path:
+    """``out_dir`` as a Path; an existing file or a symbolic link there is an error naming it (the PNGs would be
+    written through the link, wherever it points)."""
+    out = Path(out_dir)
+    if out.is_symlink():
+        raise InputError(
+            f"--out {str(out)!r} is a symbolic link (to {os.readlink(out)!r}); give the folder itself for the PNG files."
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is an existing file, not a folder; give a folder for the PNG files.")
+    return out
+
+
+def _save_png(fig, path: Path) -> None:
+    """Write into a new file next to ``path`` and rename it onto ``path``: a link at ``path`` is replaced, never
+    followed."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            fig.savefig(stream, format="png", dpi=100)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private to its owner
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _select_panels(names: list[str] | None) -> list[Panel]:
@@ -223,7 +325,7 @@ def _select_panels(names: list[str] | None) -> list[Panel]:
     unknown = [n for n in names if n not in by_name]
     if unknown:
         choices = [p.filename.removesuffix(".png") for p in PANELS]
-        raise ValueError(f"Unknown panel(s) {unknown}; choose from {choices}.")
+        raise InputError(f"Unknown panel(s) {unknown}; choose from {choices}.")
     return [by_name[n] for n in dict.fromkeys(names)]
 
 

@@ -26,6 +26,7 @@ from .config import IPOConfig, config_values, default_output_dir
 from .data import PreferenceCollator
 from .distributed import fill_zero3_auto_sizes
 from .dpo_fields import check_sync_ref_model_peft
+from .dropout import disable_dropout_if_asked
 from .losses import F_DIVERGENCES, ipo_objective, sequence_logps
 from .metrics import log_aux_loss, log_ipo_metrics, log_trl_metrics
 from .model_card import IPO_PAPER, complete_model_card
@@ -77,6 +78,7 @@ class IPOTrainer(CheckpointingMixin, DatasetChecksMixin, DPOTrainer):
             ref_model = copy.deepcopy(model).eval()
         with _padding_free_kept_from_trl(args):
             super().__init__(model, ref_model, args, data_collator, train_dataset, eval_dataset, *a, **kw)
+        disable_dropout_if_asked(args, self.model, self.ref_model)  # also the functional dropout (trl_ipo.dropout)
         for loaded in (self.model, self.ref_model):  # MoE configs that name it num_local_experts (GraniteMoE, PhiMoE)
             if loaded is not None:
                 _compat.alias_num_experts(packed.masks.text_config(loaded))

@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from ..cli import command_summary
+from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
 from ..datasets_io import check_writable_folder
 from ..errors import InputError, exit_on_input_error
 
@@ -65,8 +65,21 @@ def prepare_inputs(args):
         raise InputError(f"--methods {unknown}: unknown; choose from {list(METHODS)}.")
     if "ipo_soft" in args.methods and not args.preference_column:
         raise InputError("--methods ipo_soft needs --preference_column (the column holding q in [0, 1]).")
-    if not (math.isfinite(args.beta) and args.beta > 0):
-        raise InputError(f"--beta must be a finite number > 0, got {args.beta}.")
+    require_positive_real("--beta", args.beta)
+    for flag in (
+        "batch_size",
+        "max_steps",
+        "logging_steps",
+        "max_length",
+        "kl_prompts",
+        "kl_samples",
+        "max_new_tokens",
+    ):
+        require_at_least(f"--{flag}", getattr(args, flag), 1)
+    for flag in ("eval_every", "threads"):
+        require_at_least(f"--{flag}", getattr(args, flag), 0)
+    if not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
+        raise InputError(f"--learning_rate must be a finite number >= 0, got {args.learning_rate!r}")
     if not 0 < args.eval_fraction < 1:
         raise InputError(f"--eval_fraction must be in (0, 1), got {args.eval_fraction}.")
     check_model(args.model, flag="--model")
@@ -109,6 +122,9 @@ def held_out_prompts(dataset, tokenizer, limit: int) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- runs
 def _train(method: str, args, train, held_out, callback):
+    import warnings
+
+    from ..data import UnusedPreferenceColumnWarning
     from ..lab.experiments.methods import train_on_pairs, trainer_args
 
     fields = trainer_args(
@@ -125,6 +141,13 @@ def _train(method: str, args, train, held_out, callback):
         per_device_eval_batch_size=args.batch_size,
         max_length=args.max_length,
     )
+    with warnings.catch_warnings():
+        if args.preference_column:  # the hard-label methods leave the named column aside on purpose
+            warnings.simplefilter("ignore", UnusedPreferenceColumnWarning)
+        return _train_and_evaluate(method, args, train, held_out, callback, train_on_pairs, fields)
+
+
+def _train_and_evaluate(method, args, train, held_out, callback, train_on_pairs, fields):
     trainer = train_on_pairs(
         method,
         args.model,
@@ -229,13 +252,9 @@ def _run_compare(args) -> dict:
     return results
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line (no usage block), exit status 2, like every other input error
-        raise InputError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> ArgumentParser:
+    # Usage errors and repeated flags: one line, exit status 2.
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="local model folder or hub id (also the reference policy)")
     p.add_argument(
         "--dataset",

@@ -14,19 +14,19 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from ..cli import command_summary
+from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
+from ..errors import InputError, exit_on_input_error
 
 HELP = command_summary("example")
+PROG = "trl-ipo example"
 
 
 def example_dataset_path() -> Path:
     return Path(str(resources.files("trl_ipo") / "examples" / "number_sequences.jsonl"))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trl-ipo example", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="outputs/example", help="where the model, state and summary go")
     p.add_argument("--max_steps", type=int, default=60, help="optimizer steps (default 60)")
     p.add_argument("--beta", type=float, default=0.1, help="IPO regularisation β (the paper's τ)")
@@ -36,8 +36,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> None:
+    """Every flag before anything is loaded or written; errors name the flag and the value."""
+    require_at_least("--max_steps", args.max_steps, 1)
+    require_positive_real("--beta", args.beta)
+    if args.report_to not in ("none", "wandb"):
+        raise InputError(f"--report_to must be 'none' or 'wandb', got {args.report_to!r}")
+    out = Path(args.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output_dir {args.output_dir!r} is an existing file, not a folder")
+
+
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    """0 on success; 2 (one line on stderr) on bad input."""
+    return exit_on_input_error(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    check_args(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 

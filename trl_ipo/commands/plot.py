@@ -12,11 +12,11 @@ Several runs go on the same figures (DPO vs IPO, β sweeps). The Python entry po
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ..cli import command_summary
-from ..plotting import PANELS, PlotResult, plot_runs
+from ..cli import ArgumentParser, command_summary
+from ..errors import exit_on_input_error
+from ..plotting import PANELS, PlotResult, check_plot_beta, plot_runs
 
 HELP = command_summary("plot")
 
@@ -26,9 +26,9 @@ def plot(run_dirs, out_dir, labels=None, betas=None, panels=None) -> PlotResult:
     return plot_runs(list(run_dirs), out_dir, labels=labels, betas=betas, panels=panels)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     panels = ", ".join(p.filename for p in PANELS)
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="trl-ipo plot",
         description=f"{HELP}. Writes {panels} into --out, every run on the same figures.",
     )
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=float,
         metavar="B",
-        help="β of a run for the log-ratio panel, once per run or once for all (default: from the run's training_args.json)",
+        help="β of a run for the log-ratio panel (finite, > 0), once per run or once for all (default: the β recorded "
+        "in the training_args.json next to the state file read)",
     )
     parser.add_argument(
         "--panel",
@@ -57,16 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    betas = ns.beta
+    """0 when PNGs were written, 1 when the runs have none of the plotted metrics, 2 (one line) on bad input."""
+    return exit_on_input_error("trl-ipo plot", lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    betas = [check_plot_beta(b, f"--beta {b!r}") for b in ns.beta] if ns.beta is not None else None
     if betas is not None and len(betas) == 1 and len(ns.run_dirs) > 1:
         betas = betas * len(ns.run_dirs)
-    try:
-        result = plot(ns.run_dirs, ns.out, labels=ns.label, betas=betas, panels=ns.panel)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"trl-ipo plot: {err}", file=sys.stderr)
-        return 2
+    result = plot(ns.run_dirs, ns.out, labels=ns.label, betas=betas, panels=ns.panel)
     for note in result.skipped:
         print(f"note: {note}", file=sys.stderr)
     if not result.files:

@@ -17,29 +17,67 @@ import json
 import random
 from pathlib import Path
 
-from ..cli import command_summary
+from ..cli import ArgumentParser, command_summary, require_at_least
+from ..errors import InputError, exit_on_input_error
 
 HELP = command_summary("tiny-model")
+PROG = "trl-ipo tiny-model"
+# Files whose presence means a folder already holds a model or tokenizer (not overwritten without --overwrite).
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "tokenizer.json",
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="trl-ipo tiny-model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", help="folder for the model and tokenizer (created)")
     p.add_argument("--hidden_size", type=int, default=32, help="hidden size (default %(default)s)")
     p.add_argument("--num_layers", type=int, default=2, help="decoder layers (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default %(default)s)")
     p.add_argument("--pairs", type=int, default=0, help="also write this many synthetic preference rows (default 0)")
     p.add_argument("--dataset", default=None, help="where the rows go (default OUT_DIR/pairs.jsonl)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model of an OUT_DIR that already holds one (default: refuse)",
+    )
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def check_args(args) -> None:
+    """Every flag, and OUT_DIR, before anything is written; errors name the flag and the value."""
     if args.hidden_size <= 0 or args.hidden_size % 4:
-        print(f"trl-ipo tiny-model: error: --hidden_size must be a positive multiple of 4, got {args.hidden_size}")
-        return 2
+        raise InputError(f"--hidden_size must be a positive multiple of 4, got {args.hidden_size}")
+    require_at_least("--num_layers", args.num_layers, 1)
+    require_at_least("--pairs", args.pairs, 0)
+    out = Path(args.out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"OUT_DIR {args.out_dir!r} is an existing file, not a folder")
+    held = [name for name in MODEL_FILES if (out / name).exists()]
+    if held and not args.overwrite:
+        raise InputError(
+            f"OUT_DIR {args.out_dir!r} already holds a model ({', '.join(held)}); pass --overwrite to replace it, or "
+            "choose another folder"
+        )
+    if args.dataset is not None and Path(args.dataset).expanduser().is_dir():
+        raise InputError(f"--dataset {args.dataset!r} is a folder; give the path of a .jsonl file")
+
+
+def main(argv: list[str]) -> int:
+    """0 on success; 2 (one line on stderr, nothing written) on bad input."""
+    return exit_on_input_error(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0)
+    check_args(args)
     from ..lab.tiny import build_tiny_model_folder, make_pairs
 
     out = build_tiny_model_folder(args.out_dir, args.hidden_size, args.num_layers, args.seed)

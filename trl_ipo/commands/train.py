@@ -21,8 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import datasets_io
-from ..cli import command_summary
+from .. import _compat, datasets_io
+from ..cli import check_repeated_flags, command_summary
 from ..datasets_io import (
     check_preference_columns,
     check_writable_folder,
@@ -31,6 +31,7 @@ from ..datasets_io import (
     select_split,
 )
 from ..errors import InputError, one_line, report
+from ..redact import MASK, is_secret_name, scrub_argv
 
 HELP = command_summary("train")
 
@@ -118,6 +119,7 @@ def parse_args(argv: Sequence[str], parser=None):
     so a typo is never hidden behind a later validation error.
     """
     parser = parser or make_parser()
+    check_repeated_flags(parser, list(argv))  # `--beta 0.1 --beta 0.9` is an error, not "the last one wins"
     argv = _resolve_deepspeed_flag(list(argv))
     config_path = _config_path(argv)
     known = _known_options(parser)
@@ -127,6 +129,8 @@ def parse_args(argv: Sequence[str], parser=None):
         if unknown_fields:
             raise InputError(_unknown(f"unknown fields in {config_path}", unknown_fields, known, dashes=""))
         _check_config_types(parser, values, config_path)
+        _check_field_types(parser, values, config_path)
+    _check_field_types(parser, _json_flags(argv), None)
     command_line = list(argv)
     if config_path is not None:
         at = command_line.index("--config")
@@ -148,15 +152,46 @@ def parse_args(argv: Sequence[str], parser=None):
     return tuple(parsed)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a run's YAML is a few KiB; a larger file is refused unread
+
+
+def _yaml_loader():
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few lines of nested aliases expand to gigabytes
+    (the "billion laughs"), which would then be recorded in every training_args.json."""
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise InputError(
+                    f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not accepted; "
+                    "write the value out"
+                )
+            return super().compose_node(parent, index)
+
+    return _NoAliasLoader
+
+
 def _read_config(config_path: str) -> dict:
     import yaml
 
     if not os.path.isfile(config_path):
         raise InputError(f"config file not found: {config_path!r}")
+    size = os.path.getsize(config_path)
+    if size > MAX_CONFIG_BYTES:
+        raise InputError(
+            f"config file {config_path!r} is {size} bytes, larger than the {MAX_CONFIG_BYTES // 1024} KiB a run "
+            "configuration may have (MAX_CONFIG_BYTES); not read"
+        )
     try:
-        with open(config_path) as f:
-            values = yaml.safe_load(f)
-    except yaml.YAMLError as err:
+        with open(config_path, encoding="utf-8") as f:
+            values = yaml.load(f, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except InputError as err:
+        raise InputError(f"config file {config_path!r}: {err}") from None
+    except RecursionError:
+        raise InputError(f"config file {config_path!r} nests too deeply") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(f"config file {config_path!r} is not valid YAML: {one_line(err)}") from None
     if not isinstance(values, dict):
         raise InputError(f"config file {config_path!r} must hold a YAML mapping of field: value")
@@ -187,6 +222,54 @@ def _check_config_types(parser, values: dict, config_path: str) -> None:
                 f"config file {config_path!r}: field {key!r} must be {expected}"
                 f"{' (one per list item)' if takes_list else ''}, got {type(element).__name__} {element!r}"
             )
+
+
+def _check_field_types(parser, values: dict, config_path: str | None) -> None:
+    """Every value against its field's annotation, at any depth (:mod:`trl_ipo.field_types`); ``env`` must map
+    names to text or numbers. The error names the field (``model_init_kwargs.dtype``) and the value (secrets
+    masked)."""
+    from ..field_types import Problem, field_hints, type_problem
+
+    hints = field_hints(parser.dataclass_types)
+    for key, value in values.items():
+        if key == "env":
+            bad = not isinstance(value, dict) or any(
+                not isinstance(k, str) or isinstance(v, (dict, list)) for k, v in value.items()
+            )
+            problem = Problem("env", "a mapping of variable names to text", value) if bad else None
+        elif key in hints:
+            problem = type_problem(key, hints[key], value)
+        else:
+            continue
+        if problem is not None:
+            shown = MASK if any(is_secret_name(part) for part in _path_parts(problem.path)) else problem.value
+            where = f"config file {config_path!r}: field {problem.path!r}" if config_path else f"--{problem.path}"
+            raise InputError(f"{where} must be {problem.expected}, got {type(problem.value).__name__} {_short(shown)}")
+
+
+def _path_parts(path: str) -> list[str]:
+    return [p for p in path.replace("[", ".").replace("]", "").split(".") if p]
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_flags(argv: list[str]) -> dict:
+    """``{field: text}`` of the ``--*_kwargs`` flags of a command line (JSON objects, checked like YAML values)."""
+    from ..field_types import is_json_kwargs_field
+
+    found = {}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        name = name[2:] if name.startswith("--") else ""
+        if is_json_kwargs_field(name):
+            if eq:
+                found[name] = value
+            elif i + 1 < len(argv):
+                found[name] = argv[i + 1]
+    return found
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -249,6 +332,64 @@ def check_chat_template(model_args, training_args, dataset) -> None:
 def check_output_dir(training_args) -> None:
     """The output folder exists or can be created, and a file can be written in it."""
     check_writable_folder(training_args.output_dir, "--output_dir")
+
+
+def check_not_the_model_folder(training_args, model_args) -> None:
+    """``--output_dir`` is not the base model's folder (after resolving links and ``~``): saving there would
+    overwrite the model being trained from."""
+    if is_local_reference(model_args.model_name_or_path or ""):
+        model = os.path.realpath(os.path.expanduser(model_args.model_name_or_path))
+        if os.path.realpath(os.path.expanduser(training_args.output_dir)) == model:
+            raise InputError(
+                f"--output_dir {training_args.output_dir!r} is the folder of --model_name_or_path "
+                f"{model_args.model_name_or_path!r}; saving there would overwrite the base model. Choose another "
+                "--output_dir"
+            )
+
+
+TORCH_DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16", "float64", "float", "half", "double")
+
+
+def check_model_init_kwargs(model_init_kwargs: dict, flag: str = "--model_init_kwargs") -> None:
+    """``dtype`` (or ``torch_dtype``) names a floating torch dtype or ``auto``; a flash-attention implementation is
+    installed and usable here. Each error names the key and the value."""
+    import torch
+
+    for key in ("dtype", "torch_dtype"):
+        value = model_init_kwargs.get(key)
+        if value is None or isinstance(value, torch.dtype):
+            continue
+        name = value.removeprefix("torch.") if isinstance(value, str) else None
+        if name not in TORCH_DTYPE_NAMES:
+            raise InputError(
+                f"{flag}: {key}={value!r} is not a dtype; use one of {list(TORCH_DTYPE_NAMES[:4])} (or leave it unset)"
+            )
+    check_attn_implementation(model_init_kwargs.get("attn_implementation"), f"{flag} attn_implementation")
+
+
+def check_attn_implementation(value, flag: str = "--attn_implementation") -> None:
+    """``flash_attention_2``/``_3`` need their package (and a CUDA GPU): say so before the model is loaded."""
+    if not isinstance(value, str) or not value.startswith("flash_attention_"):
+        return
+    from transformers import utils
+
+    available = getattr(utils, f"is_{value.replace('flash_attention_', 'flash_attn_')}_available", None)
+    if available is not None and not available():
+        package = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn 3"}.get(value, "flash-attn")
+        raise InputError(
+            f"{flag} {value!r}: it is not available here (it needs the {package} package and a supported CUDA "
+            "GPU); install it, or use 'sdpa' or 'eager'"
+        )
+
+
+def check_streaming_options(script_args, training_args) -> None:
+    """A stream cannot be read twice up front, which precomputing the reference log-probs needs."""
+    if script_args.dataset_streaming and training_args.precompute_ref_log_probs:
+        raise InputError(
+            "--dataset_streaming true cannot be combined with --precompute_ref_log_probs true: the reference "
+            "log-probs are precomputed over the whole dataset before training, which a stream does not allow; "
+            "drop one of them"
+        )
 
 
 def resolve_resume(training_args) -> None:
@@ -322,6 +463,16 @@ def load_datasets(script_args, training_args, dataset_args):
 
 def prepare(script_args, training_args, model_args, dataset_args):
     """Check the model and load the data; every input problem is raised here, before training."""
+    check_streaming_options(script_args, training_args)
+    check_not_the_model_folder(training_args, model_args)
+    check_attn_implementation(model_args.attn_implementation)
+    if training_args.model_init_kwargs is not None:
+        if not isinstance(training_args.model_init_kwargs, dict):
+            raise InputError(
+                "--model_init_kwargs must be a mapping (in a string: a JSON object), got "
+                f"{type(training_args.model_init_kwargs).__name__} {training_args.model_init_kwargs!r}"
+            )
+        check_model_init_kwargs(training_args.model_init_kwargs)
     check_model(model_args, training_args)
     resolve_resume(training_args)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, dataset_args)
@@ -370,9 +521,9 @@ def run(script_args, training_args, model_args, dataset_args, train_dataset=None
     if script_args.ignore_bias_buffers:
         import torch
 
-        trainer.model._ddp_params_and_buffers_to_ignore = [
-            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
-        ]
+        _compat.ddp_ignore(
+            trainer.model, [name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool]
+        )
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -403,6 +554,9 @@ def _model_name(training_args) -> str:
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Parse, check, train. Returns 0 on success, 2 on bad input (one line on stderr, no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # wandb records the process's command line (sys.argv) with the run: mask --hub_token and any other secret-named
+    # value there (also inside a JSON flag such as --model_init_kwargs) once it has been read.
+    sys.argv[:] = scrub_argv(sys.argv)
     try:
         args = parse_args(argv, make_parser(prog))
         datasets = prepare(*args)
