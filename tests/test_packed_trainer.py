@@ -306,9 +306,8 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
     )
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": tiny_dir, "data": str(data), "out": str(tmp_path / "out"), "args": args}))
-    job = Job(
-        "zero3", tmp_path, [deepspeed_two_ranks(REPO / "tests" / "workers" / "packed_ipo.py", spec)], launch_env()
-    )
+    worker = REPO / "tests" / "workers" / "packed_ipo.py"
+    job = Job("zero3", tmp_path, [deepspeed_two_ranks(worker, spec)], launch_env(), out=tmp_path / "out")
     try:
         single = IPOTrainer(  # meanwhile: one process, global batch, padded layout
             model=AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
