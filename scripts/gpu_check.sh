@@ -42,13 +42,13 @@ PY="${PYTHON:-python3}"
 # pickles any module found elsewhere (outside sys.prefix) by value, and fails on pyarrow's types.
 SITE=/tmp/trl_ipo_site/site-packages
 shopt -s nullglob
-WHEELS=(.whl/*.whl)
+WHEELS=("${TRL_IPO_WHEELS:-.whl}"/*.whl)  # TRL_IPO_WHEELS: another wheel folder (an empty one: no install)
 shopt -u nullglob
 if [[ ${#WHEELS[@]} -gt 0 ]]; then
     # Reinstalled only when the wheels changed (a rerun on the same machine skips the ~20 s install).
     STAMP="$(ls -l "${WHEELS[@]}" | md5sum | cut -c1-32)"
     if [[ ! -f "$SITE/.stamp" || "$(cat "$SITE/.stamp")" != "$STAMP" ]]; then
-        echo "gpu_check.sh: installing ${#WHEELS[@]} wheels from .whl/ into $SITE"
+        echo "gpu_check.sh: installing ${#WHEELS[@]} wheels from ${TRL_IPO_WHEELS:-.whl}/ into $SITE"
         rm -rf "$SITE"
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS[@]}"
         echo "$STAMP" > "$SITE/.stamp"
@@ -56,7 +56,7 @@ if [[ ${#WHEELS[@]} -gt 0 ]]; then
     export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
     export PATH="$SITE/bin:$PATH"
 else
-    echo "gpu_check.sh: no .whl/ folder: using the installed packages"
+    echo "gpu_check.sh: no wheels in ${TRL_IPO_WHEELS:-.whl}/: using the installed packages"
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
@@ -87,9 +87,10 @@ if off:
     print("gpu_check.sh: not the pinned versions: " + "; ".join(off))
 PYEOF
 
+# The whole run, install included, ends by START + 8 minutes (3 with --quick), less a margin for writing the files:
+# benchmark rows that would end later are skipped.
 if [[ $QUICK == 1 ]]; then TOTAL=180; else TOTAL=480; fi
-BUDGET=$(( TOTAL - ($(date +%s) - START) - 15 ))  # what the install left, less a margin for writing the files
-ARGS=(--out "$OUT" --device "$DEVICE" --budget-s "$BUDGET")
+ARGS=(--out "$OUT" --device "$DEVICE" --deadline "$(( START + TOTAL - 15 ))")
 [[ $QUICK == 1 ]] && ARGS+=(--quick)
 [[ $TINY == 1 ]] && ARGS+=(--tiny)
 set +e

@@ -21,13 +21,22 @@ def parse_args(argv=None) -> CheckConfig:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--tiny", action="store_true", help="the same checks on tiny models, a one-row benchmark")
     p.add_argument("--quick", action="store_true", help="checks 2-4 and one benchmark row")
-    p.add_argument("--budget-s", type=float, default=None, help="seconds this run may take (benchmark rows that "
-                   f"would not fit are skipped; default {FULL_BUDGET_S}, {QUICK_BUDGET_S} with --quick)")  # fmt: skip
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"seconds this run may take from its start (benchmark rows that would not fit are skipped; default "
+        f"{FULL_BUDGET_S}, {QUICK_BUDGET_S} with --quick)",
+    )
+    p.add_argument("--deadline", type=float, default=None, help="the same as a UNIX time (what gpu_check.sh passes)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (tiny models run fastest on one)")
     a = p.parse_args(argv)
     budget = a.budget_s if a.budget_s is not None else (QUICK_BUDGET_S if a.quick else FULL_BUDGET_S)
-    cfg = CheckConfig(device=a.device, tiny=a.tiny, quick=a.quick, out=Path(a.out), budget_s=budget, threads=a.threads)
+    deadline = a.deadline if a.deadline is not None else time.time() + budget
+    cfg = CheckConfig(
+        device=a.device, tiny=a.tiny, quick=a.quick, out=Path(a.out), deadline=deadline, threads=a.threads
+    )
     cfg.workdir = Path(a.workdir) if a.workdir else None
     return cfg
 
@@ -127,7 +136,7 @@ def main(argv=None) -> int:
         "checks": checks,
         **bench,
         "phases_s": phases,
-        "budget_s": cfg.budget_s,
+        "time_left_s": ctx.remaining(),
         "wall_s": time.perf_counter() - started,
         "cpu_s": (cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system)
         - (cpu0.user + cpu0.system + cpu0.children_user + cpu0.children_system),

@@ -37,7 +37,8 @@ class Context:
         return time.perf_counter() - self.started
 
     def remaining(self) -> float:
-        return self.cfg.budget_s - self.elapsed()
+        """Seconds until the run's deadline."""
+        return self.cfg.deadline - time.time()
 
 
 def probe_flex(device: str) -> str | None:
