@@ -97,11 +97,15 @@ def test_comparison_measures_see_a_difference():
     from benchmarks.gpucheck.report import entry
     from benchmarks.gpucheck.runs import Run, grads_diff, history_diff, rel_diff
 
-    a = Run([{"loss": 25.0, "ipo/delta": 0.5}], [{"w": torch.tensor([3.0, 4.0])}])
-    b = Run([{"loss": 25.0 * (1 + 2e-5), "ipo/delta": 0.5}], [{"w": torch.tensor([3.0, 4.0 + 5e-4])}])
+    grads_a = {"w": torch.tensor([3.0, 4.0]), "b": torch.tensor([1e-9])}
+    grads_b = {"w": torch.tensor([3.0, 4.0 + 5e-4]), "b": torch.tensor([-1e-9])}
+    a = Run([{"loss": 25.0, "ipo/delta": 0.5}], [grads_a])
+    b = Run([{"loss": 25.0 * (1 + 2e-5), "ipo/delta": 0.5}], [grads_b])
     loss, where = history_diff(a, b, keys=("loss",), floor=0.0)
     assert loss == pytest.approx(2e-5) and "loss" in where
-    assert grads_diff(a, b)[0] == pytest.approx(1e-4, rel=1e-3)  # ‖(0, 5e-4)‖ / ‖(3, 4)‖, in fp32
+    whole, where = grads_diff(a, b)
+    assert whole == pytest.approx(1e-4, rel=1e-3)  # ‖(0, 5e-4, 2e-9)‖ / ‖(3, 4, 1e-9)‖, in fp32
+    assert where.startswith("step 1 b: 2 ")  # the noise-only tensor is named, but is not the criterion
     assert history_diff(a, Run([{"loss": 25.0}]))[0] == math.inf  # a metric logged by one run only
     assert rel_diff(0.001, 0.002, floor=1.0) == pytest.approx(1e-3)  # small values: absolute difference
     assert entry("x", loss, 1e-5, "")["passed"] is False

@@ -80,8 +80,8 @@ def _compare(name, shape, attn, padded, packed, steps, data) -> dict:
     detail = (
         f"{shape.name}, {attn}, fp32, {steps} steps of {data.pairs} pairs: loss within {loss:.2g} (relative), "
         f"{keys} logged metrics within {metrics:.2g} (relative to max(|x|, 1); worst {where or '–'}), gradients "
-        f"within {grads:.2g} (relative L2 per tensor; worst {grad_where or '–'}); padded losses "
-        + ", ".join(f"{x:.6g}" for x in losses)
+        f"within {grads:.2g} (relative L2 of the whole gradient before each optimizer step; largest per tensor: "
+        f"{grad_where or '–'}); padded losses " + ", ".join(f"{x:.6g}" for x in losses)
     )
     if not moved:
         detail += "; FAILED: the loss did not change between steps"
@@ -95,7 +95,7 @@ def _compare_bf16(name, padded, packed) -> dict:
     worst = max(loss, metrics)
     detail = (
         f"bf16 weights, one step: loss within {loss:.2g}, metrics within {metrics:.2g} (worst {where or '–'}), "
-        f"gradients within {grads:.2g} relative L2 (worst {grad_where or '–'}). Tolerance {BF16_LAYOUT_RTOL} for "
+        f"gradients within {grads:.2g} relative L2 (largest per tensor: {grad_where or '–'}). Tolerance {BF16_LAYOUT_RTOL} for "
         f"loss and metrics, {BF16_GRAD_REL_L2} for gradients: bf16 keeps 8 bits of mantissa (relative step 2^-8 = "
         "0.4%), and the two layouts sum attention and matmuls over different row lengths, so each rounds differently"
     )
