@@ -15,6 +15,7 @@ checkpointing is not counted), over the measured GEMM rate ``gemm_tflops``.
 from __future__ import annotations
 
 import time
+import traceback
 
 from benchmarks.config import SHAPE_FLAGS, BenchConfig
 from benchmarks.device import Device
@@ -126,9 +127,15 @@ def run_bench(ctx) -> dict:
                 skipped.append({"model": shape.name, "workload": workload, "reason": reason})
                 continue
             started = time.perf_counter()
-            if base is None:
-                base = ctx.model(shape, keep=False)
-            group = _row(ctx, shape, base, workload, variants, device)
+            try:
+                if base is None:
+                    base = ctx.model(shape, keep=False)
+                group = _row(ctx, shape, base, workload, variants, device)
+            except Exception as err:  # noqa: BLE001  (recorded; the next rows still run)
+                traceback.print_exc()
+                skipped.append({"model": shape.name, "workload": workload, "reason": f"failed: {err!r}"[:1000]})
+                device.release()
+                continue
             rows += group["rows"]
             groups.append(group)
             last = 1.1 * (time.perf_counter() - started)

@@ -75,6 +75,11 @@ def main(argv=None) -> int:
         return 2
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
+    # transformers compiles flex attention once per process; every new mask function, shape or dtype recompiles it.
+    # The checks and the benchmark make a few dozen such variants: past dynamo's default limit of 8 recompiles it
+    # would fall back to eager flex attention, which materialises the full score matrix (slow, and out of memory
+    # for the 1.5B rows).
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     _quiet()
     from benchmarks.gpucheck.bench import run_bench
     from benchmarks.gpucheck.context import Context, device_name, versions

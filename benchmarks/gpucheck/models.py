@@ -45,8 +45,13 @@ def build(shape: ModelShape, tok, device: str, seed: int = 0):
         config = LlamaConfig(**common)
     elif shape.family == "gemma3":  # one sliding-window layer, then one global layer, ...
         layer_types = ["sliding_attention", "full_attention"] * (shape.layers // 2)
-        config = Gemma3TextConfig(
-            **common, head_dim=shape.hidden // shape.heads, sliding_window=shape.sliding_window, layer_types=layer_types
+        head_dim = shape.hidden // shape.heads
+        config = Gemma3TextConfig(  # scores scaled by head_dim^-½ as in the other families (one flex kernel for all)
+            **common,
+            head_dim=head_dim,
+            query_pre_attn_scalar=head_dim,
+            sliding_window=shape.sliding_window,
+            layer_types=layer_types,
         )
     else:
         raise ValueError(f"unknown model family {shape.family!r}")
