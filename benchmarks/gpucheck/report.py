@@ -80,10 +80,11 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {b['model']} | {b['workload']} | {b['variant']} | {b['attn']} | {b['step_s']:.3f} | "
             f"{b['samples_per_s']:.2f} | {b['tokens_per_s']:,.0f} | {_num(b['mfu'], '{:.3f}')} | "
-            f"{_num(b['peak_mem_gib'], '{:.2f}')} |"
+            f"{_num(b['peak_mem_gib'], '{:.3g}')} |"
         )
     for s in report.get("bench_skipped", []):
-        lines.append(f"| {s['model']} | {s['workload']} | {s.get('variant', 'all')} | – | skipped: {s['reason']} |")
+        variant, attn = s.get("variant", "all"), s.get("attn", "–")
+        lines.append(f"| {s['model']} | {s['workload']} | {variant} | {attn} | skipped: {s['reason']} |")
     lines += [
         "",
         "| model | workload | best packed | × B samples/s | target | memory ≤ B |",
