@@ -12,7 +12,7 @@ FP32_RTOL = 1e-5  # fp32 comparisons: losses, grad norms, gradients, metrics (se
 BF16_PARITY_RTOL = 1e-3  # IPOTrainer vs TRL's IPO in bf16 when not bit-identical (reason in the check's detail)
 BF16_LAYOUT_RTOL = 2e-2  # packed vs padded in bf16: loss and metrics; gradients by relative L2 distance
 BF16_GRAD_REL_L2 = 5e-2
-FULL_BUDGET_S = 480  # the whole run, install included (scripts/gpu_check.sh passes what is left to the driver)
+FULL_BUDGET_S = 480  # seconds for the whole run, install included (scripts/gpu_check.sh passes the deadline)
 QUICK_BUDGET_S = 180
 # samples/s of the best packed layout over TRL's IPO (B) on the largest bench model; peak memory at most B's.
 TARGETS = {"prompt-heavy": 1.3, "balanced": 1.15, "completion-heavy": 1.0}
