@@ -1,0 +1,3 @@
+from benchmarks.gpucheck.cli import main
+
+raise SystemExit(main())
