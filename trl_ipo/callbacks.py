@@ -32,7 +32,8 @@ from transformers import TrainerCallback
 from . import _compat
 from .config import ipo_setting_names
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS, ipo_regression, reduce_logps
-from .metrics import IPO_KEYS, ipo_statistics
+from .metric_keys import IPO_KEYS
+from .metrics import ipo_statistics
 from .validation import one_of
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ The ``ipo/*`` statistics of a batch (Azar et al. 2023 eq. 17: the loss regresses
 * ``ipo/wpo_weight``: mean WPO weight (``use_weighting`` only).
 
 :func:`ipo_statistics` is the one place they are computed; the offline and online trainers and the DPO margin
-recorder of :mod:`trl_ipo.callbacks` all call it. The key names are defined here once.
+recorder of :mod:`trl_ipo.callbacks` all call it. The key names are defined once, in :mod:`trl_ipo.metric_keys`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import _compat
-
-DELTA, TARGET, RESIDUAL, SQ_ERROR, WPO_WEIGHT = (
-    "ipo/delta",
-    "ipo/target",
-    "ipo/residual",
-    "ipo/sq_error",
-    "ipo/wpo_weight",
-)
-IPO_KEYS = (DELTA, TARGET, RESIDUAL, SQ_ERROR)
+from .metric_keys import DELTA, RESIDUAL, SQ_ERROR, TARGET, WPO_WEIGHT
 
 
 def ipo_statistics(margin: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> dict:

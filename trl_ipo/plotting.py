@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .metric_keys import DELTA, RESIDUAL, TARGET
 from .run_args import recorded_beta
 
 STATE_FILE = "trainer_state.json"
@@ -68,9 +69,9 @@ PANELS: tuple[Panel, ...] = (
         "margin.png",
         "Margin Δ (solid) vs its target (dashed)",
         "Δ",
-        (Curve("ipo/delta", "Δ"), Curve("ipo/target", "target", "--")),
+        (Curve(DELTA, "Δ"), Curve(TARGET, "target", "--")),
     ),
-    Panel("residual.png", "Residual Δ − target", "mean(Δ − target)", (Curve("ipo/residual", "residual"),)),
+    Panel("residual.png", "Residual Δ − target", "mean(Δ − target)", (Curve(RESIDUAL, "residual"),)),
     Panel("loss.png", "Loss", "loss", (Curve("loss", "loss"),)),
     Panel(
         "reward_accuracy.png",

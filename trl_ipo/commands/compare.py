@@ -28,6 +28,7 @@ from pathlib import Path
 from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
 from ..datasets_io import check_writable_folder
 from ..errors import InputError, exit_on_input_error
+from ..metric_keys import DELTA, TARGET
 
 HELP = command_summary("compare")
 PROG = "trl-ipo compare"
@@ -209,8 +210,8 @@ def _run_compare(args) -> dict:
             "label": METHOD_LABELS[method],
             "accuracy": metrics.get("eval_rewards/accuracies"),
             "delta": metrics["eval_rewards/margins"] / args.beta if "eval_rewards/margins" in metrics else None,
-            "ipo_delta": metrics.get("eval_ipo/delta"),
-            "target": metrics.get("eval_ipo/target"),
+            "ipo_delta": metrics.get(f"eval_{DELTA}"),
+            "target": metrics.get(f"eval_{TARGET}"),
             "kl": callback.history[-1]["kl"],
             "kl_stderr": callback.history[-1]["kl_stderr"],
             "train_s": train_s,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
 from ..errors import InputError, exit_on_input_error
+from ..metric_keys import DELTA, RESIDUAL, TARGET
 
 HELP = command_summary("example")
 PROG = "trl-ipo example"
@@ -102,7 +103,7 @@ def _main(argv: list[str]) -> int:
     trainer.save_model(str(out))
     trainer.state.save_to_json(str(out / "trainer_state.json"))
 
-    rows = [h for h in trainer.state.log_history if "ipo/delta" in h]
+    rows = [h for h in trainer.state.log_history if DELTA in h]
     print(f"\n{'step':>5} {'loss':>9} {'Δ (margin)':>11} {'target t/β':>11} {'residual':>9}")
     for h in rows:
         print(
@@ -115,9 +116,9 @@ def _main(argv: list[str]) -> int:
         "first_train_loss": rows[0]["loss"] if rows else None,
         "final_train_loss": rows[-1]["loss"] if rows else None,
         "eval_loss": final["eval_loss"],
-        "eval_ipo_delta": final["eval_ipo/delta"],
-        "eval_ipo_target": final["eval_ipo/target"],
-        "eval_ipo_residual": final["eval_ipo/residual"],
+        "eval_ipo_delta": final[f"eval_{DELTA}"],
+        "eval_ipo_target": final[f"eval_{TARGET}"],
+        "eval_ipo_residual": final[f"eval_{RESIDUAL}"],
         "dropped_rows": trainer.dropped_rows,
         "wall_seconds": round(time.time() - started, 1),
     }

@@ -40,7 +40,8 @@ with suppress_experimental_warning():  # a deliberate, pinned dependency (trl 1.
 from .. import _compat
 from ..config import config_values, default_output_dir
 from ..losses import ipo_regression, reduce_logps
-from ..metrics import IPO_KEYS, ipo_statistics
+from ..metric_keys import IPO_KEYS
+from ..metrics import ipo_statistics
 from ..run_args import save_args_record
 from .config import OnlineIPOConfig
 from .judges import combine_rewards, preference_from_judge, preference_from_rewards, reward_values
