@@ -13,6 +13,7 @@ from .errors import InputError
 from .launch import check_launch, prepare_launch
 from .losses import LOGP_REDUCTIONS, LOSS_FORMS
 from .redact import redact, redact_state
+from .validation import one_of, parse_bool
 
 SUPPORTED_LOSS_TYPES = ("ipo", "sft")
 # Real-valued IPO fields stored as float once validated (a scalar, or a list of them: per-epoch β, loss weights).
@@ -163,16 +164,6 @@ class IPOConfig(IPOLossArguments, DPOConfig):
                 setattr(self, name, parse_bool(f"IPOConfig.{name}", getattr(self, name)))
 
 
-def parse_bool(name: str, value: str) -> bool:
-    """'true'/'false' (any case), '1'/'0', 'yes'/'no' → bool; anything else is an error naming the field."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise InputError(f"{name} must be true or false, got {value!r}.")
-
-
 # ------------------------------------------------------------------------------------------------ value checks
 def as_float(value):
     """A real number that is not a bool or a float (``Fraction(1, 10)``, ``numpy.float32``, ``2``) as a float; each
@@ -217,9 +208,7 @@ def check_beta(name: str, beta, per_epoch_list: bool = False) -> None:
 def check_ipo_loss_values(config, name: str) -> None:
     """Type and range of the fields every IPO config shares (offline and online); errors name the field."""
     for field_name, choices in (("loss_form", LOSS_FORMS), ("logp_reduction", LOGP_REDUCTIONS)):
-        value = getattr(config, field_name)
-        if not isinstance(value, str) or value not in choices:
-            raise InputError(f"{name}.{field_name} must be one of {list(choices)}, got {value!r}.")
+        one_of(f"{name}.{field_name}", getattr(config, field_name), choices)
     if not isinstance(config.symmetric, bool):
         raise InputError(f"{name}.symmetric must be true or false, got {_described(config.symmetric)}.")
     online = not isinstance(config, DPOConfig)

@@ -20,6 +20,7 @@ import numbers
 import warnings
 
 from .errors import InputError
+from .validation import parse_bool
 
 IMPLEMENTED, REDEFINED, REFUSED, IGNORED = "implemented", "redefined", "refused", "ignored (warning)"
 
@@ -124,10 +125,7 @@ def resolve_bf16(config) -> None:
         config.bf16 = not config.fp16 and bf16_supported(config.use_cpu)
         return
     if isinstance(config.bf16, str):  # from YAML/CLI strings
-        lowered = config.bf16.strip().lower()
-        if lowered not in ("true", "1", "yes", "false", "0", "no"):
-            raise InputError(f"{name}.bf16 must be true or false, got {config.bf16!r}.")
-        config.bf16 = lowered in ("true", "1", "yes")
+        config.bf16 = parse_bool(f"{name}.bf16", config.bf16)
     if config.bf16 and not config.use_cpu and not bf16_supported(False):
         raise InputError(
             f"{name}.bf16=True, but this machine has no GPU with bf16 support. Set bf16=False (`--bf16 false`, "

@@ -15,6 +15,7 @@ from ..config import IPOLossArguments
 from ..dpo_fields import BF16_HELP, apply_field_decisions
 from ..errors import InputError
 from ..launch import check_launch, prepare_launch
+from ..validation import one_of
 from .judges import REWARD_TO_PREFERENCE
 
 
@@ -106,11 +107,7 @@ class OnlineIPOConfig(IPOLossArguments, OnlineDPOConfig):
                 f"OnlineIPOConfig.mixture_coef (λ) must be in [0, 1] (0 = online IPO, λ > 0 = IPO-MD), "
                 f"got {self.mixture_coef!r}."
             )
-        if self.reward_to_preference not in REWARD_TO_PREFERENCE:
-            raise ValueError(
-                f"OnlineIPOConfig.reward_to_preference must be one of {list(REWARD_TO_PREFERENCE)}, "
-                f"got {self.reward_to_preference!r}."
-            )
+        one_of("OnlineIPOConfig.reward_to_preference", self.reward_to_preference, REWARD_TO_PREFERENCE)
         if not self.bradley_terry_temperature > 0:
             raise ValueError(
                 f"OnlineIPOConfig.bradley_terry_temperature must be > 0, got {self.bradley_terry_temperature!r}."

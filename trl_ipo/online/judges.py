@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import InputError
+from ..validation import one_of
 
 REWARD_TO_PREFERENCE = ("hard", "bradley_terry")
 
@@ -44,8 +45,7 @@ def preference_from_rewards(
     rewards_a: torch.Tensor, rewards_b: torch.Tensor, mode: str = "hard", temperature: float = 1.0
 ) -> torch.Tensor:
     """q per pair from two rewards: hard labels (exact ties → ½) or Bradley–Terry σ((r_a − r_b)/T)."""
-    if mode not in REWARD_TO_PREFERENCE:
-        raise ValueError(f"reward_to_preference must be one of {list(REWARD_TO_PREFERENCE)}, got {mode!r}")
+    one_of("reward_to_preference", mode, REWARD_TO_PREFERENCE)
     if not temperature > 0:
         raise ValueError(f"the Bradley–Terry temperature must be > 0, got {temperature!r}")
     rewards_a, rewards_b = rewards_a.float(), rewards_b.float()
