@@ -111,3 +111,18 @@ def test_identical_pairs_in_a_stream_are_warned(load_model, tokenizer, tmp_path)
         for w in caught
     )
     assert trainer.row_checks["train"].identical == [7]
+
+
+def test_drops_in_dataloader_workers_are_said_to_be_uncounted(load_model, tokenizer, tmp_path):
+    """Rows filtered in worker processes are counted there; the trainer says the count is unavailable instead of
+    reporting none."""
+    trainer = _trainer(
+        load_model, tokenizer, tmp_path, stream(ROWS), max_length=4, max_steps=2, dataloader_num_workers=1
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert trainer.dropped_rows == {}  # the workers' counts never reach this process
+    messages = [str(w.message) for w in caught]
+    assert not any("were dropped during training" in m for m in messages)
+    assert any("dataloader_num_workers=1 worker processes, so their count is unavailable" in m for m in messages)
