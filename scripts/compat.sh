@@ -27,6 +27,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY
     TOKENIZERS_PARALLELISM=false
 mkdir -p "$CACHE" "$RESULTS"
 start_all=$(date +%s)
+BASE_SECONDS=0
 
 quiet_pip() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
@@ -56,6 +57,7 @@ else
         quiet_pip "$BASE_PY" -m pip install -q "$(grep '^torch==' constraints.txt)"
         quiet_pip "$BASE_PY" -m pip install -q -c constraints.txt -r "$BASE/requirements.txt"
         touch "$BASE/.complete"
+        BASE_SECONDS=$(($(date +%s) - start_all))
     fi
 fi
 BASE_SITE=$("$BASE_PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
@@ -125,14 +127,14 @@ for pair in $PAIRS; do
 done
 
 # ------------------------------------------------------------------------------------------------ the matrix
-"$BASE_PY" - "$ROOT" "$RECORD" "$(($(date +%s) - start_all))" "${ROWS[@]}" <<'EOF'
+"$BASE_PY" - "$ROOT" "$RECORD" "$(($(date +%s) - start_all))" "$BASE_SECONDS" "${ROWS[@]}" <<'EOF'
 import json, platform, re, sys, xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
-root, record, total = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+root, record, total, base_seconds = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
 rows = []
-for spec in sys.argv[4:]:
+for spec in sys.argv[5:]:
     trl, tf, seconds, rc, xml, log = spec.split(" ")
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     failures = []
@@ -158,7 +160,8 @@ for r in rows:
     )
 table = "\n".join(lines)
 print(table)
-print(f"compat: {total} s in all")
+built = f", the base environment built in {base_seconds} s" if base_seconds else " (base environment reused)"
+print(f"compat: {total} s in all{built}")
 passed, failed = sum(r["passed"] for r in rows), sum(r["failed"] for r in rows)
 print(f"compat: {passed} passed, {failed} failed")
 if record:
@@ -172,6 +175,7 @@ if record:
         "constraints": [l for l in (root / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")],
         "test_selection": "pytest -m compat",
         "total_seconds": total,
+        "base_build_seconds": base_seconds,
         "pairs": rows,
     }
     out = root / "docs" / "assets" / "compat.json"
@@ -180,7 +184,7 @@ if record:
     page = root / "docs" / "install.md"
     text = page.read_text()
     start, end = "<!-- compat-matrix:start -->", "<!-- compat-matrix:end -->"
-    block = f"{start}\n{table}\n\n`bash scripts/compat.sh`, {stamp}, torch {torch.__version__}, {total} s in all.\n{end}"
+    block = f"{start}\n{table}\n\n`bash scripts/compat.sh`, {stamp}, torch {torch.__version__}, {total} s in all{built}.\n{end}"
     if start in text and end in text:
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
