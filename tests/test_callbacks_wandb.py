@@ -289,6 +289,7 @@ def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_
 
 
 # ---------------------------------------------------------------------------------------- stock DPOTrainer
+@pytest.mark.compat
 def test_callback_on_stock_dpo_trainer_measures_ipo_margins(tiny_dir, tokenizer, load_model, tmp_path):
     from trl import DPOConfig, DPOTrainer
 

@@ -42,6 +42,7 @@ def run_cli(argv, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ must hold 1
+@pytest.mark.compat
 def test_yaml_config_and_overrides_train_and_save_model_with_card(tiny_dir, data, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -132,6 +133,7 @@ def trl_dpo_yaml(tiny_dir, jsonl, out):
     )
 
 
+@pytest.mark.compat
 def test_trl_dpo_yaml_runs_unchanged(tiny_dir, data, tmp_path, capsys):
     from trl.scripts.dpo import make_parser as trl_dpo_parser
 
@@ -239,6 +241,7 @@ def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys
     assert "Traceback" not in err
 
 
+@pytest.mark.compat
 def test_bad_input_exit_status_without_traceback_in_a_real_process(tiny_dir, tmp_path):
     missing = tmp_path / "missing.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}

@@ -316,6 +316,7 @@ def test_marked_python_snippets_parse():
 
 
 # ------------------------------------------------------------------------------------ the DPOConfig field table
+@pytest.mark.compat
 def test_usage_lists_the_decision_for_every_dpo_config_field():
     """Every field DPOConfig adds to TrainingArguments has a decision, and docs/usage.md shows the same table."""
     import dataclasses

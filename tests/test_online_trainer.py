@@ -128,6 +128,7 @@ def assert_grads_close(got, expected, rtol=1e-5, atol=1e-5):
         torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol, msg=name)
 
 
+@pytest.mark.compat
 def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model, tokenizer, tmp_path):
     ours, our_grads = build(
         FixedOnlineIPO,

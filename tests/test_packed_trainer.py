@@ -89,6 +89,7 @@ LOSS_SETTINGS = {
 }
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("setting", list(LOSS_SETTINGS))
 def test_loss_gradients_and_metrics_equal_the_default_path(setting, load_model, tokenizer, tmp_path):
     _compare_step(load_model, tokenizer, ROWS, tmp_path, **LOSS_SETTINGS[setting])
@@ -223,6 +224,7 @@ def test_bf16_within_bf16_tolerance(load_model, tokenizer, tmp_path):
     _assert_metrics_equal(_last_metrics(base), _last_metrics(packed), rel=2e-2, abs_=2e-2)
 
 
+@pytest.mark.compat
 def test_moe_router_aux_loss_is_kept(tokenizer, tmp_path):
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 

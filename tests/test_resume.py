@@ -67,6 +67,7 @@ def _crashed_copy(full, dest):
     return dest
 
 
+@pytest.mark.compat
 def test_resume_true_skips_incomplete_checkpoint_and_is_exact(uninterrupted, load_model, tokenizer, tmp_path):
     full, losses, params, full_tokens = uninterrupted
     crashed = _crashed_copy(full, tmp_path / "crashed")

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds th
 ROWS = make_pairs(8, seed=1, preference=True)
 
 
+@pytest.mark.compat
 def test_defaults_match_trl_ipo_loss_grads_and_steps(load_model, tokenizer, tmp_path):
     ours = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "a")
     stock = build(DPOTrainer, DPOConfig, load_model, tokenizer, ROWS, tmp_path / "b", loss_type=["ipo"])
@@ -52,6 +53,7 @@ def _perturbed(trainer, scale=0.05):
     return trainer
 
 
+@pytest.mark.compat
 def test_metrics_and_sum_reduction_against_hand_logps(load_model, tokenizer, tmp_path):
     rows = ROWS[:4]
     beta = 0.5

@@ -51,6 +51,7 @@ def test_peft_lora_reference_is_adapter_disabled(load_model, tokenizer, tmp_path
     assert any(not torch.equal(after[n], p) for n, p in lora_before.items())  # adapter trained
 
 
+@pytest.mark.compat
 def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer, tmp_path, ipo):
     online = ipo("a", preference_column="q")
     pre = ipo(
@@ -168,6 +169,7 @@ def test_model_as_path_and_explicit_ref_model(tiny_dir, load_model, tokenizer, t
     assert _history(by_path) == pytest.approx(_history(explicit_ref), rel=1e-5)
 
 
+@pytest.mark.compat
 def test_ipo_plus_sft_matches_stock_trl(load_model, tokenizer, tmp_path, ipo):
     kw = dict(loss_type=["ipo", "sft"], loss_weights=[1.0, 0.3])
     ours = ipo("a", **kw)
