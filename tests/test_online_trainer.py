@@ -9,6 +9,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+from trl_ipo import _compat
 from trl_ipo.online import OnlineIPOConfig, OnlineIPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
@@ -45,8 +46,8 @@ def fixed_pairs(tokenizer, prompts, device, swap=False):
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    to = lambda t: t.to(device)  # noqa: E731
-    return to(enc["input_ids"].repeat(2, 1)), to(enc["attention_mask"].repeat(2, 1)), to(ids), to(mask), None
+    four = (enc["input_ids"].repeat(2, 1), enc["attention_mask"].repeat(2, 1), ids, mask)
+    return (*(t.to(device) for t in four), None)[: _compat.online_generate_outputs()]  # as many as TRL's _generate
 
 
 class FixedPairsMixin:

@@ -341,3 +341,11 @@ def online_generate(trainer, model, prompts):
 def online_tokenizer(trainer):
     """The tokenizer OnlineDPOTrainer keeps for generation (``_tokenizer``)."""
     return trainer._tokenizer
+
+
+def online_generate_outputs() -> int:
+    """How many values ``OnlineDPOTrainer._generate`` returns: 4 in trl 1.15.0, 5 in 1.16.0 (for overrides)."""
+    from packaging.version import Version
+    from trl import __version__
+
+    return 5 if Version(__version__) >= Version("1.16.0") else 4
