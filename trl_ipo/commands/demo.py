@@ -4,7 +4,7 @@ The claim under test (Azar et al. 2023, "A General Theoretical Paradigm to Under
 Preferences", §4.2 and §5): with deterministic preferences on a finite data set, DPO's margins grow without bound
 whatever β, so β does not hold the policy near π_ref, while IPO's margins settle at 1/(2β).
 
-Pipeline (each stage's numbers come from the runs; nothing is precomputed):
+Pipeline (each stage's numbers come from the runs; none is written in advance):
 
 1. π_ref: a tiny Qwen2 + BPE tokenizer built locally, fine-tuned with TRL's SFTTrainer on the lab language
    (:mod:`trl_ipo.lab.world.language`).
@@ -16,8 +16,9 @@ Pipeline (each stage's numbers come from the runs; nothing is precomputed):
    (:mod:`trl_ipo.lab.experiments.methods`); compared on one reward–KL frontier.
 4. Converged regime: a small subset of the same pairs, many epochs. DPO and IPO on a shared β sweep with the
    deterministic labels, and IPO with hard and soft labels on the noisy labels.
-5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.experiments.claims`); ``report.md``, PNG
-   plots and ``results.json`` in ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.experiments.report`).
+5. Claims computed from the runs, each with a verdict (:mod:`trl_ipo.lab.experiments.claims`) and its evidence in
+   words (:mod:`trl_ipo.lab.experiments.claim_text`); ``report.md``, PNG plots and ``results.json`` in
+   ``--output_dir``; the tables on the terminal (:mod:`trl_ipo.lab.experiments.demo_report`).
 
 Held-out measurements (:mod:`trl_ipo.lab.world.evaluate`): reward, win rate vs π_ref under v, KL(π‖π_ref), grammatical
 share, over training steps. Library output (warnings, per-dataset bars, weight-loading reports) goes to ``demo.log``
