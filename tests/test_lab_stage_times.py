@@ -95,3 +95,21 @@ def test_fused_lm_head_tiled_to_the_vocabulary_gives_the_same_bits_and_is_restor
         logits = model(input_ids=ids).logits[:, :-1].double()
     expected = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
     assert torch.allclose(tiled_logps.double(), expected, atol=1e-5)
+
+
+def test_the_recorded_demo_run_carries_its_stage_times_and_its_report_shows_them():
+    import json
+    from pathlib import Path
+
+    assets = Path(__file__).resolve().parents[1] / "docs" / "assets" / "demo"
+    results = json.loads((assets / "results.json").read_text())
+    timings = results["timings"]
+    stages = ["sft", "pairs", "evaluation", "budget", "rlhf", "converged", "report"]
+    assert list(timings) == [*stages, "total"]
+    for clock in ("wall_s", "cpu_s"):
+        assert timings["total"][clock] == pytest.approx(sum(timings[s][clock] for s in stages))
+    assert timings["total"]["cpu_s"] <= results["cpu_time_s"]
+    assert timings["evaluation"]["calls"] == 1 + sum(len(run["history"]) for run in results["runs"])
+    report = (assets / "report.md").read_text()
+    for row in timing_rows(timings):
+        assert f"| {row['stage']} | {row['wall_s']} | {row['cpu_s']} |" in report
