@@ -66,10 +66,9 @@ def test_timing_rows_round_to_a_tenth_of_a_second():
 
 @pytest.mark.slow
 def test_fused_lm_head_tiled_to_the_vocabulary_gives_the_same_bits_and_is_restored(load_model, tokenizer):
-    import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    from trl_ipo._compat import fused_lm_head_tile
+    from trl_ipo._compat import fused_lm_head_tile, fused_lm_head_tile_width
 
     model = load_model()
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
@@ -82,13 +81,13 @@ def test_fused_lm_head_tiled_to_the_vocabulary_gives_the_same_bits_and_is_restor
         out.log_probs.sum().backward()
         return out.log_probs.detach().clone(), model.lm_head.weight.grad.clone()
 
-    default = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
+    default = fused_lm_head_tile_width()
     assert default > vocab  # the whole vocabulary already fits in one (much wider) tile
     logps, grad = forward_backward()
     with fused_lm_head_tile(vocab):
-        assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == vocab
+        assert fused_lm_head_tile_width() == vocab
         tiled_logps, tiled_grad = forward_backward()
-    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == default
+    assert fused_lm_head_tile_width() == default
     assert torch.equal(logps, tiled_logps) and torch.equal(grad, tiled_grad)
     # An independent computation: log-softmax of the full logits at the next token.
     with torch.no_grad():

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import contextlib
 
+_TILE_CONSTANT = "_CHUNKED_LOGPROB_CHUNK_SIZE"
+
+
+def fused_lm_head_tile_width() -> int | None:
+    """The vocabulary columns per tile of TRL's fused LM head now (None where TRL has no such constant).
+
+    Reads ``trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE``; checked against TRL 1.15.0 and 1.16.0 (32768 in both).
+    """
+    from trl.trainer import utils
+
+    width = getattr(utils, _TILE_CONSTANT, None)
+    return width if isinstance(width, int) else None
+
 
 @contextlib.contextmanager
 def fused_lm_head_tile(width: int):
@@ -18,13 +31,12 @@ def fused_lm_head_tile(width: int):
     """
     from trl.trainer import utils
 
-    name = "_CHUNKED_LOGPROB_CHUNK_SIZE"
-    if not isinstance(getattr(utils, name, None), int) or width < 1:
+    before = fused_lm_head_tile_width()
+    if before is None or width < 1:
         yield
         return
-    before = getattr(utils, name)
-    setattr(utils, name, int(width))
+    setattr(utils, _TILE_CONSTANT, int(width))
     try:
         yield
     finally:
-        setattr(utils, name, before)
+        setattr(utils, _TILE_CONSTANT, before)
