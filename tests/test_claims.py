@@ -1,10 +1,12 @@
-"""The demo's claims and verdicts, checked against hand-made run records and independent computations."""
+"""The demo's claims, their verdicts and their evidence in words, checked against hand-made run records and
+independent computations."""
 
 import math
 
 import numpy as np
 import pytest
 
+from trl_ipo.lab.experiments import claim_text as T
 from trl_ipo.lab.experiments import claims as C
 
 STEPS = list(range(10, 1001, 10))
@@ -270,3 +272,93 @@ def test_soft_label_claim_needs_convergence_to_the_soft_target_and_less_drift():
     soft["target"] = 3.0  # the margin did not reach its target
     assert C.claim_soft_labels([hard, soft])["holds"] is False
     assert C.claim_soft_labels([hard])["holds"] is None
+
+
+# ------------------------------------------------------------------------------------------- the claims in words
+def test_every_claim_has_a_formatter_and_missing_runs_read_no_runs():
+    assert set(T.FORMATTERS) == {c["id"] for c in C.evaluate_claims([])}
+    for claim in C.evaluate_claims([]):  # no runs at all: every claim's evidence is empty
+        assert T.claim_numbers(claim) == "no runs", claim["id"]
+    unknown = {"id": "a_later_claim", "statement": "s", "holds": None, "evidence": {"x": 1.5}}
+    assert T.claim_numbers(unknown) == '{"x": 1.5}'
+
+
+def test_margin_claims_in_words_with_hand_computed_numbers():
+    # IPO at β = 0.5 flat at Δ = 0.8 against its target 1: 20 % off, no trend; it does not hold.
+    # DPO at β = 0.1 on the line Δ = s/100: over the last quarter (steps 750…1000, mean 8.75) the line rises
+    # 2.5, +28.6 % of its level, with no residual; its end is 10.
+    runs = [
+        run("ipo", 0.5, [0.8] * len(STEPS), target=1.0, kl=1.0),
+        run("dpo", 0.1, [s / 100 for s in STEPS], kl=5.0),
+    ]
+    ipo, dpo = C.claim_ipo_converges(runs), C.claim_dpo_keeps_growing(runs)
+    assert ipo["holds"] is False and dpo["holds"] is True
+    assert T.claim_numbers(ipo) == "β=0.5: Δ 0.8 vs 1 (20.0% off), trend +0.0%"
+    assert T.claim_numbers(dpo) == "β=0.1: Δ 10 (IPO target 5), trend +28.6% ± 0.0%"
+
+
+def test_kl_claim_in_words_holds_and_does_not_hold():
+    holds = C.claim_kl_not_controlled(
+        kl_runs([(80.0, 6.0), (24.0, 3.0), (21.0, 2.0)], [(13.0, 1.0), (1.3, 0.2), (0.07, 0.1)])
+    )
+    assert holds["holds"] is True
+    # ratios 80/13, 24/1.3, 21/0.07; falls 13/0.1 (IPO's 0.07 floored at its s.e.) and 80/21
+    assert T.claim_numbers(holds) == (
+        "β=0.1: KL DPO 80 ± 6, IPO 13 ± 1 (ratio 6.15); β=0.5: KL DPO 24 ± 3, IPO 1.3 ± 0.2 (ratio 18.5); "
+        "β=1: KL DPO 21 ± 2, IPO 0.07 ± 0.1 (ratio 300); KL(β_min)/KL(β_max): IPO 130×, DPO 3.81×"
+    )
+    fails = C.claim_kl_not_controlled(kl_runs([(80.0, 6.0), (0.5, 0.05)], [(13.0, 1.0), (0.3, 0.05)], (0.1, 1.0)))
+    assert fails["holds"] is False  # β cuts DPO's KL 160-fold, IPO's 43-fold
+    assert T.claim_numbers(fails) == (
+        "β=0.1: KL DPO 80 ± 6, IPO 13 ± 1 (ratio 6.15); β=1: KL DPO 0.5 ± 0.05, IPO 0.3 ± 0.05 (ratio 1.67); "
+        "KL(β_min)/KL(β_max): IPO 43.3×, DPO 160×"
+    )
+    one_beta = C.claim_kl_not_controlled(kl_runs([(80.0, 6.0)], [(13.0, 1.0)], betas=(0.1,)))
+    assert T.claim_numbers(one_beta) == "β=0.1: KL DPO 80 ± 6, IPO 13 ± 1 (ratio 6.15)"  # no fall factors
+
+
+def test_drift_cost_claim_in_words_and_its_row_when_it_does_not_hold():
+    runs = kl_runs([(21.0, 2.0)], [(0.6, 0.1)], betas=(1.0,))
+    runs[0]["history"][-1].update(reward=0.1, reward_stderr=0.03, grammatical=0.25)
+    runs[1]["history"][-1].update(reward=-0.2, reward_stderr=0.04, grammatical=0.8)
+    claim = C.claim_drift_costs(runs)
+    assert claim["holds"] is False  # DPO ahead by 0.3 with s.e. √(0.03² + 0.04²) = 0.05
+    text = "β=1: reward DPO 0.100, IPO -0.200 (± 0.05); grammatical DPO 0.25, IPO 0.80"
+    assert T.claim_numbers(claim) == text
+    assert T.claim_rows([claim]) == [
+        {"number": "1", "statement": claim["statement"], "numbers": text, "verdict": "**does not hold**"}
+    ]
+    assert T.claim_lines([claim]) == [f"  1. [does not hold] {claim['statement']}", f"     {text}"]
+
+
+def test_frontier_claim_in_words_lists_the_line_the_residuals_and_the_runs_that_left():
+    reference = {"reward": 0.0, "reward_stderr": 0.02}
+    # Points (0, 0), (1, 0.1), (2, 0.2) and (1, 0.1): the line reward = 0 + 0.1·KL, every residual 0.
+    runs = [
+        budget_run("dpo", 0.1, 2.0, 0.2, se=0.05),
+        budget_run("ipo", 0.1, 1.0, 0.1, se=0.04),
+        budget_run("ipo", 0.5, 1.0, 0.1, se=0.04),
+        budget_run("rlhf", 0.1, 8.5, -1.5, grammatical=0.0),
+    ]
+    claim = C.claim_one_frontier(runs, reference)
+    assert claim["holds"] is True
+    assert T.claim_numbers(claim) == (
+        "line: reward = 0.000 + 0.100·KL; "
+        "dpo β=0.1 (deterministic): KL 2, reward 0.200, off the line by +0.000 (2 s.e. 0.100); "
+        "ipo β=0.1 (deterministic): KL 1, reward 0.100, off the line by +0.000 (2 s.e. 0.080); "
+        "ipo β=0.5 (deterministic): KL 1, reward 0.100, off the line by +0.000 (2 s.e. 0.080); "
+        "rlhf β=0.1 (deterministic) left the language (grammatical 0.00, KL 8.5)"
+    )
+    alone = C.claim_one_frontier(runs[:1], None)  # one method, one point: no line, not tested
+    assert alone["holds"] is None and T.claim_numbers(alone) == "no runs"
+
+
+def test_soft_label_claim_in_words_when_the_margin_missed_its_target():
+    hard = run("ipo", 0.1, [5.0] * len(STEPS), labels="noisy", target=5.0, kl=12.0, kl_se=1.0, reward=-1.2)
+    soft = run("ipo_soft", 0.1, [2.0] * len(STEPS), labels="noisy", target=2.5, kl=4.0, kl_se=0.5, reward=-0.5)
+    claim = C.claim_soft_labels([hard, soft])
+    assert claim["holds"] is False  # the soft margin 2 is 20 % below its target 2.5
+    assert T.claim_numbers(claim) == (
+        "β=0.1: soft Δ 2 vs target 2.5 (20.0% off), hard Δ 5 vs 5; KL soft 4 ± 0.5, hard 12 ± 1; "
+        "reward soft -0.500, hard -1.200"
+    )

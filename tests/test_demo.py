@@ -259,6 +259,23 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
         assert noise not in printed + captured.err, noise
     assert "{'loss'" in (out / "demo.log").read_text()
     assert results["wall_time_s"] > 0 and results["environment"]["torch_threads"] == 1
+    # Per-stage wall and CPU times, each second charged to one stage: evaluations inside the trainings included.
+    timings = results["timings"]
+    stages = ["sft", "pairs", "evaluation", "budget", "rlhf", "converged", "report"]
+    assert list(timings) == [*stages, "total"]
+    for clock in ("wall_s", "cpu_s"):
+        assert all(timings[s][clock] >= 0 for s in stages)
+        assert timings["total"][clock] == pytest.approx(sum(timings[s][clock] for s in stages))
+    assert timings["total"]["cpu_s"] <= results["cpu_time_s"] + 1e-6
+    assert timings["total"]["wall_s"] <= results["wall_time_s"] + 1e-6
+    # One evaluation of π_ref, then one per point of every run's history; one training stage entry per run.
+    assert timings["evaluation"]["calls"] == 1 + sum(len(run["history"]) for run in runs)
+    calls = {s: sum(r["regime"] == s and r["method"] != "rlhf" for r in runs) for s in ("budget", "converged")}
+    assert (
+        (timings["budget"]["calls"], timings["converged"]["calls"]) == (calls["budget"], calls["converged"]) == (2, 6)
+    )
+    assert timings["rlhf"]["calls"] == 1 and timings["sft"]["calls"] == 1
+    assert "## Time per stage" in report and "| evaluation |" in report
 
 
 @pytest.mark.parametrize(
