@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import cpu_args, make_pairs
 from datasets import Dataset
-from trainer_utils import build, full_batch, loss_and_grads
+from trainer_utils import build, full_batch, loss_and_grads, tiny_moe_loader
 
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.packed import VERIFIED_MODEL_TYPES, PackedPath, support
@@ -246,23 +246,9 @@ def test_a_batch_with_image_inputs_is_refused_by_name():
 def test_moe_config_naming_num_local_experts_trains_with_its_router_loss(tokenizer, tmp_path, layout):
     from transformers import GraniteMoeConfig, GraniteMoeForCausalLM
 
-    def load():
-        torch.manual_seed(0)
-        config = GraniteMoeConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            output_router_logits=True,
-            router_aux_loss_coef=0.1,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        return GraniteMoeForCausalLM(config)
+    load = tiny_moe_loader(
+        GraniteMoeConfig, GraniteMoeForCausalLM, tokenizer, intermediate_size=16, num_local_experts=4
+    )
 
     trainer = build(IPOTrainer, IPOConfig, load, tokenizer, ROWS, tmp_path, **layout)
     loss, _ = loss_and_grads(trainer)

@@ -12,7 +12,7 @@ import torch
 from conftest import WORDS, cpu_args, make_pairs
 from datasets import Dataset
 from launch import REPO, Job, deepspeed_two_ranks, launch_env, tiny_zero3_config
-from trainer_utils import build, loss_and_grads, params
+from trainer_utils import build, loss_and_grads, params, tiny_moe_loader
 
 from trl_ipo import IPOConfig, IPOTrainer
 
@@ -228,27 +228,17 @@ def test_bf16_within_bf16_tolerance(load_model, tokenizer, tmp_path):
 def test_moe_router_aux_loss_is_kept(tokenizer, tmp_path):
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    def load():
-        torch.manual_seed(0)
-        config = Qwen2MoeConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            moe_intermediate_size=16,
-            shared_expert_intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            num_experts=4,
-            num_experts_per_tok=2,
-            output_router_logits=True,
-            router_aux_loss_coef=0.1,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        return Qwen2MoeForCausalLM(config)
+    load = tiny_moe_loader(
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+        tokenizer,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        num_experts=4,
+    )
 
-    _compare_step(lambda: load(), tokenizer, ROWS, tmp_path, layouts=("SP",))
+    _compare_step(load, tokenizer, ROWS, tmp_path, layouts=("SP",))
 
 
 # --------------------------------------------------------------------------------------------------- refusals

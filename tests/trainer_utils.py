@@ -67,3 +67,27 @@ def hand_logps(model, tokenizer, prompt, completion):
     logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
     completion_logps = logprobs[len(prompt_ids) - 1 :]
     return completion_logps.sum().item(), len(completion_logps)
+
+
+def tiny_moe_loader(config_cls, model_cls, tokenizer, **experts):
+    """A loader of a seeded 2-layer MoE model with a router loss (coefficient 0.1); ``experts`` names the family's
+    expert fields (``num_experts`` or ``num_local_experts``, sizes)."""
+
+    def load():
+        torch.manual_seed(0)
+        config = config_cls(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            num_experts_per_tok=2,
+            output_router_logits=True,
+            router_aux_loss_coef=0.1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **experts,
+        )
+        return model_cls(config)
+
+    return load

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-__all__ = ["InputError", "one_line", "report", "exit_on_input_error"]
+__all__ = ["InputError", "one_line", "report", "exit_on_input_error", "run_parsed"]
 
 EXIT_USAGE = 2
 
@@ -37,3 +37,17 @@ def exit_on_input_error(prog: str, body: Callable[[], int | None]) -> int:
         return int(body() or 0)
     except InputError as err:
         return report(prog, err)
+
+
+def run_parsed(prog: str, parser, argv: list[str], body: Callable[..., int | None]) -> int:
+    """Parse ``argv`` with ``parser`` and run ``body(args)``: ``--help``'s exit status, ``body``'s (0 by default),
+    or :func:`report`'s one line and exit status 2 for an :class:`InputError`."""
+
+    def parsed_body():
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # --help
+            return int(exit_.code or 0)
+        return body(args)
+
+    return exit_on_input_error(prog, parsed_body)

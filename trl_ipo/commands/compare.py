@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
 from ..datasets_io import check_writable_folder
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError, run_parsed
 from ..metric_keys import DELTA, TARGET
 
 HELP = command_summary("compare")
@@ -305,13 +305,4 @@ def _parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     """Returns 0 on success, 2 on bad input (one line on stderr, nothing trained or written)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-    def body():
-        try:
-            args = _parser().parse_args(argv)
-        except SystemExit as exit_:  # --help
-            return int(exit_.code or 0)
-        run_compare(args)
-        return 0
-
-    return exit_on_input_error(PROG, body)
+    return run_parsed(PROG, _parser(), argv, lambda args: run_compare(args) and 0)

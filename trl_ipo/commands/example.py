@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..cli import ArgumentParser, command_summary, require_at_least, require_positive_real
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError, run_parsed
 from ..metric_keys import DELTA, RESIDUAL, TARGET
 
 HELP = command_summary("example")
@@ -50,14 +50,10 @@ def check_args(args) -> None:
 
 def main(argv: list[str]) -> int:
     """0 on success; 2 (one line on stderr) on bad input."""
-    return exit_on_input_error(PROG, lambda: _main(argv))
+    return run_parsed(PROG, _parser(), argv, _run)
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
+def _run(args) -> int:
     check_args(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from ..cli import ArgumentParser, command_summary
-from ..errors import exit_on_input_error
+from ..errors import run_parsed
 from ..plotting import PANELS, PlotResult, check_plot_beta, plot_runs
 
 HELP = command_summary("plot")
@@ -59,14 +59,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """0 when PNGs were written, 1 when the runs have none of the plotted metrics, 2 (one line) on bad input."""
-    return exit_on_input_error("trl-ipo plot", lambda: _main(argv))
+    return run_parsed("trl-ipo plot", build_parser(), argv, _run)
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        ns = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
+def _run(ns) -> int:
     betas = [check_plot_beta(b, f"--beta {b!r}") for b in ns.beta] if ns.beta is not None else None
     if betas is not None and len(betas) == 1 and len(ns.run_dirs) > 1:
         betas = betas * len(ns.run_dirs)

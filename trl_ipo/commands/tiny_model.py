@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from ..cli import ArgumentParser, command_summary, require_at_least
-from ..errors import InputError, exit_on_input_error
+from ..errors import InputError, run_parsed
 
 HELP = command_summary("tiny-model")
 PROG = "trl-ipo tiny-model"
@@ -69,14 +69,10 @@ def check_args(args) -> None:
 
 def main(argv: list[str]) -> int:
     """0 on success; 2 (one line on stderr, nothing written) on bad input."""
-    return exit_on_input_error(PROG, lambda: _main(argv))
+    return run_parsed(PROG, _parser(), argv, _run)
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
+def _run(args) -> int:
     check_args(args)
     from ..lab.tiny import build_tiny_model_folder, make_pairs
 

@@ -138,6 +138,23 @@ def call_with_timeout(function, args: tuple, timeout: float | None, what: str, n
     return outcome["value"]
 
 
+def _as_list(value, who: str, one_d: str, expected: str) -> list:
+    """A returned list, tuple or 1-D tensor/array as a list; anything else an :class:`InputError` saying what ``who``
+    returned and what it must return (``one_d`` for a tensor of the wrong rank, ``expected`` otherwise)."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+    if hasattr(value, "ndim") and hasattr(value, "tolist"):  # torch.Tensor, numpy.ndarray
+        if value.ndim != 1:
+            raise InputError(
+                f"{who} returned a {value.ndim}-D {type(value).__name__} of shape {tuple(value.shape)}; it must "
+                f"return {one_d}"
+            )
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{who} returned {type(value).__name__} {_short(value)}; it must return {expected}")
+    return value
+
+
 def judge_values(verdicts, num_pairs: int, name: str = "") -> list[float]:
     """The judge's output as one float per pair, or an error saying what was returned instead.
 
@@ -145,20 +162,12 @@ def judge_values(verdicts, num_pairs: int, name: str = "") -> list[float]:
     name: a mapping (its keys would be read as q), a string, a scalar, a nested or 2-D result, non-numbers.
     """
     judge = f"the judge {name}" if name else "the judge"
-    if hasattr(verdicts, "detach"):  # torch.Tensor
-        verdicts = verdicts.detach().cpu()
-    if hasattr(verdicts, "ndim") and hasattr(verdicts, "tolist"):  # torch.Tensor, numpy.ndarray
-        if verdicts.ndim != 1:
-            raise InputError(
-                f"{judge} returned a {verdicts.ndim}-D {type(verdicts).__name__} of shape {tuple(verdicts.shape)}; "
-                f"it must return one number per pair ({num_pairs} pairs), e.g. a list of floats"
-            )
-        verdicts = verdicts.tolist()
-    if not isinstance(verdicts, (list, tuple)):
-        raise InputError(
-            f"{judge} returned {type(verdicts).__name__} {_short(verdicts)}; it must return a list (or 1-D "
-            f"tensor/array) of {num_pairs} numbers, q = P(a ≻ b) per pair"
-        )
+    verdicts = _as_list(
+        verdicts,
+        judge,
+        f"one number per pair ({num_pairs} pairs), e.g. a list of floats",
+        f"a list (or 1-D tensor/array) of {num_pairs} numbers, q = P(a ≻ b) per pair",
+    )
     for i, value in enumerate(verdicts):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InputError(
@@ -178,20 +187,12 @@ def reward_values(name: str, output, num_completions: int) -> list[float]:
     Accepted: a list or tuple (or 1-D tensor/array) of ``num_completions`` real numbers or ``None``. Anything else is
     an :class:`InputError` naming the function and what it returned.
     """
-    if hasattr(output, "detach"):  # torch.Tensor
-        output = output.detach().cpu()
-    if hasattr(output, "ndim") and hasattr(output, "tolist"):  # torch.Tensor, numpy.ndarray
-        if output.ndim != 1:
-            raise InputError(
-                f"reward function {name} returned a {output.ndim}-D {type(output).__name__} of shape "
-                f"{tuple(output.shape)}; it must return one reward per completion ({num_completions} completions)"
-            )
-        output = output.tolist()
-    if not isinstance(output, (list, tuple)):
-        raise InputError(
-            f"reward function {name} returned {type(output).__name__} {_short(output)}; it must return a list of "
-            f"{num_completions} rewards (numbers, or None for a completion it does not score)"
-        )
+    output = _as_list(
+        output,
+        f"reward function {name}",
+        f"one reward per completion ({num_completions} completions)",
+        f"a list of {num_completions} rewards (numbers, or None for a completion it does not score)",
+    )
     if len(output) != num_completions:
         raise InputError(
             f"reward function {name} returned {len(output)} values for {num_completions} completions "
