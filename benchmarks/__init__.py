@@ -66,8 +66,8 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-from benchmarks.cli import main, parse_args  # noqa: E402  (after the environment defaults above)
-from benchmarks.config import (  # noqa: E402
+from benchmarks.cli import main, parse_args  # after the environment defaults above
+from benchmarks.config import (
     BYTE_VOCAB,
     CHARSET,
     MEMORY_VARIANTS,
@@ -80,9 +80,9 @@ from benchmarks.config import (  # noqa: E402
     BenchConfig,
     validate_config,
 )
-from benchmarks.report import render_markdown, render_shapes, shape_checks  # noqa: E402
-from benchmarks.timing import run_interleaved  # noqa: E402
-from benchmarks.workloads import (  # noqa: E402
+from benchmarks.report import render_markdown, render_shapes, shape_checks
+from benchmarks.timing import run_interleaved
+from benchmarks.workloads import (
     build_checkpoint,
     make_rows,
     make_shape_rows,

@@ -3,6 +3,7 @@ probes, name and peak FLOP/s)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import platform
@@ -61,10 +62,9 @@ class Device:
         if self.cuda:
             self.torch.cuda.empty_cache()
         else:
-            try:  # hand freed heap pages back, so the next variant starts from a clean level
+            # hand freed heap pages back, so the next variant starts from a clean level
+            with contextlib.suppress(OSError):
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except OSError:
-                pass
 
 
 def _proc_status_kb(key: str) -> int:

@@ -178,7 +178,10 @@ def print_table(report: dict) -> None:
 def render_markdown(report: dict) -> str:
     """The tables of docs/benchmarks.md, from a benchmark JSON."""
     memory = report.get("memory") or {}
-    mib = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
+
+    def mib(n_bytes: int) -> str:
+        return f"{n_bytes / 2**20:,.0f}"
+
     out = [
         "| variant | what | median step (s) | min–max (s) | iteration (s) | CPU s/step (system) | tokens/s "
         "| TFLOP/s | "
@@ -204,7 +207,10 @@ def render_markdown(report: dict) -> str:
         cells += [mib(mem["peak_bytes"]) if mem else "–", mib(mem["added_bytes"]) if mem else "–"]
         out.append("| " + " | ".join(cells) + " |")
     cpu_ratios = report.get("cpu_time_ratios") or {}
-    cpu = lambda k: f"{cpu_ratios[k]:.3f}" if cpu_ratios.get(k) is not None else "–"  # noqa: E731
+
+    def cpu(key: str) -> str:
+        return f"{cpu_ratios[key]:.3f}" if cpu_ratios.get(key) is not None else "–"
+
     out += ["", "| ratio | measured (wall) | on CPU time | target | |", "|---|---|---|---|---|"]
     for key, check in report["targets"].items():
         label = key.replace("_prime", "′")

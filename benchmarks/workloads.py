@@ -108,7 +108,10 @@ def shape_lengths(cfg: BenchConfig, shape: str) -> list[tuple[int, int, int]]:
 
 def make_shape_rows(cfg: BenchConfig, shape: str) -> list[dict]:
     rng = random.Random(cfg.seed + 17)
-    text = lambda k: "".join(rng.choices(CHARSET, k=k))  # noqa: E731  (one token per character)
+
+    def text(k: int) -> str:
+        return "".join(rng.choices(CHARSET, k=k))  # one token per character
+
     # TRL appends EOS to each completion: c - 1 characters make c tokens.
     return [
         {"prompt": text(p), "chosen": text(c - 1), "rejected": text(r - 1)} for p, c, r in shape_lengths(cfg, shape)
@@ -129,7 +132,10 @@ def shape_work(cfg: BenchConfig, shape: str, counts: dict) -> dict:
         shared.append(sum(rows) - sum(p for p, _, _ in batch))
         per_row = [(2.0 * counts["non_embedding_parameters"] + 4.0 * cfg.layers * cfg.hidden * r) * r for r in rows]
         flops.append(4.0 * sum(per_row))  # policy training pass (3 forwards) + reference forward
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
     return {
         "pairs": n,
         "real_tokens": mean(real),

@@ -15,7 +15,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.cli import main  # noqa: E402  (the repository root is on sys.path only now)
+from benchmarks.cli import main  # the repository root is on sys.path only now
 
 if __name__ == "__main__":
     sys.exit(main())

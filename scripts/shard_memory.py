@@ -24,32 +24,17 @@ from pathlib import Path
 for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}.items():
     os.environ.setdefault(_key, _value)
 
-WORDS = "the cat dog sat ran on a mat log red blue green big small happy sad sun moon tree bird".split()
-
-
-def _pairs(n: int, seed: int = 0) -> list[dict]:
-    import random
-
-    rng = random.Random(seed)
-
-    def sentence(lo, hi):
-        return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
-
-    return [
-        {"prompt": sentence(2, 5), "chosen": " " + sentence(1, 6), "rejected": " " + sentence(1, 6)} for _ in range(n)
-    ]
-
 
 def build(path: str, hidden_size: int, num_layers: int) -> None:
-    from trl_ipo.lab.tiny import build_tiny_checkpoint
+    from trl_ipo.lab.tiny import build_tiny_checkpoint, make_pairs
 
-    texts = [" ".join(row.values()) for row in _pairs(300, seed=123)]
+    texts = [" ".join(row.values()) for row in make_pairs(300, seed=123)]
     build_tiny_checkpoint(path, texts, hidden_size=hidden_size, num_layers=num_layers, num_heads=4)
     # File-backed pairs: with precompute_ref_log_probs the ranks share the dataset's cache folder, which an in-memory
     # dataset (a per-process temporary folder) would not give them.
     from datasets import Dataset
 
-    Dataset.from_list(_pairs(16)).save_to_disk(os.path.join(path, "pairs"))
+    Dataset.from_list(make_pairs(16)).save_to_disk(os.path.join(path, "pairs"))
     print(f"tiny model and pairs written to {path}")
 
 

@@ -285,10 +285,7 @@ class IPOMarginCallback(TrainerCallback):
         logs = logs or {}
         model = model if model is not None else self.trainer.model
         mode = "train" if model.training else "eval"
-        if self.recorder is not None:
-            pairs = self.recorder.take(mode)
-        else:
-            pairs = self.trainer.pairs_behind_log(mode)
+        pairs = self.recorder.take(mode) if self.recorder is not None else self.trainer.pairs_behind_log(mode)
         prefix = _metric_prefix(logs)
         if not pairs or prefix is None:
             return

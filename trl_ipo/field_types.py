@@ -104,7 +104,7 @@ def _check_mapping(value: dict, value_hint, path: str, depth: int) -> Problem | 
     return None
 
 
-def _check(hint, value, path: str, depth: int) -> Problem | None:  # noqa: PLR0911 (one return per kind of type)
+def _check(hint, value, path: str, depth: int) -> Problem | None:  # one return per kind of type
     if depth > MAX_DEPTH:
         return Problem(path, f"nested at most {MAX_DEPTH} levels deep", "...")
     if hint is Any:

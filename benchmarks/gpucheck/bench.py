@@ -131,7 +131,7 @@ def run_bench(ctx) -> dict:
                 if base is None:
                     base = ctx.model(shape, keep=False)
                 group = _row(ctx, shape, base, workload, variants, device)
-            except Exception as err:  # noqa: BLE001  (recorded; the next rows still run)
+            except Exception as err:  # recorded; the next rows still run
                 traceback.print_exc()
                 skipped.append({"model": shape.name, "workload": workload, "reason": f"failed: {err!r}"[:1000]})
                 device.release()

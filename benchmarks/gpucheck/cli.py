@@ -58,7 +58,7 @@ def _guarded(name, fn, *args):
     try:
         out = fn(*args)
         return out if isinstance(out, list) else [out]
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         import traceback
 
         traceback.print_exc()
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             result = run_bench(ctx)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             import traceback
 
             traceback.print_exc()

@@ -43,13 +43,13 @@ def layout_checks(ctx) -> list[dict]:
                 continue
             try:
                 padded = run(shape, attn, "float32", steps, {}, "padded")
-            except Exception as err:  # noqa: BLE001  (reported in the check, the run goes on)
+            except Exception as err:  # reported in the check, the run goes on
                 results += [failed(n, err) for n in names]
                 continue
             for name, layout in zip(names, LAYOUTS, strict=True):
                 try:
                     packed = run(shape, attn, "float32", steps, LAYOUTS[layout], layout)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:
                     results.append(failed(name, err))
                     continue
                 results.append(_compare(name, shape, attn, padded, packed, steps, data))
@@ -62,7 +62,7 @@ def layout_checks(ctx) -> list[dict]:
             shape = cfg.layout_models[0]
             padded = run(shape, attn, "bfloat16", 1, {}, "padded")
             packed = run(shape, attn, "bfloat16", 1, LAYOUTS["SP"], "SP")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             results.append(failed(name, err))
             continue
         results.append(_compare_bf16(name, padded, packed))

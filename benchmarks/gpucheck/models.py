@@ -57,8 +57,7 @@ def build(shape: ModelShape, tok, device: str, seed: int = 0):
         raise ValueError(f"unknown model family {shape.family!r}")
     torch.manual_seed(seed)
     with torch.device(device):  # random init where the model will run (fast for the 1.5B shape on a GPU)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def copies(base, dtype: str, attn: str, perturb: bool = True):

@@ -74,7 +74,7 @@ class Zero3Job:
         try:
             singles = self._single_runs()
             code = self.proc.wait(timeout=JOB_LIMIT_S)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.stop()
             return [failed(n, err) for n in names]
         records_path = self.root / "out" / "rank0.json"

@@ -186,7 +186,7 @@ def _read_config(config_path: str) -> dict:
         )
     try:
         with open(config_path, encoding="utf-8") as f:
-            values = yaml.load(f, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+            values = yaml.load(f, Loader=_yaml_loader())  # a SafeLoader subclass
     except InputError as err:
         raise InputError(f"config file {config_path!r}: {err}") from None
     except RecursionError:

@@ -7,7 +7,28 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-WORDS = "the cat dog sat ran on a mat log red blue green big small happy sad sun moon tree bird".split()
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "a",
+    "mat",
+    "log",
+    "red",
+    "blue",
+    "green",
+    "big",
+    "small",
+    "happy",
+    "sad",
+    "sun",
+    "moon",
+    "tree",
+    "bird",
+]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 

@@ -121,7 +121,7 @@ def call_with_timeout(function, args: tuple, timeout: float | None, what: str, n
     def work():
         try:
             outcome["value"] = function(*args)
-        except BaseException as err:  # noqa: BLE001 — handed to the calling thread
+        except BaseException as err:  # handed to the calling thread
             outcome["error"] = err
 
     worker = threading.Thread(target=work, name="trl_ipo-judge", daemon=True)

@@ -120,9 +120,13 @@ class OnlineIPOTrainer(OnlineDPOTrainer):
         if eval_dataset is not None:
             raise ValueError("OnlineIPOTrainer has no evaluation loop: pass eval_dataset=None.")
         _validate_prompt_dataset(train_dataset)
-        if ref_model is None and peft_config is None and is_deepspeed_zero3_enabled():
-            if isinstance(model, str) or not is_peft_model(model):
-                ref_model = _load_sharded_reference(model, args)
+        if (
+            ref_model is None
+            and peft_config is None
+            and is_deepspeed_zero3_enabled()
+            and (isinstance(model, str) or not is_peft_model(model))
+        ):
+            ref_model = _load_sharded_reference(model, args)
 
         self.judge = judge
         super().__init__(

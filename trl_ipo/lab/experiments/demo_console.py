@@ -20,7 +20,8 @@ class Console:
     def __init__(self, log_path: Path, progress: bool):
         self.progress = progress
         self.terminal, self.terminal_err = sys.stdout, sys.stderr
-        self.log = open(log_path, "w", buffering=1)
+        # Open for the console's whole life (every stage writes to it); closed by close().
+        self.log = open(log_path, "w", buffering=1)  # noqa: SIM115
 
     def say(self, message: str) -> None:
         if self.progress:

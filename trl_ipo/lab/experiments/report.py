@@ -79,7 +79,7 @@ def logged_target(log_history: Sequence[dict]) -> float | None:
 
 
 def _style(run: dict, index_in_method: int) -> dict:
-    color = METHOD_COLORS.get(run.get("method"), None)
+    color = METHOD_COLORS.get(run.get("method"))
     return dict(color=color, linestyle=LINESTYLES[index_in_method % len(LINESTYLES)])
 
 
