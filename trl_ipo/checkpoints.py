@@ -152,16 +152,32 @@ def _is_real_folder(path: Path) -> bool:
 
 def _check_marker(path: Path, info: CheckpointInfo) -> None:
     """Every file the marker lists is inside the folder with its recorded size and SHA-256 (see the module doc)."""
+    files = _read_marker(path, info)
+    if files is None:
+        return
+    to_hash = _check_marker_sizes(path, files, info)
+    if info.problems:
+        return
+    _check_marker_digests(to_hash, info)
+
+
+def _read_marker(path: Path, info: CheckpointInfo) -> dict | None:
+    """The marker's ``files`` mapping; None (with the problem noted) when it is unreadable or empty."""
     try:
         files = json.loads((path / MARKER).read_text())["files"]
         if not isinstance(files, dict):
             raise TypeError(files)
     except (OSError, ValueError, KeyError, TypeError):
         info.problems.append(f"{MARKER} is unreadable")
-        return
+        return None
     if not files:
         info.problems.append(f"{MARKER} lists no files")
-        return
+        return None
+    return files
+
+
+def _check_marker_sizes(path: Path, files: dict, info: CheckpointInfo) -> list[tuple[str, Path, str]]:
+    """Notes each listed file that is missing, outside the folder or of another size; returns those left to hash."""
     to_hash = []
     for name, entry in files.items():
         size, digest = _marker_entry(entry)
@@ -175,8 +191,11 @@ def _check_marker(path: Path, info: CheckpointInfo) -> None:
             info.problems.append(f"{name} has {found.st_size} bytes, {size} when saved")
         elif digest is not None:
             to_hash.append((name, file, digest))
-    if info.problems:
-        return
+    return to_hash
+
+
+def _check_marker_digests(to_hash: list[tuple[str, Path, str]], info: CheckpointInfo) -> None:
+    """Notes each file whose SHA-256 differs from the recorded one, or that cannot be read."""
     try:
         actual = sha256_many([file for _, file, _ in to_hash])
     except OSError as err:

@@ -157,41 +157,56 @@ def check_data_file(path: Path) -> None:
         raise InputError(f"Dataset file {str(path)!r} is empty.")
     if FILE_BUILDERS.get(path.suffix.lower()) != "json":
         return
-    if path.suffix.lower() == ".json":
-        try:
-            with open(path, encoding="utf-8") as f:
-                json.load(f)
-            return  # one JSON document (datasets reads its rows)
-        except json.JSONDecodeError as err:
-            if err.lineno == 1 or not _first_char(path) == "{":
-                raise InputError(
-                    f"Dataset file {str(path)!r}: line {err.lineno} is not valid JSON ({err.msg}, column {err.colno})."
-                ) from None
-        except UnicodeDecodeError as err:
-            raise InputError(f"Dataset file {str(path)!r} is not UTF-8 text ({err.reason}).") from None
-        # Several lines, each starting an object: JSON Lines under a .json name; checked line by line below.
+    if path.suffix.lower() == ".json" and _is_json_document(path):
+        return  # one JSON document (datasets reads its rows)
+    _check_json_lines(path)
+
+
+def _is_json_document(path: Path) -> bool:
+    """True when the ``.json`` file parses as one document; False when it reads as JSON Lines (several lines, each
+    starting an object), to be checked line by line; otherwise an error naming the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+        return True
+    except json.JSONDecodeError as err:
+        if err.lineno == 1 or not _first_char(path) == "{":
+            raise InputError(
+                f"Dataset file {str(path)!r}: line {err.lineno} is not valid JSON ({err.msg}, column {err.colno})."
+            ) from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"Dataset file {str(path)!r} is not UTF-8 text ({err.reason}).") from None
+    return False
+
+
+def _check_json_lines(path: Path) -> None:
+    """Each non-blank line is one JSON object, and there is at least one."""
     rows = 0
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(
-                        f"Dataset file {str(path)!r}: line {number} is not valid JSON ({err.msg}, column {err.colno})."
-                    ) from None
-                if not isinstance(row, dict):
-                    raise InputError(
-                        f"Dataset file {str(path)!r}: line {number} holds a JSON {type(row).__name__}; each line of a "
-                        "JSON Lines file must be one object (one row)."
-                    )
+                _check_json_line(path, number, line)
                 rows += 1
         except UnicodeDecodeError as err:
             raise InputError(f"Dataset file {str(path)!r} is not UTF-8 text ({err.reason}).") from None
     if rows == 0:
         raise InputError(f"Dataset file {str(path)!r} has no rows (only blank lines).")
+
+
+def _check_json_line(path: Path, number: int, line: str) -> None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"Dataset file {str(path)!r}: line {number} is not valid JSON ({err.msg}, column {err.colno})."
+        ) from None
+    if not isinstance(row, dict):
+        raise InputError(
+            f"Dataset file {str(path)!r}: line {number} holds a JSON {type(row).__name__}; each line of a "
+            "JSON Lines file must be one object (one row)."
+        )
 
 
 def check_writable_folder(folder: str, flag: str = "--output_dir") -> None:

@@ -104,59 +104,76 @@ def _check_mapping(value: dict, value_hint, path: str, depth: int) -> Problem | 
     return None
 
 
-def _check(hint, value, path: str, depth: int) -> Problem | None:  # one return per kind of type
+def _check(hint, value, path: str, depth: int) -> Problem | None:
+    """Dispatch on the kind of annotation: each kind has its own check below."""
     if depth > MAX_DEPTH:
         return Problem(path, f"nested at most {MAX_DEPTH} levels deep", "...")
     if hint is Any:
         return _plain(value, path, depth)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        problems = [_check(a, value, path, depth) for a in args]
-        if any(p is None for p in problems):
-            return None
-        deeper = [p for p in problems if p.path != path]  # a list or mapping that fits but for one inner value
-        return deeper[0] if deeper else Problem(path, _describe(hint), value)
+        return _check_union(hint, args, value, path, depth)
     if hint is type(None):
         return None if value is None else Problem(path, "null", value)
     if origin is typing.Literal:
         return None if value in args else Problem(path, _describe(hint), value)
     if hint in (bool, int, float) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-        if isinstance(value, str) or (
-            isinstance(hint, type) and isinstance(value, hint) and not _bool_for(hint, value)
-        ):
-            return None  # strings are converted and checked by argparse
-        if hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return None
-        if hint is int and isinstance(value, float) and value.is_integer():
-            return None
-        return Problem(path, _describe(hint), value)
+        return _check_scalar(hint, value, path)
     if hint is str:
         return None if isinstance(value, str) else Problem(path, "text", value)
     if origin is list or hint is list:
-        item_hint = args[0] if args else Any
-        if isinstance(value, str) and _check(item_hint, value, path, depth + 1) is None:
-            return None  # one item given alone (`loss_type: ipo`, `lora_target_modules: all-linear`), as TRL accepts
-        if not isinstance(value, list):
-            return Problem(path, "a list", value)
-        for i, item in enumerate(value):
-            problem = _check(item_hint, item, f"{path}[{i}]", depth + 1)
-            if problem:
-                return problem
-        return None
+        return _check_list(args[0] if args else Any, value, path, depth)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             return Problem(path, "a mapping", value)
         return _check_mapping(value, args[1] if len(args) == 2 else Any, path, depth)
     if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            return None if isinstance(value, hint) else Problem(path, "a mapping", value)
-        hints = field_hints([hint])
-        for key, item in value.items():
-            problem = _check(hints.get(key, Any), item, f"{path}.{key}", depth + 1)
-            if problem:
-                return problem
-        return None
+        return _check_dataclass(hint, value, path, depth)
     return None  # an annotation this check does not model: the dataclass judges the value
+
+
+def _check_union(hint, args, value, path: str, depth: int) -> Problem | None:
+    """Fits when any member fits; otherwise the deepest story: a member that fits but for one inner value."""
+    problems = [_check(a, value, path, depth) for a in args]
+    if any(p is None for p in problems):
+        return None
+    deeper = [p for p in problems if p.path != path]  # a list or mapping that fits but for one inner value
+    return deeper[0] if deeper else Problem(path, _describe(hint), value)
+
+
+def _check_scalar(hint, value, path: str) -> Problem | None:
+    """``bool``, ``int``, ``float`` or an enumeration."""
+    if isinstance(value, str) or (isinstance(hint, type) and isinstance(value, hint) and not _bool_for(hint, value)):
+        return None  # strings are converted and checked by argparse
+    if hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return None
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return None
+    return Problem(path, _describe(hint), value)
+
+
+def _check_list(item_hint, value, path: str, depth: int) -> Problem | None:
+    if isinstance(value, str) and _check(item_hint, value, path, depth + 1) is None:
+        return None  # one item given alone (`loss_type: ipo`, `lora_target_modules: all-linear`), as TRL accepts
+    if not isinstance(value, list):
+        return Problem(path, "a list", value)
+    for i, item in enumerate(value):
+        problem = _check(item_hint, item, f"{path}[{i}]", depth + 1)
+        if problem:
+            return problem
+    return None
+
+
+def _check_dataclass(hint, value, path: str, depth: int) -> Problem | None:
+    """A nested dataclass given as a mapping of its fields (or as an instance)."""
+    if not isinstance(value, dict):
+        return None if isinstance(value, hint) else Problem(path, "a mapping", value)
+    hints = field_hints([hint])
+    for key, item in value.items():
+        problem = _check(hints.get(key, Any), item, f"{path}.{key}", depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 def _bool_for(hint, value) -> bool:

@@ -149,6 +149,13 @@ def read_log_history(state_file: str | Path) -> list[dict]:
     that is not a number (e.g. a list).
     """
     path = Path(state_file)
+    history = _log_history_of(path, _load_state_json(path))
+    _check_history_entries(path, history)
+    return history
+
+
+def _load_state_json(path: Path):
+    """The parsed JSON of a state file no larger than :data:`MAX_STATE_BYTES`; any failure is an InputError."""
     try:
         size = path.stat().st_size
         if size > MAX_STATE_BYTES:
@@ -166,6 +173,11 @@ def read_log_history(state_file: str | Path) -> list[dict]:
         raise InputError(f"{path} is not a JSON file: {err}") from None
     except OSError as err:
         raise InputError(f"{path} cannot be read: {err.strerror or err}") from None
+    return state
+
+
+def _log_history_of(path: Path, state) -> list:
+    """The ``log_history`` list of a parsed state (a mapping that has one)."""
     if not isinstance(state, dict):
         raise InputError(f"{path} holds a JSON {type(state).__name__}, not a Trainer state (a mapping).")
     if "log_history" not in state:
@@ -173,6 +185,11 @@ def read_log_history(state_file: str | Path) -> list[dict]:
     history = state["log_history"]
     if not isinstance(history, list):
         raise InputError(f"{path}: log_history must be a list of log entries, got a {type(history).__name__}.")
+    return history
+
+
+def _check_history_entries(path: Path, history: list) -> None:
+    """Each entry is a mapping whose ``step`` and plotted metrics, where present, are numbers."""
     keys = {"step"} | {c.key for p in PANELS for c in p.curves} | {f"eval_{c.key}" for p in PANELS for c in p.curves}
     for i, entry in enumerate(history):
         if not isinstance(entry, dict):
@@ -186,7 +203,6 @@ def read_log_history(state_file: str | Path) -> list[dict]:
                     f"{path}: log_history entry {i}, key {key!r} must be a number, got {type(value).__name__} "
                     f"{_short(value)}."
                 )
-    return history
 
 
 def _short(value, limit: int = 60) -> str:
