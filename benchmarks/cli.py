@@ -112,11 +112,59 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape_memory_child:
         return memory_child_main(Path(args.shape_memory_child), shapes=True)
     if args.render:
-        report = json.loads(Path(args.render).read_text())
-        tables = (render_markdown(report) if report["variants"] else "", render_shapes(report))
-        print("\n\n".join(t for t in tables if t))
-        return 0
+        return _render(Path(args.render))
+    report = _measure(cfg, args, argv)
+    _write_report(report, args.out)
+    return 0
 
+
+def _render(path: Path) -> int:
+    """Print the markdown tables of a result JSON."""
+    report = json.loads(path.read_text())
+    tables = (render_markdown(report) if report["variants"] else "", render_shapes(report))
+    print("\n\n".join(t for t in tables if t))
+    return 0
+
+
+def _write_report(report: dict, out: str | None) -> None:
+    text = json.dumps(report, indent=2)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print_table(report)
+    print(text)
+
+
+class _MemoryChild:
+    """The memory child process, when the run measures memory: started first, told to go once the checkpoint is
+    built, and waited for just before the timing starts, so that nothing timed competes with it for the cores."""
+
+    def __init__(self, cfg: BenchConfig, workdir: Path):
+        self.process = self.result_path = self.memory = None
+        if cfg.memory and not cfg.only_shapes and any(n in MEMORY_VARIANTS for n in cfg.variants):
+            self.process, self.result_path = start_memory_child(cfg, workdir)
+
+    def go(self) -> None:
+        if self.process is not None:
+            self.process.stdin.write("go\n")
+            self.process.stdin.flush()
+
+    def wait(self) -> None:
+        """Wait for the child and read its result (once)."""
+        if self.process is not None:
+            if self.process.wait() != 0:
+                raise RuntimeError(f"memory child process failed with exit code {self.process.returncode}")
+            self.memory = json.loads(self.result_path.read_text())
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _measure(cfg: BenchConfig, args: argparse.Namespace, argv: list[str]) -> dict:
+    """Every measurement of the run, in a work folder (``--workdir`` or a temporary one), as the report mapping."""
     started = time.perf_counter()
     workdir_obj = None
     if args.workdir:
@@ -125,114 +173,108 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workdir_obj = tempfile.TemporaryDirectory(prefix="trl-ipo-bench-")
         workdir = Path(workdir_obj.name)
-    child = result_path = None
-    if cfg.memory and not cfg.only_shapes and any(n in MEMORY_VARIANTS for n in cfg.variants):
-        child, result_path = start_memory_child(cfg, workdir)
+    child = _MemoryChild(cfg, workdir)
     try:
-        _init_torch(cfg)
-        device = Device(cfg)
-        checkpoint = workdir / "checkpoint"
-        counts = build_checkpoint(cfg, checkpoint)
-        load_start = os.getloadavg()
-        phases = {"start_up_s": time.perf_counter() - started}
-
-        memory, load_before = None, None
-        if child is not None:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-
-        def finish_memory():  # runs after the untimed set-ups: nothing timed competes with the child for the cores
-            nonlocal child, memory, load_before
-            if child is not None:
-                if child.wait() != 0:
-                    raise RuntimeError(f"memory child process failed with exit code {child.returncode}")
-                memory = json.loads(result_path.read_text())
-                child = None
-            phases["set_up_and_memory_s"] = time.perf_counter() - started - phases["start_up_s"]
-            phases["timed_from"] = time.perf_counter()
-            load_before = os.getloadavg()
-
-        shape_memory = None
-        if cfg.shapes and cfg.memory:  # one shape-memory child, alone on the cores, before any timing
-            shape_memory = run_shape_memory_child(cfg, workdir)
-        variants = {}
-        if not cfg.only_shapes:
-            variants = time_variants(
-                cfg,
-                cfg.variants,
-                checkpoint,
-                workdir,
-                cfg.seq,
-                cfg.warmup,
-                cfg.steps,
-                device,
-                counts,
-                before_timed=finish_memory,
-            )
-        else:
-            finish_memory()
-        phases["timing_s"] = time.perf_counter() - phases.pop("timed_from")
-        shapes_start, shapes = time.perf_counter(), {}
-        for shape in cfg.shapes:
-            shapes[shape] = time_shape(cfg, shape, checkpoint, workdir, device, counts)
-        phases["shapes_s"] = time.perf_counter() - shapes_start
-        scan_start = time.perf_counter()
-
-        scan = []
-        for seq in [] if cfg.only_shapes else cfg.scan_seqs:
-            names = list(cfg.scan_variants)
-            reuse = {n: variants[n] for n in names if seq == cfg.seq and n in variants}
-            todo = [n for n in names if n not in reuse]
-            row = dict(reuse)
-            if todo:
-                row.update(
-                    time_variants(cfg, todo, checkpoint, workdir, seq, cfg.scan_warmup, cfg.scan_steps, device, counts)
-                )
-            scan.append({"seq": seq, "variants": {n: row[n] for n in names}, "reused_from_main": sorted(reuse)})
-        load_after = os.getloadavg()
-        phases["scan_s"] = time.perf_counter() - scan_start
-        profile = None
-        if args.profile and not cfg.only_shapes:
-            profile = profile_variants(cfg, cfg.variants, checkpoint, workdir, device)
-
-        ratio = ratios(variants)
-        report = {
-            "schema": 1,
-            "command": "python scripts/bench.py " + shlex.join(argv),
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(device, cfg),
-            "load_average": {"start": load_start, "before_timing": load_before, "after": load_after},
-            "config": asdict(cfg),
-            "model": {
-                **counts,
-                "architecture": "Qwen2 (random init)",
-                "dtype": cfg.dtype,
-                "flops_per_token": flops_per_token(cfg, cfg.seq, counts["non_embedding_parameters"]),
-            },
-            "variants": variants,
-            "ratios": ratio,
-            "cpu_time_ratios": ratios(variants, "cpu_time_s"),
-            "memory": memory,
-            "targets": target_checks(ratio, memory),
-            "scan": scan,
-            "shapes": shapes,
-            "shape_memory": shape_memory,
-            "shape_checks": shape_checks(shapes, shape_memory),
-            "profile": profile,
-            "phases": phases,
-            "wall_s": time.perf_counter() - started,
-        }
+        return _run_measurements(cfg, args, argv, workdir, child, started)
     finally:
-        if child is not None:
-            child.kill()
-            child.wait()
+        child.kill()
         if workdir_obj is not None:
             workdir_obj.cleanup()
 
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print_table(report)
-    print(text)
-    return 0
+
+def _run_measurements(
+    cfg: BenchConfig, args: argparse.Namespace, argv: list[str], workdir: Path, child: _MemoryChild, started: float
+) -> dict:
+    _init_torch(cfg)
+    device = Device(cfg)
+    checkpoint = workdir / "checkpoint"
+    counts = build_checkpoint(cfg, checkpoint)
+    load_average = {"start": os.getloadavg(), "before_timing": None, "after": None}
+    phases = {"start_up_s": time.perf_counter() - started}
+    child.go()
+
+    def finish_memory():  # runs after the untimed set-ups: nothing timed competes with the child for the cores
+        child.wait()
+        phases["set_up_and_memory_s"] = time.perf_counter() - started - phases["start_up_s"]
+        phases["timed_from"] = time.perf_counter()
+        load_average["before_timing"] = os.getloadavg()
+
+    shape_memory = None
+    if cfg.shapes and cfg.memory:  # one shape-memory child, alone on the cores, before any timing
+        shape_memory = run_shape_memory_child(cfg, workdir)
+    variants = _time_main_variants(cfg, checkpoint, workdir, device, counts, finish_memory)
+    phases["timing_s"] = time.perf_counter() - phases.pop("timed_from")
+    shapes_start, shapes = time.perf_counter(), {}
+    for shape in cfg.shapes:
+        shapes[shape] = time_shape(cfg, shape, checkpoint, workdir, device, counts)
+    phases["shapes_s"] = time.perf_counter() - shapes_start
+    scan_start = time.perf_counter()
+    scan = _scan(cfg, variants, checkpoint, workdir, device, counts)
+    load_average["after"] = os.getloadavg()
+    phases["scan_s"] = time.perf_counter() - scan_start
+    profile = None
+    if args.profile and not cfg.only_shapes:
+        profile = profile_variants(cfg, cfg.variants, checkpoint, workdir, device)
+
+    ratio = ratios(variants)
+    return {
+        "schema": 1,
+        "command": "python scripts/bench.py " + shlex.join(argv),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(device, cfg),
+        "load_average": load_average,
+        "config": asdict(cfg),
+        "model": {
+            **counts,
+            "architecture": "Qwen2 (random init)",
+            "dtype": cfg.dtype,
+            "flops_per_token": flops_per_token(cfg, cfg.seq, counts["non_embedding_parameters"]),
+        },
+        "variants": variants,
+        "ratios": ratio,
+        "cpu_time_ratios": ratios(variants, "cpu_time_s"),
+        "memory": child.memory,
+        "targets": target_checks(ratio, child.memory),
+        "scan": scan,
+        "shapes": shapes,
+        "shape_memory": shape_memory,
+        "shape_checks": shape_checks(shapes, shape_memory),
+        "profile": profile,
+        "phases": phases,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def _time_main_variants(cfg: BenchConfig, checkpoint: Path, workdir: Path, device, counts: dict, before_timed) -> dict:
+    """The timed variants at the main sequence length (none with --only-shapes); ``before_timed`` runs first."""
+    if cfg.only_shapes:
+        before_timed()
+        return {}
+    return time_variants(
+        cfg,
+        cfg.variants,
+        checkpoint,
+        workdir,
+        cfg.seq,
+        cfg.warmup,
+        cfg.steps,
+        device,
+        counts,
+        before_timed=before_timed,
+    )
+
+
+def _scan(cfg: BenchConfig, variants: dict, checkpoint: Path, workdir: Path, device, counts: dict) -> list[dict]:
+    """The sequence-length scan; a variant already timed at the main length is reused, not timed again."""
+    scan = []
+    for seq in [] if cfg.only_shapes else cfg.scan_seqs:
+        names = list(cfg.scan_variants)
+        reuse = {n: variants[n] for n in names if seq == cfg.seq and n in variants}
+        todo = [n for n in names if n not in reuse]
+        row = dict(reuse)
+        if todo:
+            row.update(
+                time_variants(cfg, todo, checkpoint, workdir, seq, cfg.scan_warmup, cfg.scan_steps, device, counts)
+            )
+        scan.append({"seq": seq, "variants": {n: row[n] for n in names}, "reused_from_main": sorted(reuse)})
+    return scan

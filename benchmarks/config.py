@@ -145,6 +145,14 @@ PRESETS = {
 
 def validate_config(cfg: BenchConfig) -> None:
     """Reject a configuration that cannot be measured, naming the offending option, before anything is built."""
+    _check_sizes(cfg)
+    _check_names(cfg)
+    _check_lengths(cfg)
+    _check_device(cfg)
+
+
+def _check_sizes(cfg: BenchConfig) -> None:
+    """Counts of at least one, warm-ups of at least zero, a hidden size the heads divide, a big enough vocabulary."""
     for name in AT_LEAST_ONE:
         if getattr(cfg, name) < 1:
             raise SystemExit(f"bench: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}.")
@@ -154,6 +162,10 @@ def validate_config(cfg: BenchConfig) -> None:
         raise SystemExit(f"bench: --hidden {cfg.hidden} is not divisible by --heads {cfg.heads}.")
     if cfg.vocab < BYTE_VOCAB:
         raise SystemExit(f"bench: --vocab must be at least {BYTE_VOCAB} (the byte tokenizer's size), got {cfg.vocab}.")
+
+
+def _check_names(cfg: BenchConfig) -> None:
+    """Every variant and shape named is a known one."""
     for name in ("variants", "scan_variants"):
         unknown = [v for v in getattr(cfg, name) if v not in VARIANTS]
         if unknown:
@@ -164,6 +176,10 @@ def validate_config(cfg: BenchConfig) -> None:
     unknown = [v for v in cfg.shape_variants if v not in SHAPE_VARIANTS]
     if unknown:
         raise SystemExit(f"bench: --shape-variants has unknown {unknown}; choose from {list(SHAPE_VARIANTS)}.")
+
+
+def _check_lengths(cfg: BenchConfig) -> None:
+    """The shape lengths and every sequence length fit the model's positions."""
     if cfg.only_shapes and not cfg.shapes:
         raise SystemExit("bench: --only-shapes needs --shapes.")
     if cfg.shapes and not 8 <= cfg.shape_mean < cfg.shape_max <= 2048:
@@ -171,6 +187,9 @@ def validate_config(cfg: BenchConfig) -> None:
     for seq in [cfg.seq, *cfg.scan_seqs]:
         if not 4 <= seq <= 2048:
             raise SystemExit(f"bench: sequence length {seq} is outside [4, 2048] (the model's positions).")
+
+
+def _check_device(cfg: BenchConfig) -> None:
     if cfg.device == "cuda":
         import torch
 

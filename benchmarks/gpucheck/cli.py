@@ -65,14 +65,14 @@ def _guarded(name, fn, *args):
         return [rep.failed(name, err)]
 
 
-def main(argv=None) -> int:
-    cfg = parse_args(argv)
+def _set_up_torch(cfg: CheckConfig) -> bool:
+    """Threads and compile cache for the run; False (with the reason printed) when the device is not there."""
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False "
               "(use --device cpu --tiny to run the checks on CPU).", file=sys.stderr)  # fmt: skip
-        return 2
+        return False
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
     # transformers compiles flex attention once per process; every new mask function, shape or dtype recompiles it.
@@ -80,6 +80,34 @@ def main(argv=None) -> int:
     # would fall back to eager flex attention, which materialises the full score matrix (slow, and out of memory
     # for the 1.5B rows).
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return True
+
+
+def _cpu_seconds(before: os.times_result, after: os.times_result) -> float:
+    """CPU seconds of this process and its children between two ``os.times()``."""
+    return (after.user + after.system + after.children_user + after.children_system) - (
+        before.user + before.system + before.children_user + before.children_system
+    )
+
+
+def _summarise(report: dict, checks: list[dict], json_path, md_path) -> int:
+    """Print where the report went, the targets and the failed checks; the exit code (1 when a check failed)."""
+    failed_names = [c["name"] for c in checks if not c["passed"]]
+    print(f"gpu_check: wrote {json_path} and {md_path} ({report['wall_s']:.0f} s, {report['cpu_s']:.0f} CPU s)")
+    for t in report["targets"]:
+        print(f"gpu_check: target {t['model']} {t['workload']}: best {t['best']} {t['speedup_vs_B']:.2f}x B "
+              f"(>= {t['target']}: {'met' if t['met'] else 'missed'}), memory {t['memory_vs_B']:.2f}x B")  # fmt: skip
+    if failed_names:
+        print(f"gpu_check: {len(failed_names)} check(s) FAILED: {', '.join(failed_names)}", file=sys.stderr)
+        return 1
+    print(f"gpu_check: all {len(checks)} checks passed")
+    return 0
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    if not _set_up_torch(cfg):
+        return 2
     _quiet()
     from benchmarks.gpucheck.bench import run_bench
     from benchmarks.gpucheck.context import Context, device_name, versions
@@ -156,8 +184,7 @@ def main(argv=None) -> int:
         "phases_s": phases,
         "time_left_s": ctx.remaining(),
         "wall_s": time.perf_counter() - started,
-        "cpu_s": (cpu1.user + cpu1.system + cpu1.children_user + cpu1.children_system)
-        - (cpu0.user + cpu0.system + cpu0.children_user + cpu0.children_system),
+        "cpu_s": _cpu_seconds(cpu0, cpu1),
         "models": {
             "parity_and_zero3": cfg.parity_model.__dict__,
             "layouts": [m.__dict__ for m in cfg.layout_models],
@@ -170,13 +197,4 @@ def main(argv=None) -> int:
     json_path, md_path = rep.write(report, cfg.out)
     if scratch is not None:
         scratch.cleanup()
-    failed_names = [c["name"] for c in checks if not c["passed"]]
-    print(f"gpu_check: wrote {json_path} and {md_path} ({report['wall_s']:.0f} s, {report['cpu_s']:.0f} CPU s)")
-    for t in report["targets"]:
-        print(f"gpu_check: target {t['model']} {t['workload']}: best {t['best']} {t['speedup_vs_B']:.2f}x B "
-              f"(>= {t['target']}: {'met' if t['met'] else 'missed'}), memory {t['memory_vs_B']:.2f}x B")  # fmt: skip
-    if failed_names:
-        print(f"gpu_check: {len(failed_names)} check(s) FAILED: {', '.join(failed_names)}", file=sys.stderr)
-        return 1
-    print(f"gpu_check: all {len(checks)} checks passed")
-    return 0
+    return _summarise(report, checks, json_path, md_path)
