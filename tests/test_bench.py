@@ -45,6 +45,7 @@ def report(bench, tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_every_variant_has_its_figures(report):
     cfg = report["config"]
     assert list(report["variants"]) == VARIANTS
@@ -68,6 +69,7 @@ def test_every_variant_has_its_figures(report):
     assert precompute["precompute_pairs"] == cfg["pairs"] * (cfg["warmup"] + cfg["steps"])
 
 
+@pytest.mark.slow
 def test_model_flops_follow_the_hand_formula(report):
     cfg, model = report["config"], report["model"]
     d, layers, vocab, inter = cfg["hidden"], cfg["layers"], cfg["vocab"], cfg["intermediate"]
@@ -82,6 +84,7 @@ def test_model_flops_follow_the_hand_formula(report):
         assert v["model_flops_per_step"] == pytest.approx(passes * forward * tokens)
 
 
+@pytest.mark.slow
 def test_ratios_and_targets_are_the_medians_quotients(report):
     med = {n: v["step_time_s"]["median"] for n, v in report["variants"].items()}
     expected = {
@@ -104,6 +107,7 @@ def test_ratios_and_targets_are_the_medians_quotients(report):
     assert mem["met"] == (report["memory"]["A"]["peak_bytes"] <= report["memory"]["B"]["peak_bytes"])
 
 
+@pytest.mark.slow
 def test_memory_is_measured_per_variant(report):
     assert list(report["memory"]) == [v for v in VARIANTS if v != "F_metrics"]  # F_metrics allocates like F
     for m in report["memory"].values():
@@ -111,6 +115,7 @@ def test_memory_is_measured_per_variant(report):
         assert m["added_bytes"] == m["peak_bytes"] - m["before_bytes"] and m["added_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_sequence_scan_and_provenance(report):
     cfg = report["config"]
     assert [row["seq"] for row in report["scan"]] == cfg["scan_seqs"]

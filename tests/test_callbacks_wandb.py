@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.callbacks import WANDB_INSTALL_HINT, DPOMarginRecorder, IPOMarginCallback, require_wandb
 
-pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the global generators
 
 BETA = 0.1
 STEPS = 2  # of the 2-rank worker (tests/workers/wandb_two_ranks.py), which evaluates at its last step
@@ -232,6 +232,7 @@ def test_plot_draws_a_real_runs_margins(offline_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 2. two ranks
+@pytest.mark.slow
 def test_two_ranks_only_rank0_logs_and_histograms_hold_both_ranks(tiny_dir, tmp_path):
     wandb_dir = tmp_path / "wandb-root"
     wandb_dir.mkdir()

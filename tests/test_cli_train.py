@@ -242,6 +242,7 @@ def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys
 
 
 @pytest.mark.compat
+@pytest.mark.slow
 def test_bad_input_exit_status_without_traceback_in_a_real_process(tiny_dir, tmp_path):
     missing = tmp_path / "missing.jsonl"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}

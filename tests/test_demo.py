@@ -182,6 +182,7 @@ def test_kl_estimate_matches_exact_kl_and_is_zero_for_the_reference(tokenizer, l
 
 
 # --------------------------------------------------------------------------------------------- the pipeline end to end
+@pytest.mark.slow
 def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     import logging
 

@@ -123,6 +123,7 @@ def _full_numel(tiny_dir):
 
 
 # ------------------------------------------------------------------------------------------------- must hold 2
+@pytest.mark.slow
 def test_step_losses_equal_for_zero3_ddp_and_one_process(jobs, single):
     zero3 = _finished(jobs["zero3"])
     ddp = _finished(jobs["ddp"])
@@ -135,6 +136,7 @@ def test_step_losses_equal_for_zero3_ddp_and_one_process(jobs, single):
 
 
 # ------------------------------------------------------------------------------------------------- must hold 1
+@pytest.mark.slow
 def test_zero3_partitions_policy_and_reference_on_every_rank(jobs, setup):
     records = _finished(jobs["zero3"])
     full = _full_numel(setup.model)
@@ -153,6 +155,7 @@ def test_zero3_partitions_policy_and_reference_on_every_rank(jobs, setup):
 
 
 # ------------------------------------------------------------------------------------------------- must hold 3
+@pytest.mark.slow
 def test_two_nodes_on_loopback_train_to_completion_as_one_ddp_job(jobs):
     records = _finished(jobs["ddp"])
     for rank, record in records.items():
@@ -164,6 +167,7 @@ def test_two_nodes_on_loopback_train_to_completion_as_one_ddp_job(jobs):
 
 
 # ------------------------------------------------------------------------------------------------- must hold 4
+@pytest.mark.slow
 def test_zero3_checkpoint_loads_in_transformers_and_resume_continues_the_same(jobs, single):
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import get_last_checkpoint
@@ -186,6 +190,7 @@ def test_zero3_checkpoint_loads_in_transformers_and_resume_continues_the_same(jo
 
 
 # ------------------------------------------------------------------------------------------------- must hold 5
+@pytest.mark.slow
 def test_a_dying_rank_ends_the_job_nonzero_and_leaves_a_loadable_checkpoint(jobs):
     from transformers import AutoModelForCausalLM
 
@@ -204,6 +209,7 @@ def test_a_dying_rank_ends_the_job_nonzero_and_leaves_a_loadable_checkpoint(jobs
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_packaged_zero3_gives_the_reference_the_policy_sizes(jobs, setup):
     """The death job runs the packaged `zero3` (by short name): its "auto" sizes are filled from the hidden size
     before TRL prepares the reference, so the reference is not left on DeepSpeed's defaults."""
@@ -224,6 +230,7 @@ def test_packaged_zero3_gives_the_reference_the_policy_sizes(jobs, setup):
         assert jobs["zero3"].records("-init")[rank]["reference_persistence_threshold"] == 0, rank
 
 
+@pytest.mark.slow
 def test_launched_runs_use_the_configured_collective_timeout(jobs):
     for name in ("zero3", "ddp"):
         for record in _finished(jobs[name]).values():
@@ -231,6 +238,7 @@ def test_launched_runs_use_the_configured_collective_timeout(jobs):
 
 
 # ------------------------------------------------------------------------------------------------- must hold 6
+@pytest.mark.slow
 def test_soft_labels_under_zero3(jobs, single):
     records = _finished(jobs["zero3"])
     # One epoch: the per-step mean targets average to the dataset mean of t/β = (q − ½)/β (paper form, symmetric).

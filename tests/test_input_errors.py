@@ -13,6 +13,8 @@ from trl_ipo.data import validate_preference_rows
 from trl_ipo.errors import InputError
 from trl_ipo.online.judges import preference_from_judge
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROWS = make_pairs(8, seed=5)
 
 

@@ -26,7 +26,7 @@ PROMPTS = ["the cat sat", "a dog ran on a mat", "big red sun", "the moon"]
 LEARNING_RATE = 0.05
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread", "restore_global_rng"), pytest.mark.slow]
 
 
 def soft_length_judge(prompts, completions_a, completions_b):

@@ -278,6 +278,7 @@ def test_model_whose_attention_ignores_4d_masks_is_refused(load_model, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ ZeRO-3, 2 CPU ranks
+@pytest.mark.slow
 def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tiny_dir, tmp_path):
     """The deepspeed launcher, 2 CPU ranks, ZeRO-3 (every tensor sharded), SP; against one process, default path."""
     import json

@@ -99,6 +99,7 @@ def _weights(folder):
 
 
 @pytest.mark.parametrize("name", ["ddp", "zero3"])
+@pytest.mark.slow
 def test_precomputed_reference_on_two_ranks_equals_one_process(name, jobs, single):
     records = _records(jobs[name])
     for rank, record in records.items():
@@ -121,6 +122,7 @@ def test_precomputed_reference_on_two_ranks_equals_one_process(name, jobs, singl
 
 
 @pytest.mark.parametrize("name", ["ddp", "zero3"])
+@pytest.mark.slow
 def test_resume_on_two_ranks_skips_the_checkpoint_a_dying_rank_left(name, jobs):
     records = _records(jobs[name])
     crashed = jobs[name].root / f"{name}-crashed"

@@ -9,6 +9,8 @@ from datasets import IterableDataset
 from trl_ipo import IPOConfig, IPOTrainer
 from trl_ipo.errors import InputError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROWS = make_pairs(12, seed=4, preference=True)
 
 

@@ -16,7 +16,7 @@ from trl import DPOConfig, DPOTrainer
 
 from trl_ipo import IPOConfig, IPOTrainer
 
-pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the global generators
 
 ROWS = make_pairs(8, seed=1, preference=True)
 

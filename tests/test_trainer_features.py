@@ -9,7 +9,7 @@ from trl import DPOConfig, DPOTrainer
 
 from trl_ipo import IPOConfig, IPOTrainer
 
-pytestmark = pytest.mark.usefixtures("restore_global_rng")  # Trainer reseeds the global generators
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_global_rng")  # Trainer reseeds the global generators
 
 ROWS = make_pairs(8, seed=2, preference=True)
 FIRST_LOSS = (0.5 / 0.1) ** 2  # policy = reference at initialisation: Δ = 0, hard target 1/(2β)

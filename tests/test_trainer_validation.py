@@ -6,6 +6,8 @@ from datasets import Dataset
 
 from trl_ipo import IPOConfig, IPOTrainer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROWS = make_pairs(6, seed=3, preference=True)
 
 
