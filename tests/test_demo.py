@@ -325,7 +325,6 @@ def pairs_file(tmp_path):
     return path
 
 
-@pytest.mark.slow
 def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_file, capsys, one_thread):
     from trl_ipo.commands import compare
 
