@@ -136,6 +136,7 @@ def offline_run(tiny_dir, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_offline_run_scalars_match_log_history(offline_run):
     log_history = offline_run["trainer"].state.log_history
     history = offline_run["history"]
@@ -160,6 +161,7 @@ def test_offline_run_scalars_match_log_history(offline_run):
     }
 
 
+@pytest.mark.slow
 def test_offline_run_histograms_hold_the_logged_pairs(offline_run):
     history, spy, trainer = offline_run["history"], offline_run["spy"], offline_run["trainer"]
     log_history = trainer.state.log_history
@@ -184,6 +186,7 @@ def test_offline_run_histograms_hold_the_logged_pairs(offline_run):
             assert row[f"{prefix}ipo/{name}.bins"] == pytest.approx(edges.tolist(), rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_offline_run_worst_fit_table(offline_run):
     history, trainer, run_dir = offline_run["history"], offline_run["trainer"], offline_run["run_dir"]
     row = rows_with(history, "eval/ipo/worst_fit.path")[2]
@@ -218,6 +221,7 @@ def test_offline_run_worst_fit_table(offline_run):
         assert t_residual == pytest.approx(t_delta - t_target, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_plot_draws_a_real_runs_margins(offline_run, tmp_path):
     from trl_ipo.plotting import plot_runs
 
