@@ -59,7 +59,8 @@ def test_every_variant_has_its_figures(report):
         )
         assert len(v["iteration_time_s"]["all"]) >= cfg["steps"] - 1
         cpu = v["cpu_time_s"]["all"]
-        assert len(cpu) == cfg["steps"] and v["cpu_time_s"]["median"] == median(cpu)
+        assert len(cpu) == cfg["steps"]
+        assert v["cpu_time_s"]["median"] == median(cpu)
         assert 0 <= v["sys_time_s"]["median"] <= v["cpu_time_s"]["median"]
         assert v["tokens_per_step"] == 2 * cfg["pairs"] * cfg["seq"]
         assert v["tokens_per_s"] == pytest.approx(v["tokens_per_step"] / steps["median"])
@@ -101,7 +102,8 @@ def test_ratios_and_targets_are_the_medians_quotients(report):
     limits = {"A/B": 1.02, "A_prime/A": 1.02, "A/F": 1.10, "P/A": 0.80}
     for key, limit in limits.items():
         check = report["targets"][key]
-        assert check["max"] == limit and check["value"] == pytest.approx(expected[key])
+        assert check["max"] == limit
+        assert check["value"] == pytest.approx(expected[key])
         assert check["met"] == (expected[key] <= limit)
     mem = report["targets"]["memory A<=B"]
     assert mem["met"] == (report["memory"]["A"]["peak_bytes"] <= report["memory"]["B"]["peak_bytes"])
@@ -111,8 +113,10 @@ def test_ratios_and_targets_are_the_medians_quotients(report):
 def test_memory_is_measured_per_variant(report):
     assert list(report["memory"]) == [v for v in VARIANTS if v != "F_metrics"]  # F_metrics allocates like F
     for m in report["memory"].values():
-        assert m["metric"] == "peak_rss" and m["peak_reset"] is True
-        assert m["added_bytes"] == m["peak_bytes"] - m["before_bytes"] and m["added_bytes"] > 0
+        assert m["metric"] == "peak_rss"
+        assert m["peak_reset"] is True
+        assert m["added_bytes"] == m["peak_bytes"] - m["before_bytes"]
+        assert m["added_bytes"] > 0
 
 
 @pytest.mark.slow
@@ -121,10 +125,12 @@ def test_sequence_scan_and_provenance(report):
     assert [row["seq"] for row in report["scan"]] == cfg["scan_seqs"]
     for row in report["scan"]:
         a = row["variants"]["A"]
-        assert a["seq"] == row["seq"] and a["tokens_per_step"] == 2 * cfg["pairs"] * row["seq"]
+        assert a["seq"] == row["seq"]
+        assert a["tokens_per_step"] == 2 * cfg["pairs"] * row["seq"]
         assert a["step_time_s"]["median"] == median(a["step_time_s"]["all"])
     first = report["scan"][0]
-    assert first["reused_from_main"] == ["A"] and first["variants"]["A"] == report["variants"]["A"]
+    assert first["reused_from_main"] == ["A"]
+    assert first["variants"]["A"] == report["variants"]["A"]
     assert report["command"].startswith("python scripts/bench.py --tiny")
     assert report["machine"]["torch_threads"] == cfg["threads"] == 2
     assert len(report["load_average"]["before_timing"]) == 3
@@ -189,7 +195,8 @@ def test_workload_shapes_have_the_asked_ratios_spread_and_bounds(bench):
         prompts = [p for p, _, _ in lengths]
         completions = [c for _, c, _ in lengths] + [r for _, _, r in lengths]
         if ratio is None:
-            assert set(prompts) == {cfg.shape_mean // 2} and set(completions) == {cfg.shape_mean // 2 - 1}
+            assert set(prompts) == {cfg.shape_mean // 2}
+            assert set(completions) == {cfg.shape_mean // 2 - 1}
             continue
         measured = statistics.mean(prompts) / statistics.mean(completions)
         assert measured == pytest.approx(ratio[0] / ratio[1], rel=0.15), shape
@@ -205,7 +212,8 @@ def test_shape_rows_tokenize_to_the_drawn_lengths_and_work_counts(bench):
     lengths = bench.shape_lengths(cfg, "prompt-heavy")
     for row, (p, c, r) in zip(bench.make_shape_rows(cfg, "prompt-heavy"), lengths, strict=True):
         assert len(tokenizer(row["prompt"])["input_ids"]) == p
-        assert len(row["chosen"]) + 1 == c and len(row["rejected"]) + 1 == r  # + EOS
+        assert len(row["chosen"]) + 1 == c
+        assert len(row["rejected"]) + 1 == r
     counts = {"non_embedding_parameters": 1000}
     work = bench.shape_work(cfg, "prompt-heavy", counts)
     n, real, padded, prompts = cfg.shape_pairs, 0, 0, 0
@@ -229,10 +237,13 @@ def test_shape_checks_compare_the_best_layout_with_b(bench):
     }
     memory = {"prompt-heavy": {n: {"peak_bytes": b} for n, b in (("B", 100), ("A", 100), ("S", 90), ("SP", 101))}}
     check = bench.shape_checks(shapes, memory)["prompt-heavy"]
-    assert check["best"] == "S" and check["met"] is True and check["target"] == 1.5
+    assert check["best"] == "S"
+    assert check["met"] is True
+    assert check["target"] == 1.5
     assert check["speedup_vs_B"] == pytest.approx({"S": 1.6, "SP": 1.4, "A": 1.0})
     assert check["cpu_speedup_vs_B"] == pytest.approx({"S": 2.0, "SP": 1.6})
-    assert check["memory_vs_B"] == pytest.approx({"S": 0.9, "SP": 1.01}) and check["memory_met"] is False
+    assert check["memory_vs_B"] == pytest.approx({"S": 0.9, "SP": 1.01})
+    assert check["memory_met"] is False
 
 
 def test_cuda_preset_shapes_are_qwen2_half_billion_bf16_up_to_2048(bench):

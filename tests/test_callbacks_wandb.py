@@ -142,7 +142,8 @@ def test_offline_run_scalars_match_log_history(offline_run):
     history = offline_run["history"]
     train = [e for e in log_history if "ipo/delta" in e]
     evals = [e for e in log_history if "eval_ipo/delta" in e]
-    assert [e["step"] for e in train] == [1, 2] and [e["step"] for e in evals] == [2]
+    assert [e["step"] for e in train] == [1, 2]
+    assert [e["step"] for e in evals] == [2]
     for entries, prefix, wandb_prefix in ((train, "", "train/"), (evals, "eval_", "eval/")):
         for key in ("ipo/delta", "rewards/margins", "ipo/target", "ipo/residual"):
             logged = rows_with(history, wandb_prefix + key)

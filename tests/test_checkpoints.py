@@ -135,9 +135,8 @@ def test_safetensors_header_rules(tmp_path):
     tensor_bytes = 4 * 4 + 4 * 4  # two float32 tensors of 4 elements
     assert len(data) == 8 + header_length + tensor_bytes  # the rule checked below, computed independently
     path.write_bytes(data[:-1])
-    assert "its tensors end at byte" in content_problem(path) and f"file has {len(data) - 1} bytes" in content_problem(
-        path
-    )
+    assert "its tensors end at byte" in content_problem(path)
+    assert f"file has {len(data) - 1} bytes" in content_problem(path)
     path.write_bytes(data + b"\0")
     assert f"end at byte {len(data)} but the file has {len(data) + 1} bytes" in content_problem(path)
     path.write_bytes(data[:5])
@@ -288,7 +287,8 @@ def test_rotation_never_deletes_the_newest_marked_checkpoint(tmp_path):
 
 def test_rotation_victims_by_hand():
     ordered = ["c1", "c2", "c3", "c4", "c5"]
-    assert rotation_victims(ordered, None) == [] and rotation_victims(ordered, 0) == []
+    assert rotation_victims(ordered, None) == []
+    assert rotation_victims(ordered, 0) == []
     assert rotation_victims(ordered, 5) == []
     assert rotation_victims(ordered, 2) == ["c1", "c2", "c3"]
     assert rotation_victims(ordered, 2, protected=["c2"]) == ["c1", "c3", "c4"]

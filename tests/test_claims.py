@@ -90,7 +90,8 @@ def test_last_quarter_trend_needs_three_points():
     exact = C.last_quarter_trend([0, 1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0, 4.0])  # steps 3, 4: two points
     assert exact is None
     line = C.last_quarter_trend(list(range(0, 41)), [2.0 * s for s in range(0, 41)])
-    assert line["change"] == pytest.approx(2.0 * 10) and line["change_stderr"] == pytest.approx(0.0, abs=1e-9)
+    assert line["change"] == pytest.approx(2.0 * 10)
+    assert line["change_stderr"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_margin_series_divides_trl_margins_by_beta_and_skips_eval_entries():
@@ -107,12 +108,14 @@ def test_ipo_claim_holds_for_converged_margins_and_dpo_claim_for_growing_ones():
     runs = [run("ipo", b, converging(0.5 / b), target=0.5 / b, kl=1.0) for b in (0.1, 0.5, 1.0)]
     runs += [run("dpo", b, growing(b), kl=5.0) for b in (0.1, 0.5, 1.0)]
     ipo = C.claim_ipo_converges(runs)
-    assert ipo["holds"] is True and [e["beta"] for e in ipo["evidence"]] == [0.1, 0.5, 1.0]
+    assert ipo["holds"] is True
+    assert [e["beta"] for e in ipo["evidence"]] == [0.1, 0.5, 1.0]
     for e in ipo["evidence"]:
         last = [d for s, d in zip(STEPS, converging(0.5 / e["beta"]), strict=True) if s >= 750]
         assert e["delta"] == pytest.approx(sum(last) / len(last))
         assert e["relative_error"] == pytest.approx(abs(e["delta"] - e["target"]) / e["target"])
-        assert e["relative_error"] < 0.01 and abs(e["trend"]) < 0.01
+        assert e["relative_error"] < 0.01
+        assert abs(e["trend"]) < 0.01
     dpo = C.claim_dpo_keeps_growing(runs)
     assert dpo["holds"] is True
     for e in dpo["evidence"]:
@@ -126,10 +129,12 @@ def test_ipo_claim_holds_for_converged_margins_and_dpo_claim_for_growing_ones():
 def test_ipo_claim_does_not_hold_off_target_or_still_moving():
     off = [run("ipo", 0.5, converging(0.8), target=1.0, kl=1.0)]  # settles 20 % below its target
     verdict = C.claim_ipo_converges(off)
-    assert verdict["holds"] is False and verdict["evidence"][0]["relative_error"] == pytest.approx(0.2, abs=0.01)
+    assert verdict["holds"] is False
+    assert verdict["evidence"][0]["relative_error"] == pytest.approx(0.2, abs=0.01)
     slow = [run("ipo", 0.5, converging(1.0, scale=600.0), target=1.0, kl=1.0)]  # still climbing at the end
     verdict = C.claim_ipo_converges(slow)
-    assert verdict["holds"] is False and verdict["evidence"][0]["trend"] > C.FLAT_TREND
+    assert verdict["holds"] is False
+    assert verdict["evidence"][0]["trend"] > C.FLAT_TREND
     mixed = [run("ipo", 1.0, converging(0.5), target=0.5, kl=1.0), *off]
     assert C.claim_ipo_converges(mixed)["holds"] is False  # "at every β"
 
@@ -154,7 +159,8 @@ def test_claims_without_their_runs_are_not_tested():
         "budget_one_frontier",
         "soft_labels_drift_less",
     ]
-    assert C.verdict(True) == "holds" and C.verdict(False) == "does not hold"
+    assert C.verdict(True) == "holds"
+    assert C.verdict(False) == "does not hold"
     assert C.verdict(None) == "not tested at this budget"
 
 
@@ -191,7 +197,8 @@ def test_kl_claim_does_not_hold_when_the_gap_is_within_noise():
     # At β = 1: DPO 2.0 ± 0.5 against IPO 1.0 ± 0.3: the gap 1.0 is below 2 · √(0.5² + 0.3²) ≈ 1.17.
     runs = kl_runs([(80.0, 6.0), (24.0, 3.0), (2.0, 0.5)], [(13.0, 1.0), (1.3, 0.2), (1.0, 0.3)])
     claim = C.claim_kl_not_controlled(runs)
-    assert claim["evidence"]["dpo_further_at_every_beta"] is False and claim["holds"] is False
+    assert claim["evidence"]["dpo_further_at_every_beta"] is False
+    assert claim["holds"] is False
     one_beta = kl_runs([(80.0, 6.0)], [(13.0, 1.0)], betas=(0.1,))
     assert C.claim_kl_not_controlled(one_beta)["holds"] is None
 
@@ -265,7 +272,8 @@ def test_soft_label_claim_needs_convergence_to_the_soft_target_and_less_drift():
     assert claim["holds"] is True
     e = claim["evidence"][0]
     assert (e["target_hard"], e["target_soft"], e["kl_hard"], e["kl_soft"]) == (5.0, 2.2, 12.0, 4.0)
-    assert e["delta_soft"] == pytest.approx(2.2, rel=1e-3) and e["delta_hard"] == pytest.approx(5.0, rel=1e-3)
+    assert e["delta_soft"] == pytest.approx(2.2, rel=1e-3)
+    assert e["delta_hard"] == pytest.approx(5.0, rel=1e-3)
     soft["history"][-1]["kl"] = 11.0  # within 2 s.e. of the hard-label run
     assert C.claim_soft_labels([hard, soft])["holds"] is False
     soft["history"][-1]["kl"] = 4.0
@@ -292,7 +300,8 @@ def test_margin_claims_in_words_with_hand_computed_numbers():
         run("dpo", 0.1, [s / 100 for s in STEPS], kl=5.0),
     ]
     ipo, dpo = C.claim_ipo_converges(runs), C.claim_dpo_keeps_growing(runs)
-    assert ipo["holds"] is False and dpo["holds"] is True
+    assert ipo["holds"] is False
+    assert dpo["holds"] is True
     assert T.claim_numbers(ipo) == "β=0.5: Δ 0.8 vs 1 (20.0% off), trend +0.0%"
     assert T.claim_numbers(dpo) == "β=0.1: Δ 10 (IPO target 5), trend +28.6% ± 0.0%"
 
@@ -350,7 +359,8 @@ def test_frontier_claim_in_words_lists_the_line_the_residuals_and_the_runs_that_
         "rlhf β=0.1 (deterministic) left the language (grammatical 0.00, KL 8.5)"
     )
     alone = C.claim_one_frontier(runs[:1], None)  # one method, one point: no line, not tested
-    assert alone["holds"] is None and T.claim_numbers(alone) == "no runs"
+    assert alone["holds"] is None
+    assert T.claim_numbers(alone) == "no runs"
 
 
 def test_soft_label_claim_in_words_when_the_margin_missed_its_target():

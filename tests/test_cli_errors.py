@@ -24,7 +24,8 @@ def error_line(capsys, rc, prog="trl-ipo train"):
     """The error line (after any progress bars `datasets` draws on stderr), checked to be the only one."""
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "Traceback" not in err and err.count("error:") == 1, err
+    assert "Traceback" not in err, err
+    assert err.count("error:") == 1, err
     line = err.rstrip("\n").splitlines()[-1]
     assert line.startswith(f"{prog}: error: "), err
     return line
@@ -107,7 +108,7 @@ def test_bad_rows_through_the_cli(tiny_dir, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------------- YAML types
 @pytest.mark.parametrize(
-    "field, value, expected",
+    ("field", "value", "expected"),
     [
         ("learning_rate", [1e-3, 1e-4], "field 'learning_rate' must be a number, got list [0.001, 0.0001]"),
         ("beta", [0.1], "field 'beta' must be a number, got list [0.1]"),
@@ -144,7 +145,8 @@ def test_resume_from_checkpoint_flag_is_checked_before_training(tiny_dir, tmp_pa
     for step in (2, 10, 4):  # folders without a trainer state: interrupted saves, none to resume from
         (out / f"checkpoint-{step}").mkdir(parents=True)
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", "true"))
-    assert line.endswith("to resume from (3 incomplete)") and "--output_dir" in line
+    assert line.endswith("to resume from (3 incomplete)")
+    assert "--output_dir" in line
     line = error_line(capsys, train(tiny_dir, data, out, "--resume_from_checkpoint", out / "checkpoint-4"))
     assert f"--resume_from_checkpoint '{out / 'checkpoint-4'}': Checkpoint {out / 'checkpoint-4'} is incomplete" in line
     base = ["--model_name_or_path", tiny_dir, "--dataset_name", data, "--output_dir", str(out), *CPU]
@@ -196,7 +198,8 @@ def test_dispatcher_errors_are_one_line(capsys):
     assert "train, compare" in ", ".join(SUBCOMMANDS)
     assert trl_ipo_main(["trian"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown command 'trian' (did you mean train?)" in err
+    assert err.count("\n") == 1
+    assert "unknown command 'trian' (did you mean train?)" in err
 
 
 def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
@@ -217,7 +220,7 @@ def test_compare_usage_and_data_errors_are_one_line(tiny_dir, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- config values, streams
 @pytest.mark.parametrize(
-    "extra, expected",
+    ("extra", "expected"),
     [
         (["--beta", "inf"], "IPOConfig.beta must be a finite number > 0 (the regularisation strength τ), got inf"),
         (["--loss_type", "ipo", "ipo"], "IPOConfig.loss_type=['ipo', 'ipo'] names ['ipo'] more than once"),
@@ -301,7 +304,8 @@ def test_bad_row_of_a_streamed_file_is_one_line_with_its_stream_index(tiny_dir, 
 def test_every_row_dropped_by_max_length_is_one_line(tiny_dir, tmp_path, capsys):
     data = jsonl(tmp_path / "pairs.jsonl", ROWS)
     line = error_line(capsys, train(tiny_dir, data, tmp_path / "out", "--max_length", "1", "--max_steps", "1"))
-    assert f"all {len(ROWS)} rows of the train dataset were dropped" in line and "max_length=1" in line
+    assert f"all {len(ROWS)} rows of the train dataset were dropped" in line
+    assert "max_length=1" in line
 
 
 # ------------------------------------------------------------------------------------------------------ CLI traps
@@ -319,7 +323,7 @@ def test_output_dir_that_is_the_base_model_folder_is_refused(tiny_dir, tmp_path,
 
 
 @pytest.mark.parametrize(
-    "argv, expected",
+    ("argv", "expected"),
     [
         (["--beta", "0.1", "--beta", "0.9"], "--beta is given 2 times ('0.1', then '0.9'); give each flag once."),
         (["--beta=0.1", "--beta", "0.9"], "--beta is given 2 times ('0.1', then '0.9')"),
@@ -328,12 +332,14 @@ def test_output_dir_that_is_the_base_model_folder_is_refused(tiny_dir, tmp_path,
 )
 def test_repeated_flag_is_an_error_not_last_wins(tiny_dir, tmp_path, capsys, argv, expected):
     line = error_line(capsys, train(tiny_dir, jsonl(tmp_path / "p.jsonl", ROWS), tmp_path / "out", *argv))
-    assert expected in line and "hf_aaaaaaaa" not in line and "hf_bbbbbbbb" not in line
+    assert expected in line
+    assert "hf_aaaaaaaa" not in line
+    assert "hf_bbbbbbbb" not in line
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
-    "text, expected",
+    ("text", "expected"),
     [
         ("dataset_name: 123\n", "field 'dataset_name' must be text or null, got int 123"),
         ("model_init_kwargs: float32\n", "field 'model_init_kwargs' must be a mapping (in a string: a JSON object), "),
@@ -352,7 +358,8 @@ def test_yaml_fields_of_the_wrong_type_at_any_depth(tiny_dir, tmp_path, capsys, 
     config = tmp_path / "run.yaml"
     config.write_text(f"model_name_or_path: {tiny_dir}\n" + text)
     line = error_line(capsys, train_cmd.main(["--config", str(config)]))
-    assert f"config file '{config}'" in line and expected in line
+    assert f"config file '{config}'" in line
+    assert expected in line
 
 
 def test_oversized_yaml_is_refused_unread(tmp_path, capsys, monkeypatch):
@@ -360,7 +367,8 @@ def test_oversized_yaml_is_refused_unread(tmp_path, capsys, monkeypatch):
     config.write_text("output_dir: x\n" * 10)
     monkeypatch.setattr(train_cmd, "MAX_CONFIG_BYTES", 20)
     line = error_line(capsys, train_cmd.main(["--config", str(config)]))
-    assert f"config file '{config}' is {config.stat().st_size} bytes" in line and "MAX_CONFIG_BYTES" in line
+    assert f"config file '{config}' is {config.stat().st_size} bytes" in line
+    assert "MAX_CONFIG_BYTES" in line
     assert train_cmd.MAX_CONFIG_BYTES == 20
 
 
@@ -394,7 +402,7 @@ def test_streaming_with_precomputed_reference_is_one_line(tiny_dir, tmp_path, ca
 
 
 @pytest.mark.parametrize(
-    "argv, prog, expected",
+    ("argv", "prog", "expected"),
     [
         (["tiny-model", "{tmp}/m", "--pairs", "-3"], "tiny-model", "--pairs must be at least 0, got -3"),
         (["tiny-model", "{tmp}/a-file"], "tiny-model", "OUT_DIR '{tmp}/a-file' is an existing file, not a folder"),
@@ -423,7 +431,8 @@ def test_tiny_model_refuses_a_folder_that_holds_a_model_unless_overwrite(tmp_pat
     capsys.readouterr()
     config = (out / "config.json").read_bytes()
     line = error_line(capsys, trl_ipo_main(["tiny-model", str(out), "--hidden_size", "16"]), prog="trl-ipo tiny-model")
-    assert f"OUT_DIR '{out}' already holds a model (config.json" in line and "--overwrite" in line
+    assert f"OUT_DIR '{out}' already holds a model (config.json" in line
+    assert "--overwrite" in line
     assert (out / "config.json").read_bytes() == config
     assert trl_ipo_main(["tiny-model", str(out), "--hidden_size", "16", "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 16

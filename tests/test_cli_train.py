@@ -98,10 +98,15 @@ def test_yaml_config_and_overrides_train_and_save_model_with_card(tiny_dir, data
     assert changed
 
     card = (out / "README.md").read_text()
-    assert "This model was trained with IPO" in card and "2310.12036" in card and "azar2024general" in card
-    assert "| `beta` | `0.25` |" in card and "| `loss_form` | `'scaled'` |" in card
-    assert "| `symmetric` | `False` |" in card and "L = (β·Δ − t)²,   t = q," in card
-    assert "huggingface.co/None" not in card and tiny_dir in card
+    assert "This model was trained with IPO" in card
+    assert "2310.12036" in card
+    assert "azar2024general" in card
+    assert "| `beta` | `0.25` |" in card
+    assert "| `loss_form` | `'scaled'` |" in card
+    assert "| `symmetric` | `False` |" in card
+    assert "L = (β·Δ − t)²,   t = q," in card
+    assert "huggingface.co/None" not in card
+    assert tiny_dir in card
     assert card.count("## IPO settings") == 1  # written at the checkpoint and again at the end, never twice
 
 
@@ -163,7 +168,9 @@ def test_trl_dpo_yaml_with_a_dpo_loss_type_is_rejected(tiny_dir, data, tmp_path,
     )
     rc, _, err = run_cli(["--config", config], capsys)
     assert rc == 2
-    assert "loss_type=['sigmoid']" in err and "['ipo'] or ['ipo', 'sft']" in err and "Traceback" not in err
+    assert "loss_type=['sigmoid']" in err
+    assert "['ipo'] or ['ipo', 'sft']" in err
+    assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------ must hold 3
@@ -182,7 +189,7 @@ def base_argv(tiny_dir, dataset, out):
 
 
 @pytest.mark.parametrize(
-    "extra, expected",
+    ("extra", "expected"),
     [
         (["--lossform", "scaled"], ["unrecognized arguments: --lossform (did you mean --loss_form?)"]),
         (["--loss_form", "squared"], ["loss_form", "'squared'", "paper", "scaled"]),
@@ -197,7 +204,8 @@ def base_argv(tiny_dir, dataset, out):
 def test_bad_flags_and_values_give_one_clear_line(tiny_dir, data, tmp_path, capsys, extra, expected):
     rc, _, err = run_cli(base_argv(tiny_dir, data["jsonl"], tmp_path) + extra, capsys)
     assert rc == 2
-    assert err.startswith("trl-ipo train: error: ") and "Traceback" not in err
+    assert err.startswith("trl-ipo train: error: ")
+    assert "Traceback" not in err
     for text in expected:
         assert text in err, (text, err)
 
@@ -205,7 +213,8 @@ def test_bad_flags_and_values_give_one_clear_line(tiny_dir, data, tmp_path, caps
 def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys):
     missing = tmp_path / "nope.jsonl"
     rc, _, err = run_cli(base_argv(tiny_dir, missing, tmp_path), capsys)
-    assert rc == 2 and f"Dataset file or folder not found: '{missing}'" in err
+    assert rc == 2
+    assert f"Dataset file or folder not found: '{missing}'" in err
 
     renamed = tmp_path / "renamed.jsonl"  # columns question/good/bad instead of prompt/chosen/rejected
     renamed.write_text(
@@ -216,7 +225,8 @@ def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys
     )
     rc, _, err = run_cli(base_argv(tiny_dir, renamed, tmp_path), capsys)
     assert rc == 2
-    assert "missing column(s) ['chosen', 'rejected']" in err and "Its columns are ['question', 'good', 'bad']" in err
+    assert "missing column(s) ['chosen', 'rejected']" in err
+    assert "Its columns are ['question', 'good', 'bad']" in err
     assert "expects 'chosen' and 'rejected' (and optionally 'prompt')" in err
 
     bad_q = tmp_path / "bad_q.jsonl"
@@ -224,20 +234,27 @@ def test_bad_data_and_paths_give_one_clear_line(tiny_dir, data, tmp_path, capsys
         "".join(json.dumps({**r, "q": 1.5 if i == 3 else r["q"]}) + "\n" for i, r in enumerate(data["rows"]))
     )
     rc, _, err = run_cli(base_argv(tiny_dir, bad_q, tmp_path) + ["--preference_column", "q"], capsys)
-    assert rc == 2 and "1.5" in err and "row 3" in err
+    assert rc == 2
+    assert "1.5" in err
+    assert "row 3" in err
 
     rc, _, err = run_cli(base_argv(tiny_dir, data["jsonl"], tmp_path) + ["--eval_strategy", "steps"], capsys)
-    assert rc == 2 and "no split 'test' for evaluation; its splits are ['train']" in err
+    assert rc == 2
+    assert "no split 'test' for evaluation; its splits are ['train']" in err
 
     rc, _, err = run_cli(base_argv(str(tmp_path / "no-model"), data["jsonl"], tmp_path), capsys)
-    assert rc == 2 and "model folder not found" in err
+    assert rc == 2
+    assert "model folder not found" in err
 
     config = write_yaml(tmp_path / "typo.yaml", {"model_name_or_path": tiny_dir, "lerning_rate": 1e-3})
     rc, _, err = run_cli(["--config", config], capsys)
-    assert rc == 2 and "unknown fields in" in err and "lerning_rate (did you mean learning_rate?)" in err
+    assert rc == 2
+    assert "unknown fields in" in err
+    assert "lerning_rate (did you mean learning_rate?)" in err
 
     rc, _, err = run_cli(["--config", tmp_path / "absent.yaml"], capsys)
-    assert rc == 2 and "config file not found" in err
+    assert rc == 2
+    assert "config file not found" in err
     assert "Traceback" not in err
 
 
@@ -332,4 +349,7 @@ def test_deepspeed_short_names_resolve_to_packaged_files(capsys):
         resolved = train_cmd._resolve_deepspeed_flag(["--max_steps", "1", *argv])
         assert resolved[-1].endswith(resolve_config("zero3", "deepspeed")), resolved
     rc, _, err = run_cli(["--deepspeed", "zero9"], capsys)
-    assert rc == 2 and "--deepspeed 'zero9'" in err and "zero3" in err and "Traceback" not in err
+    assert rc == 2
+    assert "--deepspeed 'zero9'" in err
+    assert "zero3" in err
+    assert "Traceback" not in err

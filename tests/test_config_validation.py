@@ -12,7 +12,7 @@ from trl_ipo.errors import InputError
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"beta": float("inf")}, r"IPOConfig\.beta must be a finite number > 0 .*got inf"),
         ({"beta": float("nan")}, r"IPOConfig\.beta must be a finite number > 0 .*got nan"),
@@ -59,8 +59,10 @@ def test_real_fields_given_as_fractions_or_numpy_scalars_are_stored_as_floats(tm
     args = IPOConfig(
         **cpu_args(tmp_path, beta=Fraction(1, 10), loss_type=["ipo", "sft"], loss_weights=[Fraction(1, 2), np.int64(1)])
     )
-    assert type(args.beta) is float and args.beta == 0.1
-    assert [type(w) for w in args.loss_weights] == [float, float] and args.loss_weights == [0.5, 1.0]
+    assert type(args.beta) is float
+    assert args.beta == 0.1
+    assert [type(w) for w in args.loss_weights] == [float, float]
+    assert args.loss_weights == [0.5, 1.0]
     target = ipo_target(None, like=torch.zeros(2)) / args.beta  # the step-1 expression that Fraction breaks
     assert torch.equal(target, torch.full((2,), 5.0))
 
@@ -69,12 +71,13 @@ def test_real_fields_given_as_fractions_or_numpy_scalars_are_stored_as_floats(tm
     online = OnlineIPOConfig(
         output_dir=str(tmp_path), bf16=False, beta=[Fraction(1, 10), Fraction(1, 5)], temperature=Fraction(1, 2)
     )
-    assert online.beta == [0.1, 0.2] and all(type(b) is float for b in online.beta)
+    assert online.beta == [0.1, 0.2]
+    assert all(type(b) is float for b in online.beta)
     assert type(online.temperature) is float
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"beta": float("inf")}, r"OnlineIPOConfig\.beta must be a finite number > 0"),
         ({"beta": [0.1, float("inf")]}, r"OnlineIPOConfig\.beta must be a finite number > 0 .*got inf"),
@@ -94,13 +97,14 @@ def test_hub_token_is_kept_out_of_the_pickled_arguments(tmp_path, monkeypatch):
     args = IPOConfig(**cpu_args(tmp_path, hub_token=token))
     assert token.encode() not in pickle.dumps(args)  # what Trainer writes to training_args.bin (tests/test_secrets.py)
     assert move_hub_token_to_env(args) is True
-    assert args.hub_token is None and token.encode() not in pickle.dumps(args)
+    assert args.hub_token is None
+    assert token.encode() not in pickle.dumps(args)
     assert os.environ["HF_TOKEN"] == token  # where huggingface_hub finds it for push_to_hub
     assert move_hub_token_to_env(args) is False
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"mixture_coef": "half"}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got 'half' \(str\)"),
         ({"mixture_coef": float("nan")}, r"OnlineIPOConfig\.mixture_coef must be a finite number, got nan"),

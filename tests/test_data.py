@@ -41,7 +41,7 @@ def test_dataset_helpers():
 
 
 @pytest.mark.parametrize(
-    "values, message",
+    ("values", "message"),
     [
         ([0.2, 1.5], r"Preference value 1\.5 at column 'q', row 1 of the train dataset is outside \[0, 1\]"),
         ([0.2, 0.3, float("nan")], r"NaN at column 'q', row 2 of the train dataset"),
@@ -85,7 +85,8 @@ def test_unused_soft_label_column_warns_once_naming_column_and_setting(monkeypat
         validate_preference_rows(dataset, "train", None)
     messages = [str(w.message) for w in caught if w.category is UnusedPreferenceColumnWarning]
     assert len(messages) == 1  # 'score' is not named like q; 'Preference' holds text
-    assert "numeric column 'q'" in messages[0] and "preference_column='q'" in messages[0]
+    assert "numeric column 'q'" in messages[0]
+    assert "preference_column='q'" in messages[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnusedPreferenceColumnWarning)
         validate_preference_rows(dataset, "eval", None)  # once: the eval split does not warn again

@@ -72,7 +72,8 @@ def test_best_response_attains_the_maximum_over_enumerated_responses():
 
 def test_prompt_split_is_disjoint_and_covers_words():
     train, held_out = language.split_prompts(seed=3, num_eval=8)
-    assert len(held_out) == 8 and not set(train) & set(held_out)
+    assert len(held_out) == 8
+    assert not set(train) & set(held_out)
     assert sorted(train + held_out) == sorted(language.all_prompts())
     with pytest.raises(ValueError, match="not a prompt"):
         reward("a cat likes", " the ball .")
@@ -133,7 +134,8 @@ def test_oracle_gets_maximum_reward_and_beats_reference_win_rate():
     assert ref_vs_itself["win_rate"] == 0.5
     assert oracle["win_rate"] >= ref_vs_itself["win_rate"]
     expected_wins = sum(v(p, best_response(p), y) for p, y in zip(prompts, reference, strict=True)) / len(prompts)
-    assert oracle["win_rate"] == pytest.approx(expected_wins) and oracle["grammatical"] == 1.0
+    assert oracle["win_rate"] == pytest.approx(expected_wins)
+    assert oracle["grammatical"] == 1.0
 
 
 def test_kl_estimate_mean_and_standard_error_by_hand():
@@ -142,7 +144,8 @@ def test_kl_estimate_mean_and_standard_error_by_hand():
     diffs = [0.5, 0.0, -1.0]
     mean = sum(diffs) / 3
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
-    assert kl == pytest.approx(mean) and se == pytest.approx(sd / math.sqrt(3))
+    assert kl == pytest.approx(mean)
+    assert se == pytest.approx(sd / math.sqrt(3))
 
 
 def test_sequence_logps_match_unpadded_forward(tokenizer, load_model, one_thread):
@@ -245,21 +248,27 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     # The claims in results.json are those computed from its own run records; each has a verdict on the terminal.
     recomputed = json.loads(json.dumps(evaluate_claims(runs, results["reference"]), default=float))
     assert json.dumps(results["claims"]) == json.dumps(recomputed)
-    assert [c["id"] for c in results["claims"]] == [c["id"] for c in recomputed] and len(recomputed) == 6
+    assert [c["id"] for c in results["claims"]] == [c["id"] for c in recomputed]
+    assert len(recomputed) == 6
     assert all(c["holds"] in (True, False, None) for c in results["claims"])
-    assert "## Claims" in report and report.index("## Claims") < report.index("## Converged regime")
-    assert "Claims" in printed and all(c["statement"] in printed for c in results["claims"])
+    assert "## Claims" in report
+    assert report.index("## Claims") < report.index("## Converged regime")
+    assert "Claims" in printed
+    assert all(c["statement"] in printed for c in results["claims"])
     assert results["reference"]["kl"] == 0.0
     prompts = results["prompts"]["eval"]
     assert results["oracle"]["reward"] == pytest.approx(sum(max_reward(p) for p in prompts) / len(prompts))
     pairs = [json.loads(line) for line in (out / "pairs_noisy.jsonl").read_text().splitlines()]
-    assert len(pairs) == len(train_prompts) and all(p["prompt"] in train_prompts for p in pairs)
-    assert "best-response oracle" in printed and "wall time" in printed
+    assert len(pairs) == len(train_prompts)
+    assert all(p["prompt"] in train_prompts for p in pairs)
+    assert "best-response oracle" in printed
+    assert "wall time" in printed
     # Library noise goes to the log, not to the terminal.
     for noise in ("FutureWarning", "Tokenizing", "Loading weights", "{'loss'"):
         assert noise not in printed + captured.err, noise
     assert "{'loss'" in (out / "demo.log").read_text()
-    assert results["wall_time_s"] > 0 and results["environment"]["torch_threads"] == 1
+    assert results["wall_time_s"] > 0
+    assert results["environment"]["torch_threads"] == 1
     # Per-stage wall and CPU times, each second charged to one stage: evaluations inside the trainings included.
     timings = results["timings"]
     stages = ["sft", "pairs", "evaluation", "budget", "rlhf", "converged", "report"]
@@ -275,12 +284,14 @@ def test_demo_quick_preset_end_to_end(tmp_path, capsys):
     assert (
         (timings["budget"]["calls"], timings["converged"]["calls"]) == (calls["budget"], calls["converged"]) == (2, 6)
     )
-    assert timings["rlhf"]["calls"] == 1 and timings["sft"]["calls"] == 1
-    assert "## Time per stage" in report and "| evaluation |" in report
+    assert timings["rlhf"]["calls"] == 1
+    assert timings["sft"]["calls"] == 1
+    assert "## Time per stage" in report
+    assert "| evaluation |" in report
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    ("argv", "message"),
     [
         (["--converged_pairs_per_prompt", "60"], "converged_pairs_per_prompt=60 must be <= pairs_per_prompt=48"),
         (["--converged_betas", "0.1", "-1"], "every β must be > 0, got -1.0"),
@@ -293,8 +304,10 @@ def test_demo_rejects_bad_settings_in_one_line_before_running(tmp_path, capsys, 
     out = tmp_path / "demo"
     assert demo.main([*argv, "--output_dir", str(out)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith("trl-ipo demo: error: ") and message in captured.err
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("trl-ipo demo: error: ")
+    assert message in captured.err
     assert not out.exists()
 
 
@@ -310,10 +323,12 @@ def test_demo_config_takes_its_optimisation_fields_from_train_settings():
     for f in shared:  # the demo's max_steps is the budget regime's, with its own default and help text
         assert f.type == train[f.name].type
         assert f.name == "max_steps" or f.metadata["help"] == train[f.name].metadata["help"]
-    assert DemoConfig.batch_size == TrainSettings.batch_size and DemoConfig.max_steps == 200
+    assert DemoConfig.batch_size == TrainSettings.batch_size
+    assert DemoConfig.max_steps == 200
     settings = DemoConfig(seed=3, learning_rate=0.01, rl_steps=7).train_settings("converged")
     assert (settings.seed, settings.learning_rate, settings.rl_steps) == (3, 0.01, 7)
-    assert settings.max_steps == DemoConfig.converged_steps and settings.disable_tqdm
+    assert settings.max_steps == DemoConfig.converged_steps
+    assert settings.disable_tqdm
 
 
 @pytest.fixture
@@ -370,7 +385,8 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
         metrics = run["eval_metrics"]
         assert run["final"]["accuracy"] == metrics["eval_rewards/accuracies"]
         assert run["final"]["delta"] == pytest.approx(metrics["eval_rewards/margins"] / 0.1)
-        assert abs(run["history"][0]["kl"]) < 1e-6 and run["history"][-1]["step"] == 2
+        assert abs(run["history"][0]["kl"]) < 1e-6
+        assert run["history"][-1]["step"] == 2
     # Soft-label IPO's held-out target is the mean of (q − ½)/β over the held-out rows (two eval batches of 3).
     from datasets import load_dataset
 
@@ -379,11 +395,12 @@ def test_compare_runs_on_local_jsonl_and_local_model(tmp_path, tiny_dir, pairs_f
     expected = sum((q - 0.5) / 0.1 for q in held_out["q"]) / 6
     assert by_method["ipo_soft"]["final"]["target"] == pytest.approx(expected, rel=1e-5)
     assert by_method["dpo"]["final"]["target"] is None
-    assert (out / "report.md").exists() and "held-out accuracy" in capsys.readouterr().out
+    assert (out / "report.md").exists()
+    assert "held-out accuracy" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "case, message",
+    ("case", "message"),
     [
         ("missing_file", "Dataset file or folder not found"),
         ("wrong_columns", "missing column(s) ['chosen', 'rejected']"),
@@ -419,6 +436,8 @@ def test_compare_rejects_bad_input_before_training(tmp_path, tiny_dir, pairs_fil
     out = tmp_path / "out"
     assert compare.main(["--model", model, "--dataset", dataset, "--output_dir", str(out), *extra]) == 2
     err = capsys.readouterr().err  # (after any progress bars of `datasets`)
-    assert "Traceback" not in err and err.count("error:") == 1
-    assert err.splitlines()[-1].startswith("trl-ipo compare: error: ") and message in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert err.count("error:") == 1
+    assert err.splitlines()[-1].startswith("trl-ipo compare: error: ")
+    assert message in err.splitlines()[-1]
     assert not out.exists()  # nothing trained, nothing written

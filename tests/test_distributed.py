@@ -202,7 +202,8 @@ def test_a_dying_rank_ends_the_job_nonzero_and_leaves_a_loadable_checkpoint(jobs
     assert codes[1 - DIE_RANK] != 0, f"the surviving node exited 0:\n{job.tail()}"
     assert not job.records()  # neither rank finished training
     last = last_complete_checkpoint(job.out.parent / "death-run")
-    assert last is not None and Path(last).name == f"checkpoint-{DIE_STEP - 1}", last
+    assert last is not None
+    assert Path(last).name == f"checkpoint-{DIE_STEP - 1}", last
     state = json.loads((Path(last) / "trainer_state.json").read_text())
     assert state["global_step"] == DIE_STEP - 1
     model = AutoModelForCausalLM.from_pretrained(last, dtype=torch.float32)
@@ -279,7 +280,8 @@ def test_packaged_deepspeed_configs_are_zero3_with_auto_fields():
     for name, offload in (("zero3", False), ("zero3_offload", True)):
         raw = json.loads(Path(resolve_config(name)).read_text())
         zero = raw["zero_optimization"]
-        assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+        assert zero["stage"] == 3
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
         assert raw["bf16"]["enabled"] == "auto"
         for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
             assert raw[key] == "auto", (name, key)
@@ -288,7 +290,8 @@ def test_packaged_deepspeed_configs_are_zero3_with_auto_fields():
         if offload:
             assert zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "cpu"
         parsed = HfTrainerDeepSpeedConfig(resolve_config(name))
-        assert parsed.is_zero3() and parsed.is_offload() == offload
+        assert parsed.is_zero3()
+        assert parsed.is_offload() == offload
 
 
 def test_packaged_accelerate_configs_load_as_deepspeed_zero3():
@@ -299,8 +302,10 @@ def test_packaged_accelerate_configs_load_as_deepspeed_zero3():
     for name, machines in (("zero3", 1), ("zero3_multinode", 2)):
         config = load_config_from_file(resolve_config(name, kind="accelerate"))
         assert str(config.distributed_type).endswith("DEEPSPEED")
-        assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
-        assert config.num_machines == machines and config.num_processes == 8 * machines
+        assert config.deepspeed_config["zero_stage"] == 3
+        assert config.deepspeed_config["zero3_save_16bit_model"]
+        assert config.num_machines == machines
+        assert config.num_processes == 8 * machines
 
 
 def test_check_launch_stops_a_run_that_would_train_each_rank_alone(monkeypatch):
@@ -388,6 +393,8 @@ def test_launch_script_builds_the_deepspeed_command(tmp_path):
         "--flag",
     ]
     default = run("--dry-run")
-    assert default.returncode == 0 and default.stdout.split()[-1] == str(REPO / "scripts" / "train_ipo.py")
+    assert default.returncode == 0
+    assert default.stdout.split()[-1] == str(REPO / "scripts" / "train_ipo.py")
     missing_master = run("--hostfile", str(hostfile), "--dry-run", str(WORKER))
-    assert missing_master.returncode == 2 and "--master-addr" in missing_master.stderr
+    assert missing_master.returncode == 2
+    assert "--master-addr" in missing_master.stderr

@@ -190,7 +190,7 @@ def shell_env() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ the test
-@pytest.mark.parametrize("page, line, kind, body", CASES)
+@pytest.mark.parametrize(("page", "line", "kind", "body"), CASES)
 def test_snippet_runs(page, line, kind, body, placeholders, tiny_dir, tmp_path_factory, monkeypatch):
     reason = skip_reason(body)
     if reason is not None:
@@ -302,7 +302,8 @@ def test_every_page_is_scanned_and_snippets_are_found():
     text = "intro\n```python\nx = 1\n```\n\n1. item\n\n   ```bash\n   echo hi\n   ```\n```\nplain\n```\n"
     blocks = list(fenced_blocks(text))
     assert [(b[1], b[2]) for b in blocks] == [("python", "x = 1\n"), ("bash", "echo hi\n"), ("", "plain\n")]
-    assert kind_of("", "python scripts/x.py\n") == "shell" and kind_of("", "Δ = ρ(y_w) − ρ(y_l)\n") is None
+    assert kind_of("", "python scripts/x.py\n") == "shell"
+    assert kind_of("", "Δ = ρ(y_w) − ρ(y_l)\n") is None
     assert skip_reason("# docs-test: skip (needs 8 GPUs)\nrun\n") == "needs 8 GPUs"
 
 

@@ -56,7 +56,7 @@ def test_configs_build_on_a_cpu_and_explicit_bf16_names_the_fix(tmp_path):
 
 # ----------------------------------------------------------------------------------------- refused and ignored
 @pytest.mark.parametrize(
-    "field, value, message",
+    ("field", "value", "message"),
     [
         ("label_smoothing", 0.1, r"IPOConfig\.label_smoothing=0\.1 has no effect on IPO.*preference_column"),
     ],
@@ -69,7 +69,7 @@ def test_refused_fields_stop_the_config(tmp_path, field, value, message):
 
 
 @pytest.mark.parametrize(
-    "field, value",
+    ("field", "value"),
     [
         ("discopop_tau", 0.2),
         ("ref_model_mixup_alpha", 0.9),
@@ -164,7 +164,8 @@ def test_last_logged_pairs_survive_the_summary_log(tmp_path, load_model, tokeniz
     trainer.train()
     assert "train_runtime" in trainer.state.log_history[-1]  # the summary log came after the last step's log
     pairs = trainer.last_logged_pairs("train")
-    assert set(pairs) == {"delta", "target", "preference"} and len(pairs["delta"]) == 4  # one batch of 4 pairs
+    assert set(pairs) == {"delta", "target", "preference"}
+    assert len(pairs["delta"]) == 4
     last_step = trainer.state.log_history[-2]
     assert pairs["delta"].mean().item() == pytest.approx(last_step["ipo/delta"], rel=1e-5, abs=1e-7)
     assert torch.allclose(pairs["target"], torch.full((4,), 0.5 / beta))  # hard labels: t/β = ½/β
@@ -191,7 +192,8 @@ def test_tiny_model_command_builds_a_loadable_model_and_rows(tmp_path, capsys):
     assert main(["tiny-model", str(out), "--pairs", "5"]) == 0
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.hidden_size == 32 and model.config.vocab_size == len(tok)
+    assert model.config.hidden_size == 32
+    assert model.config.vocab_size == len(tok)
     rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows] == make_pairs(5, seed=1)
     assert all(0.0 <= r["q"] <= 1.0 for r in rows)

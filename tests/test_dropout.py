@@ -63,7 +63,8 @@ def test_disable_dropout_makes_train_mode_forward_deterministic(build, tokenizer
         for name, value in vars(module).items()
         if isinstance(value, float) and is_dropout_name(name)
     ]
-    assert floats and all(value == 0.0 for _, value in floats)
+    assert floats
+    assert all(value == 0.0 for _, value in floats)
 
 
 def test_dropout_names():

@@ -51,7 +51,8 @@ def test_cpu_tiny_run_writes_the_schema_and_every_check_passes(tmp_path):
 
     assert report["device"].endswith("(cpu)")
     assert {"torch", "cuda", "transformers", "trl", "deepspeed"} <= report["versions"].keys()
-    assert report["gemm_tflops"] > 0 and "not a GPU" in report["gemm"]["label"]
+    assert report["gemm_tflops"] > 0
+    assert "not a GPU" in report["gemm"]["label"]
 
     checks = {c["name"]: c for c in report["checks"]}
     assert len(checks) == len(report["checks"])
@@ -63,9 +64,11 @@ def test_cpu_tiny_run_writes_the_schema_and_every_check_passes(tmp_path):
     expected |= {f"layouts/bf16/qwen2-tiny/{attn}/SP" for attn in ("sdpa", "eager", "flex_attention")}
     assert expected == set(checks)
     for name, check in checks.items():
-        assert CHECK_KEYS <= check.keys() and check["passed"] is True, check
+        assert check.keys() >= CHECK_KEYS, check
+        assert check["passed"] is True, check
         if check.get("skipped"):  # only flex attention, whose backward torch does not run on CPU
-            assert "flex_attention" in name and "CPU" in check["detail"], check
+            assert "flex_attention" in name, check
+            assert "CPU" in check["detail"], check
             continue
         assert 0 <= check["max_rel_diff"] <= check["tolerance"] <= _limit(name), check
     assert (
@@ -73,16 +76,19 @@ def test_cpu_tiny_run_writes_the_schema_and_every_check_passes(tmp_path):
         or "not bit-identical" in (checks["parity/bfloat16"]["detail"])
     )
     zero3 = checks["zero3/zero3"]["detail"]
-    assert "DeepSpeedEngine, ZeRO stage 3" in zero3 and "ds_shape" in zero3 and "numel() 0" in zero3
+    assert "DeepSpeedEngine, ZeRO stage 3" in zero3
+    assert "ds_shape" in zero3
+    assert "numel() 0" in zero3
 
     rows = report["bench"]
     assert {(r["variant"], r["attn"]) for r in rows} >= {("B", "sdpa"), ("A", "sdpa"), ("S", "sdpa"), ("Pf", "sdpa")}
     assert len({(r["model"], r["workload"]) for r in rows}) == 1  # one benchmark row in --tiny mode
     for r in rows:
-        assert BENCH_KEYS <= r.keys()
+        assert r.keys() >= BENCH_KEYS
         assert r["samples_per_s"] == pytest.approx(r["pairs"] / r["step_s"])
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / report["gemm_tflops"])
-        assert r["peak_mem_gib"] > 0 and r["tokens_per_s"] > r["samples_per_s"]
+        assert r["peak_mem_gib"] > 0
+        assert r["tokens_per_s"] > r["samples_per_s"]
     (target,) = report["targets"]
     best = next(r for r in rows if f"{r['variant']}/{r['attn']}" == target["best"])
     b = next(r for r in rows if r["variant"] == "B")
@@ -102,7 +108,8 @@ def test_comparison_measures_see_a_difference():
     a = Run([{"loss": 25.0, "ipo/delta": 0.5}], [grads_a])
     b = Run([{"loss": 25.0 * (1 + 2e-5), "ipo/delta": 0.5}], [grads_b])
     loss, where = history_diff(a, b, keys=("loss",), floor=0.0)
-    assert loss == pytest.approx(2e-5) and "loss" in where
+    assert loss == pytest.approx(2e-5)
+    assert "loss" in where
     whole, where = grads_diff(a, b)
     assert whole == pytest.approx(1e-4, rel=1e-3)  # ‖(0, 5e-4, 2e-9)‖ / ‖(3, 4, 1e-9)‖, in fp32
     assert where.startswith("step 1 b: 2 ")  # the noise-only tensor is named, but is not the criterion
@@ -115,9 +122,11 @@ def test_comparison_measures_see_a_difference():
 
 def test_usage_errors_exit_2(tmp_path):
     bad = subprocess.run(["bash", str(SCRIPT), "--gpus", "2"], capture_output=True, text=True, env=_env(tmp_path))
-    assert bad.returncode == 2 and "unknown option '--gpus'" in bad.stderr
+    assert bad.returncode == 2
+    assert "unknown option '--gpus'" in bad.stderr
     bad = subprocess.run(["bash", str(SCRIPT), "--device", "tpu"], capture_output=True, text=True, env=_env(tmp_path))
-    assert bad.returncode == 2 and "cuda or cpu" in bad.stderr
+    assert bad.returncode == 2
+    assert "cuda or cpu" in bad.stderr
     if not torch.cuda.is_available():
         from benchmarks.gpucheck.cli import main
 

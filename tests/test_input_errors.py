@@ -78,7 +78,7 @@ def test_missing_value_in_a_jsonl_style_row(load_model, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "message, expected",
+    ("message", "expected"),
     [
         ({"content": "sat"}, r"message 0 of column 'chosen', row 2 of the train dataset has no 'role'"),
         (
@@ -162,7 +162,7 @@ def test_clean_rows_warn_nothing(load_model, tokenizer, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- judge output
 @pytest.mark.parametrize(
-    "returned, expected",
+    ("returned", "expected"),
     [
         ({0: 0.9, 1: 0.1}, r"returned dict \{0: 0\.9, 1: 0\.1\}; it must return a list"),
         ("01", r"returned str '01'; it must return a list"),
@@ -194,7 +194,8 @@ def test_mixed_rows_of_a_json_lines_file_fail_in_the_trainer(load_model, tokeniz
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [CHAT_ROW, CHAT_ROW, CHAT_ROW, plain, CHAT_ROW]))
     dataset = load_dataset("json", data_files=str(path), split="train")  # one JSON-typed column holds both kinds
-    assert dataset[3] == plain and dataset[0] == CHAT_ROW
+    assert dataset[3] == plain
+    assert dataset[0] == CHAT_ROW
     with pytest.raises(
         InputError,
         match=r"row 3 of the train dataset is plain but row 0 is conversational; .* no "

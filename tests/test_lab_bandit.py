@@ -43,8 +43,11 @@ def test_paper_setting_ipo_matches_closed_form_and_dpo_goes_deterministic(paper_
     softmax(1/(3τ), 0, −1/(3τ)) per action for every τ; DPO puts more than 0.99 on action a for every τ ≤ 2."""
     ipo = paper_run.final[paper_run.method_index("ipo")]  # (S, T, K)
     dpo = paper_run.final[paper_run.method_index("dpo")]
-    assert paper_run.steps == 18_000 and paper_run.batch_size == 9 and paper_run.lr == 0.01
-    assert len(paper_run.seeds) == 10 and paper_run.taus == PAPER_TAUS
+    assert paper_run.steps == 18_000
+    assert paper_run.batch_size == 9
+    assert paper_run.lr == 0.01
+    assert len(paper_run.seeds) == 10
+    assert paper_run.taus == PAPER_TAUS
     for j, tau in enumerate(paper_run.taus):
         u = torch.tensor([1 / (3 * tau), 0.0, -1 / (3 * tau)], dtype=F64)  # written out, uniform reference
         exact = torch.exp(u) / torch.exp(u).sum()
@@ -61,7 +64,8 @@ def test_paper_setting_ipo_matches_closed_form_and_dpo_goes_deterministic(paper_
 
 def test_curves_start_at_reference_and_end_at_final(paper_run):
     curves = paper_run.curves
-    assert paper_run.recorded_steps[0] == 0 and paper_run.recorded_steps[-1] == 18_000
+    assert paper_run.recorded_steps[0] == 0
+    assert paper_run.recorded_steps[-1] == 18_000
     torch.testing.assert_close(curves[0], torch.full_like(curves[0], 1 / 3))
     torch.testing.assert_close(curves.sum(-1), torch.ones_like(curves.sum(-1)))
 
@@ -85,7 +89,8 @@ def test_plot_is_a_small_png_with_one_panel_per_tau(tmp_path):
     path = tmp_path / "curves.png"
     plot_curves(small, path)
     data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 300_000
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) < 300_000
     import matplotlib.image
 
     height, width = matplotlib.image.imread(path).shape[:2]
@@ -93,7 +98,9 @@ def test_plot_is_a_small_png_with_one_panel_per_tau(tmp_path):
 
 
 def test_student_t_quantiles():
-    assert student_t_975(1) == 12.706 and student_t_975(9) == 2.262 and student_t_975(1000) == 1.96
+    assert student_t_975(1) == 12.706
+    assert student_t_975(9) == 2.262
+    assert student_t_975(1000) == 1.96
     assert math.isnan(student_t_975(0))
     one_seed = run_bandit(taus=(1.0,), seeds=(0,), steps=5, record_every=5)
     assert torch.isnan(summarise(one_seed)["ipo"]["ci95"]).all()
@@ -130,7 +137,7 @@ def _autograd_runs(pairs, reference, taus, seeds, methods, preference, symmetric
     return final
 
 
-@pytest.mark.parametrize("preference, symmetric", [(None, True), ([0.9, 0.6, 0.8], True), ([0.9, 0.6, 0.8], False)])
+@pytest.mark.parametrize(("preference", "symmetric"), [(None, True), ([0.9, 0.6, 0.8], True), ([0.9, 0.6, 0.8], False)])
 def test_written_out_gradients_equal_autograd_through_ipo_loss(preference, symmetric):
     """The batched loop with written-out gradients is, to rounding, one autograd run per (method, seed, τ) through
     trl_ipo.losses.ipo_loss (and the DPO cross-entropy) stepped by torch.optim.Adam, over 150 steps."""

@@ -200,7 +200,7 @@ def test_score_difference_minus_pairwise_regression_is_constant():
 
 
 @pytest.mark.parametrize(
-    "matrix, message",
+    ("matrix", "message"),
     [
         ([[0.5, 1.2], [-0.2, 0.5]], "not a probability"),
         ([[0.4, 0.6], [0.4, 0.6]], "P\\[0, 0\\]"),
@@ -214,7 +214,7 @@ def test_preference_matrix_checks_name_the_entry(matrix, message):
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    ("kwargs", "message"),
     [
         (dict(pairs=[(0, 3)]), "outside 0..2"),
         (dict(pairs=[(1, 1)]), "with itself"),

@@ -46,12 +46,18 @@ def test_nested_stages_are_charged_once_to_the_innermost_stage():
 def test_a_stage_that_raises_is_still_charged():
     wall, cpu = FakeClock(), FakeClock()
     times = StageTimes(wall, cpu)
-    with pytest.raises(RuntimeError), times.stage("sft"):
-        wall.now, cpu.now = 2.0, 1.0
-        raise RuntimeError("stop")
+
+    def failing_stage():
+        with times.stage("sft"):
+            wall.now, cpu.now = 2.0, 1.0
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        failing_stage()
     with times.stage("pairs"):
         wall.now, cpu.now = 3.0, 1.5
-    assert times.as_dict()["sft"]["wall_s"] == 2.0 and times.as_dict()["pairs"]["cpu_s"] == 0.5
+    assert times.as_dict()["sft"]["wall_s"] == 2.0
+    assert times.as_dict()["pairs"]["cpu_s"] == 0.5
 
 
 def test_timing_rows_round_to_a_tenth_of_a_second():
@@ -88,7 +94,8 @@ def test_fused_lm_head_tiled_to_the_vocabulary_gives_the_same_bits_and_is_restor
         assert fused_lm_head_tile_width() == vocab
         tiled_logps, tiled_grad = forward_backward()
     assert fused_lm_head_tile_width() == default
-    assert torch.equal(logps, tiled_logps) and torch.equal(grad, tiled_grad)
+    assert torch.equal(logps, tiled_logps)
+    assert torch.equal(grad, tiled_grad)
     # An independent computation: log-softmax of the full logits at the next token.
     with torch.no_grad():
         logits = model(input_ids=ids).logits[:, :-1].double()

@@ -68,7 +68,8 @@ def _train(trainer_cls, config_cls, tmp_path, preference=None, **overrides):
     ids = response_ids(tokenizer, WORDS)
     for row, (w, l) in zip(trainer.train_dataset, D1, strict=True):
         assert row["prompt_ids"] == ids[w, :1].tolist()
-        assert row["chosen_ids"] == ids[w, 1:].tolist() and row["rejected_ids"] == ids[l, 1:].tolist()
+        assert row["chosen_ids"] == ids[w, 1:].tolist()
+        assert row["rejected_ids"] == ids[l, 1:].tolist()
     pi_ref = response_distribution(reference, tokenizer, WORDS)
     curve = ResponseCurve(tokenizer)
     trainer.add_callback(curve)
@@ -99,7 +100,8 @@ def test_dpo_trainer_drifts_to_deterministic(tmp_path):
     pi_ref, pi, curve = _train(DPOTrainer, DPOConfig, tmp_path, loss_type=["sigmoid"])
     ipo = ipo_closed_form(D1, pi_ref, BETA).policy
     # Same data, same β: DPO's top response leaves IPO's regularised optimum far behind and heads to 1.
-    assert int(pi.argmax()) == 0 and int(ipo.argmax()) == 0
+    assert int(pi.argmax()) == 0
+    assert int(ipo.argmax()) == 0
     assert pi[0] > 0.99 > ipo[0] + 0.3
     top = curve[:, 0]
     assert (top[1:] >= top[:-1] - 1e-6).all()  # it only ever grows: no finite optimum to settle on

@@ -141,7 +141,10 @@ def test_model_card_states_the_modifiers(tmp_path):
     from trl_ipo.model_card import ipo_settings_section
 
     plain = ipo_settings_section(IPOConfig(**cpu_args(tmp_path)))
-    assert "ld_alpha" not in plain and "Loss modifiers" not in plain
+    assert "ld_alpha" not in plain
+    assert "Loss modifiers" not in plain
     card = ipo_settings_section(IPOConfig(**cpu_args(tmp_path, **MODIFIERS["all"])))
-    assert "| `ld_alpha` | `0.6` |" in card and "| `f_divergence_type` | `'forward_kl'` |" in card
-    assert "| `use_weighting` | `True` |" in card and "Loss modifiers from TRL" in card
+    assert "| `ld_alpha` | `0.6` |" in card
+    assert "| `f_divergence_type` | `'forward_kl'` |" in card
+    assert "| `use_weighting` | `True` |" in card
+    assert "Loss modifiers from TRL" in card

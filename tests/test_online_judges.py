@@ -41,7 +41,7 @@ def test_judge_output_is_checked():
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"loss_type": "sigmoid"}, "trains IPO only"),
         ({"mixture_coef": 1.5}, r"mixture_coef \(λ\) must be in \[0, 1\]"),

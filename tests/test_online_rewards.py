@@ -56,7 +56,7 @@ def nan_for_pair_two(prompts, completions, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "reward, message",
+    ("reward", "message"),
     [
         (all_none, r"no reward function scored completion 0 \(pair 0, completion a\): reward function `all_none`"),
         (none_for_a, r"no reward function scored completion 0 \(pair 0, completion a\): reward function `none_for_a`"),
@@ -130,7 +130,7 @@ def a_number(prompts, completions, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "reward, message",
+    ("reward", "message"),
     [
         (one_short, rf"reward function `one_short` returned {N - 1} values for {N} completions \(\[1\.0, 1\.0"),
         (strings, r"reward function `strings` returned str 'good' for completion 0"),

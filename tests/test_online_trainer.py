@@ -124,7 +124,8 @@ def build(trainer_cls, config_cls, load_model, tokenizer, tmp_path, trainer_kwar
 
 def assert_grads_close(got, expected, rtol=1e-5, atol=1e-5):
     """Equal up to float32 summation order (the largest gradient entries are O(10))."""
-    assert got.keys() == expected.keys() and got
+    assert got.keys() == expected.keys()
+    assert got
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol, msg=name)
 
@@ -147,7 +148,8 @@ def test_equals_trl_online_dpo_ipo_with_hard_labels_and_summed_logps(load_model,
     theirs.train()
     # Both label directions occur (a wins on two prompts, b on two), and no pair is tied.
     log = ours.state.log_history[0]
-    assert log["online/preference_mean"] == 0.5 and log["online/tie_fraction"] == 0.0
+    assert log["online/preference_mean"] == 0.5
+    assert log["online/tie_fraction"] == 0.0
     assert ours.step_losses[0] > 1.0
     assert ours.step_losses[0] == pytest.approx(theirs.step_losses[0], rel=1e-6)
     assert_grads_close(our_grads.grads[0], their_grads.grads[0])
@@ -396,4 +398,5 @@ def test_conversational_prompts_reach_the_judge_as_messages(load_model, tokenize
     prompts, completions_a, completions_b = seen[0]
     assert sorted(p[0]["content"] for p in prompts) == sorted(PROMPTS)
     for completion in completions_a + completions_b:
-        assert [m["role"] for m in completion] == ["assistant"] and isinstance(completion[0]["content"], str)
+        assert [m["role"] for m in completion] == ["assistant"]
+        assert isinstance(completion[0]["content"], str)

@@ -68,7 +68,8 @@ def test_mask_rejected_sees_prompt_and_itself_never_chosen():
         [1, 1, 1, 0, 0, 1],
     ]
     add = additive_mask(layout, torch.float32)
-    assert add.dtype == torch.float32 and (add[allowed_mask(layout)] == 0).all()
+    assert add.dtype == torch.float32
+    assert (add[allowed_mask(layout)] == 0).all()
     assert (add[~allowed_mask(layout)] == torch.finfo(torch.float32).min).all()
 
 
@@ -88,12 +89,14 @@ def test_scatter_round_trip_gives_the_padded_tokens(sharing, packing):
     assert float(layout.token_weights.sum()) == real
     if packing:
         longest = max(len(p[0]) + len(p[1]) + (len(p[2]) if sharing else 0) for p in PAIRS)
-        assert layout.row_length == longest and layout.num_rows == (3 if sharing else 5)  # first fit, longest first
+        assert layout.row_length == longest
+        assert layout.num_rows == (3 if sharing else 5)
 
 
 def test_padding_free_without_capacity_is_one_row_without_padding():
     layout = build_layout(*collate(PAIRS), prefix_sharing=True, padding_free=True)
-    assert layout.num_rows == 1 and (layout.segment_ids >= 0).all()
+    assert layout.num_rows == 1
+    assert (layout.segment_ids >= 0).all()
     assert layout.segment_ids.unique().numel() == len(PAIRS)
 
 
@@ -169,7 +172,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("sharing,packing", [(True, False), (False, True), (True, True)], ids=["S", "Pf", "SP"])
+@pytest.mark.parametrize(("sharing", "packing"), [(True, False), (False, True), (True, True)], ids=["S", "Pf", "SP"])
 def test_packed_hidden_states_equal_the_padded_forward(name, sharing, packing):
     from trl_ipo.packed import layout_attention_mask
 
@@ -210,6 +213,7 @@ def test_flex_block_mask_is_built_from_the_ids_on_the_layouts_device():
     idx = torch.arange(length)
     for name, window in (("full_attention", None), ("sliding_attention", 3)):
         block = masks[name]
-        assert isinstance(block, BlockMask) and block.shape == (rows, 1, length, length)
+        assert isinstance(block, BlockMask)
+        assert block.shape == (rows, 1, length, length)
         dense = block.mask_mod(torch.zeros((), dtype=torch.long), 0, idx[:, None], idx[None, :])
         assert torch.equal(dense, allowed_mask(layout, window)[0, 0])

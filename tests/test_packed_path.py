@@ -63,8 +63,10 @@ def test_one_packed_step_builds_one_layout_with_one_host_sync(load_model, tokeni
     trainer.packed.forward = counted
     with counting_host_syncs() as packed_step:
         loss_and_grads(trainer, batch)
-    assert trainer.packed.forward_calls == 2 and trainer.packed.layouts_built == 1  # policy + reference, one layout
-    assert sum(inside.values()) == 1 and inside["tolist"] == 1  # the layout's one device-to-host copy
+    assert trainer.packed.forward_calls == 2
+    assert trainer.packed.layouts_built == 1
+    assert sum(inside.values()) == 1
+    assert inside["tolist"] == 1
 
     padded = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path / "padded")
     with counting_host_syncs() as padded_step:
@@ -75,7 +77,8 @@ def test_one_packed_step_builds_one_layout_with_one_host_sync(load_model, tokeni
 def test_the_next_batch_gets_a_new_layout(load_model, tokenizer, tmp_path):
     trainer = build(IPOTrainer, IPOConfig, load_model, tokenizer, ROWS, tmp_path, **SP)
     trainer.train()  # 3 steps
-    assert trainer.packed.layouts_built == 3 and trainer.packed.forward_calls == 6
+    assert trainer.packed.layouts_built == 3
+    assert trainer.packed.forward_calls == 6
 
 
 # ---------------------------------------------------------------------------------------- the verified table
@@ -178,7 +181,8 @@ def test_an_unverified_type_is_self_checked_on_its_first_batch(load_model, token
         loss_and_grads(trainer)
     lines = [r.getMessage() for r in caplog.records if "self-check ran" in r.getMessage()]
     assert len(lines) == 2  # once for the policy, once for the reference; not again on the next step
-    assert "the policy (model_type='qwen2'" in lines[0] and "the reference (model_type='qwen2'" in lines[1]
+    assert "the policy (model_type='qwen2'" in lines[0]
+    assert "the reference (model_type='qwen2'" in lines[1]
 
 
 def test_a_self_check_that_fails_stops_training(load_model, tokenizer, tmp_path, monkeypatch):
@@ -254,4 +258,5 @@ def test_moe_config_naming_num_local_experts_trains_with_its_router_loss(tokeniz
     loss, _ = loss_and_grads(trainer)
     aux = trainer._metrics["train"]["aux_loss"][-1]
     ipo_term = trainer._metrics["train"]["ipo/sq_error"][-1]
-    assert aux > 0 and loss.item() == pytest.approx(ipo_term + 0.1 * aux, rel=1e-5)
+    assert aux > 0
+    assert loss.item() == pytest.approx(ipo_term + 0.1 * aux, rel=1e-5)

@@ -47,7 +47,8 @@ def _perturb(trainer):
 
 def _assert_grads_equal(grads_b, grads_a):
     """Equal to fp32 rounding: element-wise within 1e-4 relative, or 1e-5 of the tensor's largest entry."""
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    assert grads_a.keys() == grads_b.keys()
+    assert len(grads_a) > 0
     for name, a in grads_a.items():
         torch.testing.assert_close(grads_b[name], a, rtol=1e-4, atol=1e-5 * a.abs().max().item(), msg=name)
 
@@ -57,7 +58,8 @@ def _last_metrics(trainer, mode="train"):
 
 
 def _assert_metrics_equal(a, b, rel=1e-5, abs_=1e-5):
-    assert a.keys() == b.keys() and any(k.startswith("ipo/") for k in a)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("ipo/") for k in a)
     for key in a:
         assert b[key] == pytest.approx(a[key], rel=rel, abs=abs_), key
 
@@ -137,7 +139,8 @@ def test_keep_end_truncation_warns_with_a_count_and_keeps_the_loss(load_model, t
         warnings.simplefilter("always")
         _compare_step(load_model, tokenizer, _uneven_rows(), tmp_path, layouts=("SP",), **kw)
     messages = [str(w.message) for w in caught if "prefix_sharing:" in str(w.message)]
-    assert messages and all(m.split()[1].isdigit() and int(m.split()[1]) > 0 for m in messages)
+    assert messages
+    assert all(m.split()[1].isdigit() and int(m.split()[1]) > 0 for m in messages)
 
 
 # ----------------------------------------------------------------------------------------------- training runs
@@ -187,7 +190,8 @@ def test_training_runs_log_the_same(feature, load_model, tokenizer, tmp_path):
     if feature == "evaluation":
         assert any("eval_ipo/delta" in h for h in base.state.log_history)
     if feature == "precompute-ref":
-        assert packed.ref_model is None and "ref_chosen_logps" in packed.train_dataset.column_names
+        assert packed.ref_model is None
+        assert "ref_chosen_logps" in packed.train_dataset.column_names
 
 
 def test_peft_lora_reference_is_the_adapter_disabled_model(load_model, tokenizer, tmp_path):
@@ -206,7 +210,8 @@ def test_peft_lora_reference_is_the_adapter_disabled_model(load_model, tokenizer
         )
 
     base, packed = _compare_runs(make, tmp_path)
-    assert packed.ref_model is None and base._metrics is not None
+    assert packed.ref_model is None
+    assert base._metrics is not None
 
 
 def test_bf16_within_bf16_tolerance(load_model, tokenizer, tmp_path):
@@ -314,7 +319,8 @@ def test_zero3_two_ranks_with_shared_packed_batches_equal_one_padded_process(tin
         job.stop()
     expected = [h for h in single.state.log_history if "loss" in h]
     for record in records:
-        assert record["num_processes"] == 2 and record["distributed_type"] == "DistributedType.DEEPSPEED"
+        assert record["num_processes"] == 2
+        assert record["distributed_type"] == "DistributedType.DEEPSPEED"
         assert record["policy"]["num_partitioned"] == record["policy"]["num_params"] > 0
         assert record["packed_calls"] == 2 * 3  # policy and reference, 3 steps
         assert record["layouts_built"] == 3  # one layout per step, shared by both forwards

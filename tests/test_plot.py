@@ -210,7 +210,9 @@ def test_trainer_writes_a_json_args_record_without_secrets(tmp_path, load_model,
         text = (folder / "training_args.json").read_text()
         assert "hf_secret_value_123" not in text
         record = read_args_record(folder)
-        assert record["beta"] == 0.3 and record["loss_form"] == "paper" and record["hub_token"] != args.hub_token
+        assert record["beta"] == 0.3
+        assert record["loss_form"] == "paper"
+        assert record["hub_token"] != args.hub_token
         assert recorded_beta(folder) == 0.3
     result = plot([tmp_path / "out"], tmp_path / "png", panels=["logratios"])
     history = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
@@ -223,12 +225,14 @@ def _plot_error(capsys, argv):
     rc = cli_main(["plot", *map(str, argv)])
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("trl-ipo plot: error: "), err
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 1, err
+    assert err.startswith("trl-ipo plot: error: "), err
     return err.strip()
 
 
 @pytest.mark.parametrize(
-    "content, expected",
+    ("content", "expected"),
     [
         ("[1, 2]", "holds a JSON list, not a Trainer state"),
         ('{"log_history": {"step": 1}}', "log_history must be a list of log entries, got a dict"),
@@ -247,7 +251,8 @@ def test_malformed_state_files_are_one_line_naming_the_file(tmp_path, capsys, co
     state.parent.mkdir()
     state.write_text(content)
     line = _plot_error(capsys, [state.parent, "--out", tmp_path / "png"])
-    assert str(state) in line and expected in line
+    assert str(state) in line
+    assert expected in line
     assert not (tmp_path / "png").exists()  # nothing written
 
 
@@ -258,7 +263,8 @@ def test_oversized_state_file_is_refused_unread(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(plotting, "MAX_STATE_BYTES", 100)
     monkeypatch.setattr(plotting.Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
     line = _plot_error(capsys, [run, "--out", tmp_path / "png"])
-    assert str(run / "trainer_state.json") in line and "MAX_STATE_BYTES" in line
+    assert str(run / "trainer_state.json") in line
+    assert "MAX_STATE_BYTES" in line
 
 
 def test_shipped_state_size_limit():
@@ -271,7 +277,8 @@ def test_shipped_state_size_limit():
 def test_bad_beta_is_one_line(tmp_path, capsys, beta):
     run = _write_run(tmp_path / "run", _ipo_history(0.2, steps=2))
     line = _plot_error(capsys, [run, "--out", tmp_path / "png", f"--beta={beta}"])
-    assert "--beta" in line and "must be a finite number > 0" in line
+    assert "--beta" in line
+    assert "must be a finite number > 0" in line
     with pytest.raises(ValueError, match="betas\\[0\\]"):
         plot([run], tmp_path / "png", betas=[float(beta)])
 
@@ -281,7 +288,8 @@ def test_out_naming_a_file_and_repeated_flags_are_one_line(tmp_path, capsys):
     existing = tmp_path / "existing.png"
     existing.write_text("keep me")
     line = _plot_error(capsys, [run, "--out", existing])
-    assert f"--out '{existing}' is an existing file" in line and existing.read_text() == "keep me"
+    assert f"--out '{existing}' is an existing file" in line
+    assert existing.read_text() == "keep me"
     line = _plot_error(capsys, [run, "--out", tmp_path / "a", "--out", tmp_path / "b"])
     assert "--out is given 2 times" in line
     line = _plot_error(capsys, [run])  # argparse's own errors are one line too
@@ -298,13 +306,15 @@ def test_a_symlink_planted_in_out_is_replaced_not_written_through(tmp_path, caps
     assert cli_main(["plot", str(run), "--out", str(out), "--panel", "loss"]) == 0
     capsys.readouterr()
     assert victim.read_text() == "precious"
-    assert not (out / "loss.png").is_symlink() and _is_nonblank_png(out / "loss.png")
+    assert not (out / "loss.png").is_symlink()
+    assert _is_nonblank_png(out / "loss.png")
     assert sorted(p.name for p in out.iterdir()) == ["loss.png"]  # no temporary file left behind
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "png-link").symlink_to(elsewhere)  # --out itself a link: refused, nothing written where it points
     line = _plot_error(capsys, [run, "--out", tmp_path / "png-link"])
-    assert f"--out '{tmp_path / 'png-link'}' is a symbolic link" in line and list(elsewhere.iterdir()) == []
+    assert f"--out '{tmp_path / 'png-link'}' is a symbolic link" in line
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_each_checkpoint_is_scaled_by_its_own_recorded_beta(tmp_path):

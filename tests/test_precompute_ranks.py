@@ -190,7 +190,8 @@ def test_file_backed_dataset_reuses_its_cache_and_ld_alpha_changes_the_key(load_
         return sorted(cache.rglob("cache-ref-logps-*.arrow"))
 
     first = build()
-    assert len(cached()) == 1 and not list(cache.rglob("*.partial"))
+    assert len(cached()) == 1
+    assert not list(cache.rglob("*.partial"))
     stamp = cached()[0].stat().st_mtime_ns
     second = build()
     assert cached()[0].stat().st_mtime_ns == stamp  # read back, not recomputed
@@ -217,4 +218,5 @@ def test_unwritable_cache_folder_keeps_the_columns_in_memory(load_model, tokeniz
     with pytest.warns(UserWarning, match="Could not cache the reference log-probs .*kept in memory"):
         trainer = IPOTrainer(model=load_model(), args=args, train_dataset=dataset, processing_class=tokenizer)
     values = trainer.train_dataset["ref_chosen_logps"]
-    assert len(values) == 4 and all(v < 0 for v in values)
+    assert len(values) == 4
+    assert all(v < 0 for v in values)

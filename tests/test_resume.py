@@ -124,11 +124,13 @@ def test_completeness_rules(uninterrupted, tmp_path):
     weights = run / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     info = inspect_checkpoint(run / "checkpoint-4")
-    assert not info.complete and "model.safetensors has 100 bytes" in info.problems[0]
+    assert not info.complete
+    assert "model.safetensors has 100 bytes" in info.problems[0]
     # No marker while an older checkpoint of the run has one: the save did not finish on every rank.
     (run / "checkpoint-3" / MARKER).unlink()
     best, skipped = newest_complete_checkpoint(run)
-    assert best.path == str(run / "checkpoint-2") and [s.step for s in skipped] == [4, 3]
+    assert best.path == str(run / "checkpoint-2")
+    assert [s.step for s in skipped] == [4, 3]
     # Checkpoints of a stock trainer (no markers anywhere): the files Trainer writes decide.
     stock = tmp_path / "stock"
     shutil.copytree(full / "checkpoint-1", stock / "checkpoint-1")
@@ -152,8 +154,12 @@ def test_completeness_rules(uninterrupted, tmp_path):
 
 
 def test_resume_flag_strings_from_the_command_line():
-    assert parse_resume_flag("true") is True and parse_resume_flag("True") is True and parse_resume_flag(True) is True
-    assert parse_resume_flag("false") is None and parse_resume_flag(None) is None and parse_resume_flag(False) is None
+    assert parse_resume_flag("true") is True
+    assert parse_resume_flag("True") is True
+    assert parse_resume_flag(True) is True
+    assert parse_resume_flag("false") is None
+    assert parse_resume_flag(None) is None
+    assert parse_resume_flag(False) is None
     assert parse_resume_flag(" out/checkpoint-2 ") == "out/checkpoint-2"
 
 
@@ -200,7 +206,8 @@ def test_cli_resume_true_skips_the_incomplete_checkpoint(uninterrupted, tiny_dir
     assert rc == 0, capsys.readouterr().err
     assert any("Skipping incomplete checkpoint" in str(w.message) and "checkpoint-3" in str(w.message) for w in caught)
     state = json.loads((crashed / "checkpoint-3" / "trainer_state.json").read_text())
-    assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+    assert state["global_step"] == 3
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
 def test_resume_with_another_world_size_warns(uninterrupted, tmp_path):
@@ -209,11 +216,13 @@ def test_resume_with_another_world_size_warns(uninterrupted, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(uninterrupted[0] / "checkpoint-2", run / "checkpoint-2")
     path, messages = resolve_resume(True, run, world_size=1)
-    assert path == str(run / "checkpoint-2") and messages == []
+    assert path == str(run / "checkpoint-2")
+    assert messages == []
     marker = run / "checkpoint-2" / MARKER
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "world_size": 2}))
     _, messages = resolve_resume(True, run, world_size=1)
-    assert len(messages) == 1 and "saved by 2 rank(s) and this run has 1" in messages[0]
+    assert len(messages) == 1
+    assert "saved by 2 rank(s) and this run has 1" in messages[0]
 
 
 def _folders(run):
@@ -303,7 +312,9 @@ def test_every_checkpoint_keeps_its_args_record_and_a_changed_loss_setting_warns
     for step in range(1, STEPS + 1):
         folder = full / f"checkpoint-{step}"
         record = read_args_record(folder)
-        assert record["beta"] == 0.1 and record["loss_form"] == "paper" and record["preference_column"] == "q"
+        assert record["beta"] == 0.1
+        assert record["loss_form"] == "paper"
+        assert record["preference_column"] == "q"
         assert ARGS_RECORD in json.loads((folder / MARKER).read_text())["files"]  # covered by the marker's hashes
     run = tmp_path / "run"
     shutil.copytree(full / "checkpoint-3", run / "checkpoint-3")
@@ -326,4 +337,5 @@ def test_checkpoint_methods_live_in_the_mixin():
 
     assert IPOTrainer.__mro__[1] is CheckpointingMixin
     for name in ("train", "_resolve_resume", "_save_checkpoint", "_rotate_checkpoints"):
-        assert name in CheckpointingMixin.__dict__ and name not in IPOTrainer.__dict__
+        assert name in CheckpointingMixin.__dict__
+        assert name not in IPOTrainer.__dict__

@@ -71,7 +71,8 @@ def test_scrub_argv():
     argv += [json.dumps({"token": NESTED_TOKEN, "dtype": "float32"}), "--beta", "0.1"]
     scrubbed = scrub_argv(argv)
     assert not any(s in " ".join(scrubbed) for s in (HUB_TOKEN, API_KEY, NESTED_TOKEN))
-    assert scrubbed[:4] == ["trl-ipo", "train", "--hub_token", MASK] and scrubbed[-2:] == ["--beta", "0.1"]
+    assert scrubbed[:4] == ["trl-ipo", "train", "--hub_token", MASK]
+    assert scrubbed[-2:] == ["--beta", "0.1"]
     assert json.loads(scrubbed[6]) == {"token": MASK, "dtype": "float32"}
 
 
@@ -85,10 +86,13 @@ def test_pickle_masks_secrets_while_copies_keep_them(tmp_path):
     blob = pickle.dumps(config)
     assert not any(s.encode() in blob for s in (HUB_TOKEN, NESTED_TOKEN, API_KEY))
     restored = pickle.loads(blob)  # our own pickle, written just above
-    assert restored.hub_token is None and restored.model_init_kwargs["token"] == MASK
-    assert restored.beta == config.beta and restored.model_init_kwargs["dtype"] == "float32"
+    assert restored.hub_token is None
+    assert restored.model_init_kwargs["token"] == MASK
+    assert restored.beta == config.beta
+    assert restored.model_init_kwargs["dtype"] == "float32"
     for clone in (copy.copy(config), copy.deepcopy(config)):  # in-process copies still push with the token
-        assert clone.hub_token == HUB_TOKEN and clone.model_init_kwargs["extra"]["api_key"] == API_KEY
+        assert clone.hub_token == HUB_TOKEN
+        assert clone.model_init_kwargs["extra"]["api_key"] == API_KEY
     assert config.hub_token == HUB_TOKEN  # pickling left the live object untouched
     text = json.dumps(config.to_dict(), default=str)
     assert not any(s in text for s in (HUB_TOKEN, NESTED_TOKEN, API_KEY))
@@ -142,7 +146,8 @@ def test_api_training_with_wandb_writes_no_secret(tiny_dir, tmp_path, monkeypatc
     assert {"training_args.bin", "training_args.json", "checkpoint-1/training_args.bin"} <= written
     assert leaks(out, HUB_TOKEN, NESTED_TOKEN) == []
     saved = torch.load(out / "training_args.bin", weights_only=False)  # written by this test's own run
-    assert saved.hub_token is None and saved.model_init_kwargs == {"token": MASK, "dtype": "float32"}
+    assert saved.hub_token is None
+    assert saved.model_init_kwargs == {"token": MASK, "dtype": "float32"}
 
 
 @pytest.mark.slow
@@ -170,7 +175,9 @@ def test_cli_training_with_wandb_writes_no_secret(tiny_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert not any(s in done.stdout + done.stderr for s in (HUB_TOKEN, NESTED_TOKEN))
     run_files = list(wandb_dir.rglob("run-*.wandb")) + list(wandb_dir.rglob("debug.log"))
-    assert run_files and any(b"hub_token" in p.read_bytes() for p in run_files)  # the run's config was recorded
+    assert run_files
+    assert any(b"hub_token" in p.read_bytes() for p in run_files)
     assert any(b"--hub_token" in p.read_bytes() for p in wandb_dir.rglob("*") if p.is_file())  # and its argv
-    assert (out / "checkpoint-1" / "training_args.bin").is_file() and (out / "training_args.json").is_file()
+    assert (out / "checkpoint-1" / "training_args.bin").is_file()
+    assert (out / "training_args.json").is_file()
     assert leaks(tmp_path, HUB_TOKEN, NESTED_TOKEN) == []

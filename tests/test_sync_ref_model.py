@@ -167,7 +167,7 @@ def test_packed_layouts_give_the_padded_losses_and_reference(padded, load_model,
 
 # ------------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         (
             dict(precompute_ref_log_probs=True),
@@ -266,7 +266,8 @@ def test_drift_script_records_margins_against_the_moving_and_the_initial_referen
         )
     assert json.loads((tmp_path / "tr_ipo_drift.json").read_text()) == result
     assert (tmp_path / "tr_ipo_drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result["steps"] == list(range(1, 7)) and result["sync_after_steps"] == [3, 6]
+    assert result["steps"] == list(range(1, 7))
+    assert result["sync_after_steps"] == [3, 6]
     assert result["target"] == pytest.approx(1.0)  # t/β = ½ / 0.5
     assert result["delta_vs_reference"] == pytest.approx(result["ipo_delta_logged"], rel=1e-4, abs=1e-6)
     assert result["delta_vs_reference"][3] == pytest.approx(0.0, abs=1e-6)  # step 4 trains against the copy

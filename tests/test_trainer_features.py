@@ -59,7 +59,8 @@ def test_precompute_ref_log_probs_matches_online_reference(load_model, tokenizer
         preference_column="q",
         precompute_ref_log_probs=True,
     )
-    assert pre.ref_model is None and "ref_chosen_logps" in pre.train_dataset.column_names
+    assert pre.ref_model is None
+    assert "ref_chosen_logps" in pre.train_dataset.column_names
     online.train()
     pre.train()
     for key in ("loss", "ipo/delta", "rewards/margins"):
@@ -188,6 +189,8 @@ def test_dpo_config_is_accepted_as_ipo(load_model, tokenizer, tmp_path):
         train_dataset=Dataset.from_list(ROWS),
         processing_class=tokenizer,
     )
-    assert isinstance(trainer.args, IPOConfig) and trainer.args.loss_type == ["ipo"] and trainer.args.beta == 0.2
+    assert isinstance(trainer.args, IPOConfig)
+    assert trainer.args.loss_type == ["ipo"]
+    assert trainer.args.beta == 0.2
     loss, _ = loss_and_grads(trainer)
     assert loss.item() == pytest.approx((0.5 / 0.2) ** 2, rel=1e-6)

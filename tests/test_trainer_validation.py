@@ -22,7 +22,7 @@ def _trainer(load_model, tokenizer, tmp_path, rows, eval_rows=None, **overrides)
 
 
 @pytest.mark.parametrize(
-    "bad, message",
+    ("bad", "message"),
     [
         (1.25, r"Preference value 1\.25 at column 'q', row 4 of the train dataset is outside \[0, 1\]"),
         (float("nan"), r"Preference value is NaN at column 'q', row 4 of the train dataset"),
@@ -52,7 +52,7 @@ def test_missing_preference_column_in_eval(load_model, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
+    ("overrides", "message"),
     [
         ({"beta": 0.0}, r"IPOConfig\.beta must be > 0.*got 0\.0"),
         ({"beta": -1.0}, r"IPOConfig\.beta must be > 0.*got -1\.0"),

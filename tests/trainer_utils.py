@@ -47,7 +47,8 @@ def loss_and_grads(trainer, batch=None):
 
 
 def assert_grads_close(a, b, rtol=1e-5, atol=1e-7):
-    assert a.keys() == b.keys() and len(a) > 0
+    assert a.keys() == b.keys()
+    assert len(a) > 0
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=name)
 

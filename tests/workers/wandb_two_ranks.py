@@ -27,7 +27,7 @@ ROWS, EVAL_ROWS, BATCH, STEPS, BETA = 16, 5, 2, 2, 0.1
 
 
 def rows(n=ROWS, offset=0):
-    words = "the cat dog sat ran on a mat log red blue green".split()
+    words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "red", "blue", "green"]
     return [
         {
             "prompt": f"{words[(i + offset) % 12]} {words[(3 * i) % 12]}",
