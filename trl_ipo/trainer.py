@@ -146,7 +146,7 @@ class IPOTrainer(CheckpointingMixin, DatasetChecksMixin, DPOTrainer):
         seq_len = inputs["completion_mask"].size(1) - 1
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
         outputs = model(**self._model_kwargs(inputs), labels=labels, fused_lm_head=True)
-        for name in packed.path.PER_TOKEN_OUTPUTS:
+        for name in _compat.FUSED_FIELDS:
             value = getattr(outputs, name, None)
             if value is not None:  # prompt-learning PEFT prepends virtual tokens: keep the real positions
                 setattr(outputs, name, value[:, -seq_len:])

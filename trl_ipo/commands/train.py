@@ -186,7 +186,11 @@ def _read_config(config_path: str) -> dict:
         )
     try:
         with open(config_path, encoding="utf-8") as f:
-            values = yaml.load(f, Loader=_yaml_loader())  # a SafeLoader subclass
+            loader = _yaml_loader()(f)  # a SafeLoader that also refuses aliases: plain data only
+            try:
+                values = loader.get_single_data()
+            finally:
+                loader.dispose()
     except InputError as err:
         raise InputError(f"config file {config_path!r}: {err}") from None
     except RecursionError:

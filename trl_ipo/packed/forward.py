@@ -23,7 +23,6 @@ def install_packed_forward(model, outputs=("log_probs",)) -> None:
         return
     previous = model.forward
     config = model.config.get_text_config()
-    _compat.alias_num_experts(config)
     softcap, logit_scale = _compat.logit_transform(config)
 
     def forward(self, *args, packed_layout: PackedLayout | None = None, **kwargs):

@@ -70,13 +70,18 @@ def block_mask(layout: PackedLayout, sliding_window: int | None = None):
     return create_block_mask(mask_mod(layout, sliding_window), rows, None, length, length, device=device)
 
 
-def text_config(model):
-    """The language model's config, through DDP / DeepSpeed engines and PEFT wrappers."""
+def unwrap(model):
+    """The model inside DDP / DeepSpeed engines and PEFT wrappers."""
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    return model.config.get_text_config()
+    return model
+
+
+def text_config(model):
+    """The language model's config, through DDP / DeepSpeed engines and PEFT wrappers."""
+    return unwrap(model).config.get_text_config()
 
 
 def attn_implementation(model) -> str:

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .masks import FLASH_BACKENDS, MASK_BACKENDS, attn_implementation, text_config
+from .masks import FLASH_BACKENDS, MASK_BACKENDS, attn_implementation, text_config, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +53,8 @@ def flag_name(args) -> str:
     return "prefix_sharing=True" if args.prefix_sharing else "padding_free=True"
 
 
-def _unwrap(model):
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP, DeepSpeed engines
-        model = model.module
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return model
-
-
 def model_type(model) -> str:
-    return getattr(text_config(model), "model_type", None) or type(_unwrap(model)).__name__
+    return getattr(text_config(model), "model_type", None) or type(unwrap(model)).__name__
 
 
 def is_verified(model) -> bool:
@@ -78,7 +70,7 @@ def check_packing_support(model, args, peft_config=None, role: str = "model") ->
     _check_peft(peft_config, model, flag)
     if isinstance(model, str):
         return  # checked again on the loaded model
-    base = _unwrap(model)
+    base = unwrap(model)
     config = text_config(model)
     attn = attn_implementation(model)
     name = f"the {role} ({type(base).__name__}, model_type={model_type(model)!r})"
